@@ -62,5 +62,64 @@ def data_summary(
         )
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Dataset folder (pose/<split>/ + gt/).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint file to write (.pt).")],
+    split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    normal_only: Annotated[
+        bool, typer.Option("--normal-only/--all-windows", help="Train on all-normal windows only.")
+    ] = True,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 40,
+    seed: Annotated[int, typer.Option(help="Random seed (deterministic on CPU).")] = 0,
+    t_obs: Annotated[int, typer.Option(help="Observed frames per window.")] = 12,
+    horizon: Annotated[int, typer.Option(help="Future frames per window.")] = 12,
+    frame_step: Annotated[int, typer.Option(help="Keep every n-th frame.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    max_minutes: Annotated[float, typer.Option(help="Stop training after this long.")] = 18.0,
+) -> None:
+    """Train a GRU-NF forecaster; writes the checkpoint and a loss-curve PNG beside it."""
+    from pipelines.training import run_training
+
+    try:
+        run_training(
+            data,
+            split,
+            out,
+            normal_only,
+            epochs,
+            seed,
+            t_obs,
+            horizon,
+            frame_step,
+            device,
+            max_minutes,
+        )
+    except (DatasetError, PoseFileError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command("forecast-eval")
+def forecast_eval(
+    model: Annotated[Path, typer.Option(help="Checkpoint from `posewatch train`.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate (normal windows only).")] = "test",
+    samples: Annotated[int, typer.Option("-k", "--samples", help="K futures per window.")] = 20,
+    stride: Annotated[int, typer.Option(help="Distance between window starts.")] = 4,
+    out: Annotated[Path | None, typer.Option(help="JSON file for the results.")] = None,
+    sampler: Annotated[
+        list[str] | None, typer.Option(help="Only these sampler names (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+) -> None:
+    """Forecast metrics (minADE/minFDE@K, ADE of mean, APD, energy, NLL) per sampler."""
+    from pipelines.training import run_forecast_eval
+
+    try:
+        run_forecast_eval(model, data, split, samples, stride, out, sampler, seed)
+    except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -1,0 +1,361 @@
+"""Training GRU-NF on pose windows, and the checkpoint format.
+
+The module that trains is separate from the module that computes
+(:mod:`forecasting.torch_model`). Inputs are plain arrays (:class:`TrackArrays`); callers
+(``pipelines``) turn pose files into them.
+
+Checkpoint (``torch.save`` dict): ``format``, ``format_version``, ``code_version``,
+``model_config``, ``window_config``, ``standardizer``, ``state_dict``, ``train_config``,
+``history``, ``sampler`` (default sampling configuration) and ``calibration`` (alert
+threshold, filled by the scorer's calibration).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from forecasting.snf import SamplerConfig
+from forecasting.torch_model import GRUNF, D, ModelConfig, to_tensor
+from forecasting.windows import (
+    Standardizer,
+    WindowConfig,
+    Windows,
+    augment_flip,
+    cut_windows,
+    fill_unseen,
+    normal_starts,
+)
+
+CHECKPOINT_FORMAT = "posewatch-grunf"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(slots=True)
+class TrackArrays:
+    """One person track as arrays, with its clip's frame labels.
+
+    Attributes:
+        clip: clip name (validation is split by clip).
+        keypoints: ``(T, 17, 3)`` pixels, NaN where missing.
+        frames: ``(T,)`` frame index of each row.
+        labels: ``(N,)`` per-frame labels of the clip (1 = anomalous) or None (all normal).
+    """
+
+    clip: str
+    keypoints: np.ndarray
+    frames: np.ndarray
+    labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (see :func:`train`)."""
+
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 5
+    seed: int = 0
+    val_fraction: float = 0.2
+    point_weight: float = 1.0
+    stride: int = 2
+    flip_augment: bool = True
+    normal_only: bool = True
+    max_minutes: float = 18.0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: GRUNF
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_nll: float = math.inf
+    seconds: float = 0.0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_clips(clips: Sequence[str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Split clip names into (train, validation) sets, deterministically for a seed."""
+    names = sorted(set(clips))
+    if len(names) < 2 or val_fraction <= 0:
+        return set(names), set()
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(val_fraction * len(names)))
+    val = set(rng.choice(names, size=n_val, replace=False).tolist())
+    return set(names) - val, val
+
+
+def build_windows(
+    tracks: Sequence[TrackArrays],
+    wcfg: WindowConfig,
+    stride: int,
+    normal_only: bool,
+    min_visible: float | None = None,
+) -> Windows:
+    """Cut windows from many tracks; ``Windows.track`` indexes ``tracks``.
+
+    Arguments:
+        tracks: the tracks.
+        wcfg: window configuration.
+        stride: distance between window starts (in kept frames).
+        normal_only: keep only windows whose frames are all labelled normal.
+        min_visible: drop windows with a smaller share of really-seen keypoints
+            (default ``wcfg.min_visible``).
+    """
+    min_visible = wcfg.min_visible if min_visible is None else min_visible
+    parts = []
+    for i, tr in enumerate(tracks):
+        starts = None
+        if normal_only and tr.labels is not None:
+            starts = normal_starts(tr.labels, tr.frames, wcfg, stride)
+            if starts.size == 0:
+                continue
+        w = cut_windows(tr.keypoints, wcfg, stride=stride, starts=starts, track_index=i)
+        if len(w) and min_visible > 0:
+            w = w.select(w.visible.mean(axis=(1, 2)) >= min_visible)
+        if len(w):
+            parts.append(w)
+    return Windows.concat(parts)
+
+
+def _tensors(
+    w: Windows, std: Standardizer, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return to_tensor(fill_unseen(w.poses, std.pose_mean), device), to_tensor(w.mask, device)
+
+
+@torch.no_grad()
+def evaluate_nll(model: GRUNF, poses: torch.Tensor, mask: torch.Tensor, batch: int = 1024) -> float:
+    """Mean NLL per future frame and dimension (nats) of windows, teacher-forced."""
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, poses.shape[0], batch):
+        lp = model.log_prob(poses[i : i + batch], mask[i : i + batch])
+        total += float(lp.sum())
+        n += lp.shape[0] * model.cfg.horizon
+    return -total / max(n, 1) / D
+
+
+def train(
+    train_w: Windows,
+    val_w: Windows,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    flip_index: Sequence[int] | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train GRU-NF with AdamW, gradient clipping and early stopping on validation NLL.
+
+    Arguments:
+        train_w: training windows (standardisation is fitted on them).
+        val_w: validation windows (other clips); when empty, the last epoch is kept.
+        mcfg: architecture.
+        tcfg: optimisation settings; deterministic on CPU for a given ``seed``.
+        flip_index: keypoint permutation of a horizontal flip (augmentation), e.g. COCO's.
+        progress: show a progress bar with the loss.
+        on_epoch: called with each epoch's record.
+
+    Returns:
+        :class:`TrainResult` holding the best model (lowest validation NLL).
+    """
+    if len(train_w) == 0:
+        raise ValueError("no training windows: tracks too short or no normal frames")
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    device = pick_device(tcfg.device)
+    if tcfg.flip_augment and flip_index is not None:
+        train_w = Windows.concat([train_w, augment_flip(train_w, list(flip_index))])
+    std = Standardizer.fit(train_w)
+    model = GRUNF(mcfg, std).to(device)
+    P, M = _tensors(train_w, std, device)
+    Pv, Mv = _tensors(val_w, std, device) if len(val_w) else (None, None)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    steps_per_epoch = math.ceil(P.shape[0] / tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tcfg.lr, total_steps=tcfg.epochs * steps_per_epoch, pct_start=0.1
+    )
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    result = TrainResult(model=model)
+    best_state = copy.deepcopy(model.state_dict())
+    bad_epochs = 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=tcfg.epochs * steps_per_epoch, disable=not progress, unit="batch", desc="train"
+    )
+    for epoch in range(1, tcfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(P.shape[0], generator=gen).to(device)
+        run, nb = 0.0, 0
+        for i in range(0, P.shape[0], tcfg.batch_size):
+            idx = perm[i : i + tcfg.batch_size]
+            out = model(P[idx], M[idx])
+            loss = -(out.log_prob.mean() + tcfg.point_weight * out.point_log_prob.mean()) / D
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            sched.step()
+            run += float(loss.detach())
+            nb += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{run / nb:.3f}")
+        train_nll = evaluate_nll(model, P[: min(len(P), 8192)], M[: min(len(M), 8192)])
+        val_nll = evaluate_nll(model, Pv, Mv) if Pv is not None and Mv is not None else math.nan
+        rec = {"epoch": epoch, "loss": run / nb, "train_nll": train_nll, "val_nll": val_nll}
+        result.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        score = val_nll if not math.isnan(val_nll) else train_nll
+        if score < result.best_val_nll:
+            result.best_val_nll = score
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        elapsed = (time.perf_counter() - t0) / 60
+        if bad_epochs >= tcfg.patience or elapsed > tcfg.max_minutes:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        version = metadata.version("posewatch")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+g{sha}" if sha else version
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """A loaded model with everything needed to use it."""
+
+    model: GRUNF
+    window_config: WindowConfig
+    sampler: SamplerConfig
+    meta: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        cal: dict[str, Any] = self.meta.setdefault("calibration", {})
+        return cal
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: GRUNF,
+    wcfg: WindowConfig,
+    tcfg: TrainConfig | None = None,
+    history: list[dict[str, float]] | None = None,
+    sampler: SamplerConfig | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint (see the module docstring for its content)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "code_version": code_version(),
+        "model_config": model.cfg.to_dict(),
+        "window_config": wcfg.to_dict(),
+        "standardizer": model.standardizer().to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_config": tcfg.to_dict() if tcfg else None,
+        "history": history or [],
+        "sampler": (sampler or SamplerConfig()).to_dict(),
+        "calibration": {},
+    }
+    if extra:
+        blob.update(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        ValueError: not a posewatch checkpoint, or from an incompatible format version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint (train one with `posewatch train`)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a posewatch GRU-NF checkpoint")
+    if blob.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format {blob.get('format_version')} is not {CHECKPOINT_VERSION}; retrain"
+        )
+    model = GRUNF(ModelConfig(**blob["model_config"]), Standardizer.from_dict(blob["standardizer"]))
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return Checkpoint(
+        model=model,
+        window_config=WindowConfig(**blob["window_config"]),
+        sampler=SamplerConfig.from_dict(blob["sampler"]),
+        meta=meta,
+        path=path,
+    )
+
+
+def update_checkpoint(path: str | Path, **fields: Any) -> None:
+    """Set top-level fields of a saved checkpoint (e.g. ``calibration``, ``sampler``)."""
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob.update(fields)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
