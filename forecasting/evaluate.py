@@ -40,9 +40,12 @@ class ForecastRow:
     seconds: float
 
 
-def default_samplers() -> list[SamplerConfig]:
-    """GRU-NF, the authors' mean-feedback decoding, and the GRU-SNF variants kept in tables."""
-    L = 7  # 6 couplings + the final affine layer (ModelConfig defaults)
+def default_samplers(L: int = 7) -> list[SamplerConfig]:
+    """GRU-NF, the authors' mean-feedback decoding, and the GRU-SNF variants kept in tables.
+
+    Arguments:
+        L: layers of the model's flow (couplings + the final affine; 7 by default).
+    """
     return [
         GRU_NF,
         GRU_NF.with_(name="gru-nf-meanfb", mean_feedback=True),

@@ -160,6 +160,7 @@ class ConditionalFlow(nn.Module):
         layers: number of coupling layers (the final affine adds one more layer).
         masks: one conditioning mask per coupling layer (see :func:`pose_masks`).
         embed_dim: size of the shared context embedding.
+        max_log_scale: bound of each coupling's log-scale.
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class ConditionalFlow(nn.Module):
         layers: int = 6,
         masks: list[Tensor] | None = None,
         embed_dim: int = 64,
+        max_log_scale: float = 3.0,
     ):
         super().__init__()
         masks = masks if masks is not None else default_masks(dim, layers)
@@ -177,7 +179,9 @@ class ConditionalFlow(nn.Module):
             raise ValueError(f"need {layers} masks, got {len(masks)}")
         self.dim = dim
         self.embed = nn.Sequential(nn.Linear(context_dim, embed_dim), nn.SiLU())
-        blocks: list[nn.Module] = [ConditionalAffineCoupling(m, embed_dim, hidden) for m in masks]
+        blocks: list[nn.Module] = [
+            ConditionalAffineCoupling(m, embed_dim, hidden, max_log_scale) for m in masks
+        ]
         blocks.append(ConditionalAffine(dim, embed_dim))
         self.layers = nn.ModuleList(blocks)
 

@@ -42,6 +42,8 @@ class ModelConfig:
         flow_hidden: coupling width.
         embed_dim: shared context embedding of the flow.
         burn_in: predicted frames before this many observed frames are not in the loss.
+        clip: standardised inputs and targets are clipped to ``[-clip, clip]``.
+        max_log_scale: bound of the couplings' log-scales.
     """
 
     t_obs: int = 12
@@ -52,6 +54,8 @@ class ModelConfig:
     flow_hidden: int = 128
     embed_dim: int = 64
     burn_in: int = 2
+    clip: float = 8.0
+    max_log_scale: float = 2.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +116,7 @@ class GRUNF(nn.Module):
             layers=cfg.flow_layers,
             masks=default_masks(D, cfg.flow_layers, pose_masks(J)),
             embed_dim=cfg.embed_dim,
+            max_log_scale=cfg.max_log_scale,
         )
         self.point = nn.Linear(cfg.hidden, D)
         nn.init.zeros_(self.point.weight)
@@ -145,8 +150,10 @@ class GRUNF(nn.Module):
         fp = (P - self.pose_mean) / self.pose_std * m2
         both = m2[:, 1:] * m2[:, :-1]
         fd = ((P[:, 1:] - P[:, :-1]) - self.disp_mean) / self.disp_std * both
-        fp = torch.nan_to_num(fp)
-        fd = torch.nan_to_num(fd)
+        # Winsorise: pose-estimator glitches give displacements of tens of standard
+        # deviations; fitting them forces extreme coupling scales (an ill-conditioned flow).
+        fp = torch.nan_to_num(fp).clamp(-self.cfg.clip, self.cfg.clip)
+        fd = torch.nan_to_num(fd).clamp(-self.cfg.clip, self.cfg.clip)
         return torch.cat([fp[:, 1:], fd, m[:, 1:]], dim=-1), fd
 
     # -- densities -----------------------------------------------------------------------------
@@ -242,6 +249,7 @@ class GRUNF(nn.Module):
             point = (self.point(state), self.point_log_scale) if sampler.target == "point" else None
             z = torch.randn(B * K, D, device=past.device)
             x, lw = snf.sample(z, ctx, point)
+            x = x.clamp(-self.cfg.clip, self.cfg.clip)
             logw = logw + lw
             P = P + x * self.disp_std + self.disp_mean
             out[t] = P

@@ -211,7 +211,7 @@ def cut_windows(
     for s in starts:
         s = int(s)
         w = xy[s : s + L]
-        cs = _centre_and_scale(w, t_ref, 1)
+        cs = _centre_and_scale(w, t_ref, min(1, t_ref))
         if cs is None:
             continue
         cx, cy, size = cs

@@ -121,5 +121,88 @@ def forecast_eval(
         raise _fail(str(exc)) from exc
 
 
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Checkpoint from `posewatch train`.")],
+    data: Annotated[Path, typer.Option(help="Labelled dataset folder (AIHub2 or STG-NF layout).")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    scorer: Annotated[
+        list[str] | None, typer.Option(help="kde, nll, minade (repeatable; default: all).")
+    ] = None,
+    sampler: Annotated[
+        list[str] | None,
+        typer.Option(help="Sampler names for kde/minade (repeatable; default: gru-nf, default)."),
+    ] = None,
+    stride: Annotated[int, typer.Option(help="Score every n-th frame of each track.")] = 1,
+    sigma: Annotated[float, typer.Option(help="Offline (symmetric) smoothing, frames.")] = 9.5,
+    causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
+    fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
+    samples: Annotated[int, typer.Option("-k", "--samples", help="K futures per window.")] = 20,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder (JSON, ROC, timelines).")] = Path(
+        "runs/evaluate"
+    ),
+) -> None:
+    """Frame AUC-ROC, AP, per-clip AUC and recall at 1 and 5 false alerts per camera-hour."""
+    from pipelines.evaluation import run_evaluate
+
+    try:
+        run_evaluate(
+            model,
+            data,
+            split,
+            scorer or ["kde", "nll", "minade"],
+            sampler or ["gru-nf", "default"],
+            stride,
+            sigma,
+            causal_sigma,
+            fps,
+            out,
+            samples,
+            seed,
+        )
+    except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Option(help="Checkpoint to calibrate (updated in place).")],
+    data: Annotated[Path, typer.Option(help="The dataset the model was trained on.")],
+    split: Annotated[
+        str, typer.Option(help="Split holding the checkpoint's validation clips.")
+    ] = "train",
+    target_rate: Annotated[
+        float, typer.Option(help="False alerts per camera-hour the operator accepts.")
+    ] = 1.0,
+    scorer: Annotated[str, typer.Option(help="kde, nll or minade.")] = "kde",
+    sampler: Annotated[str, typer.Option(help="Sampler name (see forecast-eval).")] = "default",
+    causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
+    min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,
+    fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
+    samples: Annotated[int, typer.Option("-k", "--samples", help="K futures per window.")] = 20,
+    stride: Annotated[int, typer.Option(help="Score every n-th frame.")] = 1,
+) -> None:
+    """Fit the alert threshold on normal validation footage for a target false-alert rate."""
+    from pipelines.evaluation import run_calibrate
+
+    try:
+        run_calibrate(
+            model,
+            data,
+            split,
+            scorer,
+            sampler,
+            target_rate,
+            causal_sigma,
+            min_duration,
+            fps,
+            samples,
+            stride,
+        )
+    except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -25,6 +26,59 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: Path) -> Path:
     ax.set_ylabel("nats per dimension")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
+    """ROC curves: ``{label: (fpr, tpr, auc)}``."""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for label, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.2, label=f"{label} (AUC {100 * auc:.1f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false-positive rate (frames)")
+    ax.set_ylabel("true-positive rate (frames)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(
+    name: str,
+    series: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    path: Path,
+    threshold: float | None = None,
+) -> Path:
+    """Score series of one clip over time with the anomalous frames shaded."""
+    lab = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(12, 2.6), dpi=90)
+    lo, hi = np.inf, -np.inf
+    for label, s in series.items():
+        arr = np.asarray(s)
+        ax.plot(arr, lw=0.8, label=label)
+        lo, hi = min(lo, float(np.nanmin(arr))), max(hi, float(np.nanmax(arr)))
+    ax.fill_between(
+        np.arange(len(lab)),
+        lo,
+        hi,
+        where=lab > 0,
+        color="red",
+        alpha=0.15,
+        label="anomalous (ground truth)",
+    )
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls="--", lw=0.8, label="alert threshold")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("frame")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -45,3 +45,33 @@ def random_keypoints(rng: np.random.Generator, n: int) -> np.ndarray:
     miss = rng.random((n, 17)) < 0.1
     kp[miss] = (np.nan, np.nan, 0.0)
     return kp
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small GRU-NF trained on AIHub2 train normal windows (a few minutes on 2 cores).
+
+    Validation clips (held out from training) are recorded in the checkpoint.
+    """
+    import torch
+
+    from detector.skeleton import FLIP_INDEX
+    from forecasting.torch_model import ModelConfig
+    from forecasting.train import TrainConfig, build_windows, save_checkpoint, split_clips, train
+    from forecasting.windows import WindowConfig
+    from pipelines.tracks import load_tracks
+
+    torch.set_num_threads(2)
+    wcfg = WindowConfig()
+    tcfg = TrainConfig(epochs=6, seed=0, stride=3, patience=6)
+    mcfg = ModelConfig(hidden=128, flow_layers=4, flow_hidden=96, embed_dim=48)
+    tracks = load_tracks(aihub2, "train")
+    tr_clips, va_clips = split_clips([t.clip for t in tracks], 0.2, 0)
+    tr = build_windows([t for t in tracks if t.clip in tr_clips], wcfg, tcfg.stride, True)
+    va = build_windows([t for t in tracks if t.clip in va_clips], wcfg, tcfg.stride, True)
+    res = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+    path = tmp_path_factory.mktemp("model") / "small.pt"
+    save_checkpoint(
+        path, res.model, wcfg, tcfg, res.history, extra={"validation_clips": sorted(va_clips)}
+    )
+    return path
