@@ -11,12 +11,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from forecasting import metrics
-from forecasting.snf import GRU_NF, SamplerConfig
+from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
 from forecasting.torch_model import GRUNF, D, to_tensor
 from forecasting.windows import Windows, fill_unseen
 
@@ -46,36 +47,55 @@ def default_samplers(L: int = 7) -> list[SamplerConfig]:
     Arguments:
         L: layers of the model's flow (couplings + the final affine; 7 by default).
     """
+    latent: dict[str, Any] = {"blocks": (0,), "interpolate": False, "step_size": 0.5}
     return [
         GRU_NF,
         GRU_NF.with_(name="gru-nf-meanfb", mean_feedback=True),
-        SamplerConfig(name="snf-rwm-model", kernel="rwm", target="model", steps=1, blocks=(L,)),
+        SNF_DEFAULT,
+        SamplerConfig(name="snf-latent-model", kernel="rwm", target="model", steps=1, **latent),  # type: ignore[arg-type]
         SamplerConfig(
-            name="snf-rwm-tempered0.5",
+            name="snf-latent-tempered0.7",
+            kernel="rwm",
+            target="tempered",
+            beta=0.7,
+            steps=1,
+            **latent,
+        ),  # type: ignore[arg-type]
+        SamplerConfig(
+            name="snf-latent-tempered0.5",
             kernel="rwm",
             target="tempered",
             beta=0.5,
-            steps=1,
-            blocks=(L,),
-        ),
+            steps=2,
+            **latent,
+        ),  # type: ignore[arg-type]
         SamplerConfig(
-            name="snf-rwm-tempered0.25",
-            kernel="rwm",
-            target="tempered",
-            beta=0.25,
-            steps=1,
-            blocks=(L,),
-        ),
-        SamplerConfig(name="snf-rwm-point", kernel="rwm", target="point", steps=1, blocks=(L,)),
-        SamplerConfig(name="snf-rwm-point-all", kernel="rwm", target="point", steps=2),
-        SamplerConfig(
-            name="snf-mala-tempered0.5",
+            name="snf-latent-mala-tempered0.5",
             kernel="mala",
             target="tempered",
             beta=0.5,
             steps=1,
+            blocks=(0,),
+            interpolate=False,
+            step_size=0.6,
+        ),
+        SamplerConfig(
+            name="snf-paper-point-all",
+            kernel="rwm",
+            target="point",
+            steps=2,
+            adapt=True,
+            target_accept=0.4,
+        ),
+        SamplerConfig(
+            name="snf-interp-tempered0.5-L",
+            kernel="rwm",
+            target="tempered",
+            beta=0.5,
+            steps=2,
             blocks=(L,),
-            step_size=0.2,
+            adapt=True,
+            target_accept=0.4,
         ),
     ]
 

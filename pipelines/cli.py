@@ -204,5 +204,53 @@ def calibrate(
         raise _fail(str(exc)) from exc
 
 
+@app.command()
+def extract(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to turn into pose files.")],
+    out: Annotated[Path, typer.Option(help="Output folder (one pose file per video).")] = Path(
+        "poses"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="stgnf (STG-NF JSON) or jsonl.")] = "stgnf",
+    weights: Annotated[
+        str | None, typer.Option(help="Pose weights path or name (default yolo11n-pose).")
+    ] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Inference image size (default 1088).")] = None,
+    backend: Annotated[str, typer.Option(help="auto, torch, openvino or onnx.")] = "auto",
+    batch: Annotated[int, typer.Option(help="Frames per inference call.")] = 4,
+    tracker: Annotated[str, typer.Option(help="bytetrack or botsort.")] = "bytetrack",
+) -> None:
+    """Detect, track and write the poses of each video (STG-NF JSON or JSON lines)."""
+    from detector.extract import extract_video
+    from detector.pose_model import DEFAULT_IMGSZ, PoseModel
+    from detector.sources import SourceError
+    from detector.weights import WeightsNotFoundError
+
+    if fmt not in ("stgnf", "jsonl"):
+        raise _fail(f"--format must be stgnf or jsonl, got {fmt!r}", 2)
+    if backend not in ("auto", "torch", "openvino", "onnx"):
+        raise _fail(f"--backend must be auto, torch, openvino or onnx, got {backend!r}", 2)
+    if tracker not in ("bytetrack", "botsort"):
+        raise _fail(f"--tracker must be bytetrack or botsort, got {tracker!r}", 2)
+    try:
+        model = PoseModel(weights, imgsz or DEFAULT_IMGSZ, backend)  # type: ignore[arg-type]
+    except WeightsNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    failed = 0
+    for video in videos:
+        try:
+            s = extract_video(model, video, out, fmt, batch, tracker=tracker)  # type: ignore[arg-type]
+        except SourceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        typer.echo(
+            f"{video}: {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} frames/s, {model.backend}, "
+            f"imgsz {model.imgsz}); {s.persons_per_frame:.2f} persons per frame; {s.tracks} tracks, "
+            f"{s.long_tracks} longer than 200 frames -> {s.out}"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -122,3 +122,29 @@ def test_bad_block_position_is_rejected() -> None:
     flow, _ = _toy_flow()
     with pytest.raises(ValueError, match=r"block position 9 outside 0\.\.5"):
         StochasticFlowSampler(flow, SamplerConfig(kernel="rwm", blocks=(9,)))
+
+
+def test_latent_space_blocks_with_the_pulled_back_target() -> None:
+    """interpolate=False at block 0: MCMC in z against the final target pulled back to z."""
+    flow, ctx = _toy_flow(5)
+    ref, _, _ = _draw(flow, ctx, SamplerConfig(), seed=1)
+    x, lw, s = _draw(
+        flow,
+        ctx,
+        SamplerConfig(kernel="rwm", target="model", steps=4, blocks=(0,), interpolate=False),
+        2,
+    )
+    assert lw.abs().max() < 1e-3 and 0.3 < acceptance(s.stats())[0] < 0.95
+    assert stats.ks_2samp(x[:, 0].numpy(), ref[:, 0].numpy()).pvalue > 0.001
+    t, lw_t, _ = _draw(
+        flow,
+        ctx,
+        SamplerConfig(
+            kernel="rwm", target="tempered", beta=0.3, steps=10, blocks=(0,), interpolate=False
+        ),
+        3,
+    )
+    assert (t.std(0) > 1.15 * ref.std(0)).all()
+    w = torch.softmax(lw_t, 0)[:, None]
+    wmean = (w * t).sum(0)
+    assert ((wmean - ref.mean(0)).abs() < 0.15 * ref.std(0)).all()
