@@ -27,16 +27,9 @@ def likely_id_switches(frames: list[PoseFrame], width: int, last: int) -> int:
     ends = []
     for t in tracks.values():
         idx = np.flatnonzero(t.present)
-        centre = lambda i: np.nanmean(t.keypoints[i, :, :2], axis=0)  # noqa: E731
-        ends.append(
-            (
-                t.track_id,
-                int(t.frames[idx[0]]),
-                int(t.frames[idx[-1]]),
-                centre(idx[0]),
-                centre(idx[-1]),
-            )
-        )
+        first = np.nanmean(t.keypoints[idx[0], :, :2], axis=0)
+        last_xy = np.nanmean(t.keypoints[idx[-1], :, :2], axis=0)
+        ends.append((t.track_id, int(t.frames[idx[0]]), int(t.frames[idx[-1]]), first, last_xy))
     n = 0
     for a in ends:
         if a[4][0] < 40 or a[4][0] > width - 40 or a[2] >= last - 5:
