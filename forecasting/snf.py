@@ -127,6 +127,28 @@ class StepStats(NamedTuple):
     step_sizes: Tensor
 
 
+class Energy(NamedTuple):
+    """One evaluation of a block's target at a state ``y_k``.
+
+    Attributes:
+        log_rho: ``(N,)`` unnormalised log-density of the block's target.
+        log_q_data: ``(N,)`` model log-density of the state's data-space image (or None).
+        x: ``(N, D)`` data-space image ``g_{>=k}(y)`` (or None when not computed).
+        ld_up: ``(N,)`` log-determinant of ``g_{>=k}`` at ``y`` (or None).
+    """
+
+    log_rho: Tensor
+    log_q_data: Tensor | None
+    x: Tensor | None
+    ld_up: Tensor | None
+
+
+def _pick(cond: Tensor, new: Tensor | None, old: Tensor | None) -> Tensor | None:
+    if new is None or old is None:
+        return None
+    return torch.where(cond, new, old)
+
+
 class StochasticFlowSampler:
     """Runs the generative pass of a :class:`ConditionalFlow` with MCMC blocks in between.
 
@@ -156,8 +178,8 @@ class StochasticFlowSampler:
     # -- energies --------------------------------------------------------------------------
     def log_density(
         self, y: Tensor, k: int, ctx: list[Tensor], point: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """``log rho_k(y)`` (unnormalised) and, when known for free, ``log q_L`` of the sample's x.
+    ) -> Energy:
+        """``log rho_k(y)`` (unnormalised) and what the evaluation computed on the way.
 
         Arguments:
             y: ``(N, D)`` state in space ``k``.
@@ -166,14 +188,16 @@ class StochasticFlowSampler:
             point: ``(mu (N, D), log_sigma (D,))`` of the point head (``point`` target only).
 
         Returns:
-            ``(log_rho (N,), log_qL (N,) or None)``.
+            :class:`Energy`; ``x``, ``ld_up`` and ``log_q_data`` are None when not computed.
         """
         L = self.flow.num_layers
         lam = k / L if self.cfg.interpolate else 1.0
         z, ld_down = self.flow.f(y, ctx, start=k)
         log_qk = std_normal_logpdf(z) + ld_down
         if self.cfg.target == "model":
-            return log_qk, (log_qk if k == L else None)
+            if k == L:
+                return Energy(log_qk, log_qk, y, torch.zeros_like(log_qk))
+            return Energy(log_qk, None, None, None)
         x, ld_up = self.flow.g(y, ctx, start=k)
         log_qL = log_qk - ld_up
         if self.cfg.target == "tempered":
@@ -185,16 +209,16 @@ class StochasticFlowSampler:
             r = (x - mu) * torch.exp(-log_sigma)
             log_pi_x = -0.5 * (r * r).sum(-1) - log_sigma.sum() - 0.5 * x.shape[-1] * LOG_2PI
         log_pi_k = log_pi_x + ld_up
-        return (1 - lam) * log_qk + lam * log_pi_k, log_qL
+        return Energy((1 - lam) * log_qk + lam * log_pi_k, log_qL, x, ld_up)
 
     def _grad(
         self, y: Tensor, k: int, ctx: list[Tensor], point: tuple[Tensor, Tensor] | None
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
+    ) -> tuple[Energy, Tensor]:
         with torch.enable_grad():
             yg = y.detach().requires_grad_(True)
-            lp, lq = self.log_density(yg, k, ctx, point)
-            (grad,) = torch.autograd.grad(lp.sum(), yg)
-        return lp.detach(), (lq.detach() if lq is not None else None), grad.detach()
+            e = self.log_density(yg, k, ctx, point)
+            (grad,) = torch.autograd.grad(e.log_rho.sum(), yg)
+        return Energy(*(t.detach() if t is not None else None for t in e)), grad.detach()  # type: ignore[arg-type]
 
     # -- one block ---------------------------------------------------------------------------
     def _block(
@@ -205,52 +229,59 @@ class StochasticFlowSampler:
         ctx: list[Tensor],
         point: tuple[Tensor, Tensor] | None,
         logw: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor, Energy]:
+        """Run the MH steps of block ``b`` at position ``k``; returns ``(y, logw, energy of y)``."""
         cfg = self.cfg
         mala = cfg.kernel == "mala"
+        grad: Tensor | None = None
         if mala:
-            lp, lq, grad = self._grad(y, k, ctx, point)
+            cur, grad = self._grad(y, k, ctx, point)
         else:
-            lp, lq = self.log_density(y, k, ctx, point)
-            grad = None
+            cur = self.log_density(y, k, ctx, point)
         for _ in range(cfg.steps):
             eps = self.step_sizes[b]
             noise = torch.randn_like(y)
             if mala:
                 assert grad is not None
                 prop = y + 0.5 * eps * eps * grad + eps * noise
-                lp_p, lq_p, grad_p = self._grad(prop, k, ctx, point)
+                new, grad_p = self._grad(prop, k, ctx, point)
                 back = y - prop - 0.5 * eps * eps * grad_p
                 log_q_back = -0.5 * (back * back).sum(-1) / (eps * eps)
                 log_q_fwd = -0.5 * (noise * noise).sum(-1)
-                log_alpha = lp_p - lp + log_q_back - log_q_fwd
+                log_alpha = new.log_rho - cur.log_rho + log_q_back - log_q_fwd
             else:
                 prop = y + eps * noise
-                lp_p, lq_p = self.log_density(prop, k, ctx, point)
+                new = self.log_density(prop, k, ctx, point)
                 grad_p = None
-                log_alpha = lp_p - lp
-            accept = torch.log(torch.rand_like(lp)) < log_alpha
+                log_alpha = new.log_rho - cur.log_rho
+            accept = torch.log(torch.rand_like(log_alpha)) < log_alpha
             a = accept.unsqueeze(-1)
-            logw = logw + torch.where(accept, lp - lp_p, torch.zeros_like(lp))
+            logw = logw + torch.where(accept, cur.log_rho - new.log_rho, torch.zeros_like(logw))
             y = torch.where(a, prop, y)
-            lp = torch.where(accept, lp_p, lp)
-            if lq is not None and lq_p is not None:
-                lq = torch.where(accept, lq_p, lq)
+            cur = Energy(
+                torch.where(accept, new.log_rho, cur.log_rho),
+                _pick(accept, new.log_q_data, cur.log_q_data),
+                _pick(a, new.x, cur.x),
+                _pick(accept, new.ld_up, cur.ld_up),
+            )
             if mala:
                 assert grad is not None and grad_p is not None
                 grad = torch.where(a, grad_p, grad)
-            rate = accept.float().mean()
             self.accepted[b] += accept.float().sum()
             self.proposed[b] += accept.numel()
             if cfg.adapt:
+                rate = accept.float().mean()
                 self.step_sizes[b] = eps * torch.exp(0.5 * (rate - cfg.target_accept))
-        return y, logw, lq
+        return y, logw, cur
 
     # -- the generative pass -------------------------------------------------------------------
     def sample(
         self, z: Tensor, ctx: list[Tensor], point: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Push base samples ``z: (N, D)`` to data space through layers and blocks.
+
+        The data-space sample, its log-determinant and ``log q_L`` computed by the last
+        block's energy are reused, so a block costs one flow pass per MH step plus one.
 
         Returns:
             ``(x (N, D), log_w (N,))``; ``log_w`` is zero when no block runs or when weights
@@ -264,20 +295,23 @@ class StochasticFlowSampler:
         track = self.cfg.weights
         logw = -std_normal_logpdf(z) if track else torch.zeros(z.shape[0], device=z.device)
         y = z
-        lq_final: Tensor | None = None
+        last: Energy | None = None
         pos = 0
         for b, k in sorted(enumerate(self.blocks), key=lambda t: t[1]):
             if k > pos:
                 y, ld = flow.g(y, ctx, start=pos, stop=k)
                 logw = logw + ld
                 pos = k
-            y, logw, lq = self._block(b, k, y, ctx, point, logw)
-            lq_final = lq if k == L else None
+            y, logw, last = self._block(b, k, y, ctx, point, logw)
         if pos < L:
-            y, ld = flow.g(y, ctx, start=pos, stop=L)
+            if last is not None and last.x is not None and last.ld_up is not None:
+                y, ld = last.x, last.ld_up  # computed by the last energy evaluation
+            else:
+                y, ld = flow.g(y, ctx, start=pos, stop=L)
             logw = logw + ld
         if not track:
             return y, torch.zeros_like(logw)
+        lq_final = last.log_q_data if last is not None else None
         if lq_final is None:
             lq_final = flow.log_prob(y, ctx)
         return y, logw + lq_final
