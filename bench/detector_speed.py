@@ -24,11 +24,11 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.extract import track_video  # noqa: E402
-from detector.muxer import FrameMuxer  # noqa: E402
-from detector.pose_model import PoseModel  # noqa: E402
-from detector.sources import CameraSource, SourceConfig  # noqa: E402
-from detector.tracking import CameraTracker  # noqa: E402
+from detector.extract import track_video
+from detector.muxer import FrameMuxer
+from detector.pose_model import PoseModel
+from detector.sources import CameraSource, SourceConfig
+from detector.tracking import CameraTracker
 
 VIDEO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "video" / "vtest.avi"
 
@@ -50,7 +50,15 @@ def bare(model: PoseModel, n: int) -> tuple[float, float]:
     yolo = YOLO(str(model.path), task="pose")
     t0 = time.perf_counter()
     persons = frames = 0
-    for r in yolo.predict(source=str(VIDEO), stream=True, imgsz=model.imgsz, device=model.device, verbose=False, classes=[0], conf=model.conf):
+    for r in yolo.predict(
+        source=str(VIDEO),
+        stream=True,
+        imgsz=model.imgsz,
+        device=model.device,
+        verbose=False,
+        classes=[0],
+        conf=model.conf,
+    ):
         persons += len(r.boxes)
         frames += 1
         if frames >= n:
@@ -62,7 +70,10 @@ def cameras(model: PoseModel, n: int, batched: bool, k: int = 4) -> float:
     t0 = time.perf_counter()
     total = 0
     if batched:
-        srcs = [CameraSource(f"cam{i}", SourceConfig(uri=str(VIDEO), queue_size=8)).start() for i in range(k)]
+        srcs = [
+            CameraSource(f"cam{i}", SourceConfig(uri=str(VIDEO), queue_size=8)).start()
+            for i in range(k)
+        ]
         trackers = {s.name: CameraTracker(s.name) for s in srcs}
         mux = FrameMuxer(srcs, batch_size=k, timeout=0.05)
         while total < n * k:
@@ -98,21 +109,56 @@ def main() -> None:
             model.predict([__import__("numpy").zeros((576, 768, 3), "uint8")])  # warm-up
             b_fps, b_pp = bare(model, args.frames)
             o_fps, o_pp = ours(model, args.frames, batch=1)
-            rows.append({"backend": backend, "imgsz": size, "device": model.device, "ours_fps": o_fps, "bare_fps": b_fps, "ratio": o_fps / b_fps, "ours_persons": o_pp, "bare_persons": b_pp})
-            print(f"{backend:<9}{size:>6}  ours {o_fps:6.2f} fps ({o_pp:.2f} persons)  bare {b_fps:6.2f} fps ({b_pp:.2f} persons)  ratio {o_fps / b_fps:.2f}", flush=True)
+            rows.append(
+                {
+                    "backend": backend,
+                    "imgsz": size,
+                    "device": model.device,
+                    "ours_fps": o_fps,
+                    "bare_fps": b_fps,
+                    "ratio": o_fps / b_fps,
+                    "ours_persons": o_pp,
+                    "bare_persons": b_pp,
+                }
+            )
+            print(
+                f"{backend:<9}{size:>6}  ours {o_fps:6.2f} fps ({o_pp:.2f} persons)  bare {b_fps:6.2f} fps ({b_pp:.2f} persons)  ratio {o_fps / b_fps:.2f}",
+                flush=True,
+            )
     default = PoseModel(device=args.device)
     n4 = max(20, args.frames // 2)
     seq = cameras(default, n4, batched=False)
     bat = cameras(default, n4, batched=True)
-    print(f"4 cameras ({default.backend}, imgsz {default.imgsz}): batched {bat:.2f} frames/s vs one after another {seq:.2f} (x{bat / seq:.2f})")
+    print(
+        f"4 cameras ({default.backend}, imgsz {default.imgsz}): batched {bat:.2f} frames/s vs one after another {seq:.2f} (x{bat / seq:.2f})"
+    )
     head = f"{'backend':<10}{'imgsz':>6}{'ours f/s':>10}{'bare f/s':>10}{'ratio':>7}{'persons':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['backend']:<10}{r['imgsz']:>6}{r['ours_fps']:>10.2f}{r['bare_fps']:>10.2f}{r['ratio']:>7.2f}{r['ours_persons']:>9.2f}")
+        print(
+            f"{r['backend']:<10}{r['imgsz']:>6}{r['ours_fps']:>10.2f}{r['bare_fps']:>10.2f}{r['ratio']:>7.2f}{r['ours_persons']:>9.2f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     dev = default.device
-    args.out.write_text(json.dumps({"device": dev, "machine": platform.machine(), "cpus": os.cpu_count(), "frames": args.frames, "rows": rows, "four_cameras": {"backend": default.backend, "imgsz": default.imgsz, "batched_fps": bat, "sequential_fps": seq}}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "device": dev,
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "frames": args.frames,
+                "rows": rows,
+                "four_cameras": {
+                    "backend": default.backend,
+                    "imgsz": default.imgsz,
+                    "batched_fps": bat,
+                    "sequential_fps": seq,
+                },
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 
