@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect pose datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+config_app = typer.Typer(help="Check the service configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -250,6 +252,32 @@ def extract(
         )
     if failed:
         raise typer.Exit(1)
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="YAML configuration file.")],
+) -> None:
+    """Validate a configuration file: every error with its field path (exit 2 when invalid)."""
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    enabled = [n for n, c in cfg.cameras.items() if c.enabled]
+    typer.echo(
+        f"{file}: valid ({len(cfg.cameras)} cameras, {len(enabled)} enabled: {', '.join(enabled)})"
+    )
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the configuration."""
+    from pipelines.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,391 @@
+"""Service configuration: one YAML file plus environment overrides (pydantic v2).
+
+Every model forbids unknown keys and gives every field a title and a description (the JSON
+Schema of ``posewatch config schema`` is the reference). Cameras are a mapping
+``name -> camera``. Secrets are written as ``${ENV_VAR}`` placeholders or ``file:/path``
+references, resolved at load time, kept as ``SecretStr`` and never logged. Environment
+variables override the file: ``POSEWATCH_KAFKA__TOPIC=x`` sets ``kafka.topic``.
+
+Example:
+    >>> cfg = PosewatchConfig.model_validate({"cameras": {"gate": {"source": "gate.mp4"}}})
+    >>> cfg.cameras["gate"].enabled, cfg.kafka.topic
+    (True, 'posewatch.alerts')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` lists ``(field path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} configuration error(s)"]
+        lines += [f"  {path}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class Base(BaseModel):
+    """Shared base: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CameraConfig(Base):
+    source: str = Field(
+        title="Source",
+        description="Video file, rtsp:// or http(s):// URL, webcam index, or folder of images. "
+        "Credentials in URLs are never logged; use ${ENV} placeholders for them.",
+    )
+    enabled: bool = Field(True, title="Enabled", description="Read and analyse this camera.")
+    fps: float | None = Field(
+        None, gt=0, title="Frame rate", description="Frames per second; default: the source's own."
+    )
+    roi: tuple[int, int, int, int] | None = Field(
+        None,
+        title="Region of interest",
+        description="x1, y1, x2, y2 in pixels; people whose box centre lies outside are ignored.",
+    )
+    pace: bool = Field(
+        False,
+        title="Pace files",
+        description="Play video files at their frame rate, like a camera.",
+    )
+    loop: bool = Field(False, title="Loop files", description="Restart video files at their end.")
+    no_frame_timeout: float = Field(
+        10.0,
+        gt=0,
+        title="No-frame timeout",
+        description="Seconds without a frame before reconnecting.",
+    )
+    retry_interval: float = Field(
+        2.0,
+        gt=0,
+        title="Retry interval",
+        description="First wait (s) before reconnecting; doubles.",
+    )
+    max_backoff: float = Field(
+        30.0,
+        gt=0,
+        title="Maximum backoff",
+        description="Longest wait (s) between reconnect attempts.",
+    )
+
+    @model_validator(mode="after")
+    def verify_roi(self) -> CameraConfig:
+        if self.roi is not None:
+            x1, y1, x2, y2 = self.roi
+            if x2 <= x1 or y2 <= y1:
+                raise ValueError("roi must be x1, y1, x2, y2 with x2 > x1 and y2 > y1")
+        return self
+
+
+class DetectorConfig(Base):
+    weights: str | None = Field(
+        None, title="Weights", description="YOLO-pose weights path or name; default yolo11n-pose."
+    )
+    imgsz: int = Field(
+        1088, ge=32, le=4096, title="Image size", description="Inference size (long side)."
+    )
+    backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
+        "auto", title="Backend", description="auto: OpenVINO on CPU, torch on CUDA."
+    )
+    device: str | None = Field(
+        None, title="Device", description="cpu, cuda:0, ...; default automatic."
+    )
+    conf: float = Field(
+        0.1, gt=0, lt=1, title="Detection confidence", description="Minimum detection score."
+    )
+    batch_size: int = Field(
+        4, ge=1, le=64, title="Batch size", description="Most frames per inference call."
+    )
+    batch_timeout_ms: float = Field(
+        20.0, ge=0, title="Batch timeout", description="Longest wait (ms) for a batch to fill."
+    )
+    tracker: Literal["bytetrack", "botsort"] = Field(
+        "bytetrack", title="Tracker", description="Per-camera tracker."
+    )
+
+
+class ForecasterConfig(Base):
+    checkpoint: Path | None = Field(
+        None,
+        title="Checkpoint",
+        description="Model from `posewatch train`; none: learn each scene first (cold start).",
+    )
+    samples: int = Field(
+        20, ge=1, le=512, title="Samples (K)", description="Futures drawn per person."
+    )
+    sampler: str = Field(
+        "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."
+    )
+    scorer: Literal["kde", "nll", "minade"] = Field(
+        "kde", title="Scorer", description="How windows are scored."
+    )
+    stride: int = Field(
+        2, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."
+    )
+    smoothing_sigma: float = Field(
+        6.0, ge=0, title="Smoothing", description="Causal Gaussian smoothing of scores, frames."
+    )
+    batch: int = Field(256, ge=1, title="Batch", description="Most person windows per model call.")
+
+
+class AlertingConfig(Base):
+    threshold: float | None = Field(
+        None,
+        title="Threshold",
+        description="Score threshold; default: the checkpoint's calibration.",
+    )
+    target_false_alerts_per_hour: float = Field(
+        1.0, gt=0, title="Target false alerts", description="Per camera-hour, for calibration."
+    )
+    min_duration_s: float = Field(
+        0.5, ge=0, title="Minimum duration", description="Seconds above threshold before `new`."
+    )
+    hysteresis: float = Field(
+        0.0, ge=0, title="Hysteresis", description="An episode ends below threshold minus this."
+    )
+    update_interval_s: float = Field(
+        5.0,
+        gt=0,
+        title="Update interval",
+        description="At most one `update` per episode this often.",
+    )
+    cooldown_s: float = Field(
+        10.0,
+        ge=0,
+        title="Cool-down",
+        description="Seconds after `end` before the same person may alert.",
+    )
+    top_joints: int = Field(
+        3, ge=1, le=17, title="Top joints", description="Joints named in an alert."
+    )
+
+
+class KafkaConfig(Base):
+    bootstrap_servers: list[str] = Field(
+        default_factory=list,
+        title="Bootstrap servers",
+        description="host:port list; empty: start the embedded broker on 127.0.0.1.",
+    )
+    topic: str = Field("posewatch.alerts", min_length=1, title="Topic", description="Alert topic.")
+    poses_topic: str = Field(
+        "posewatch.poses",
+        min_length=1,
+        title="Poses topic",
+        description="PoseFrame topic (split services).",
+    )
+    client_id: str = Field("posewatch", title="Client id", description="Kafka client id.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", title="Security protocol", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, title="SASL mechanism", description="SASL mechanism when SASL is used."
+    )
+    sasl_username: str | None = Field(None, title="SASL user", description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, title="SASL password", description="Use ${ENV} or file:/path; never logged."
+    )
+    ssl_cafile: Path | None = Field(None, title="CA file", description="CA certificate (SSL).")
+    ssl_certfile: Path | None = Field(
+        None, title="Certificate", description="Client certificate (SSL)."
+    )
+    ssl_keyfile: Path | None = Field(None, title="Key", description="Client key (SSL).")
+    spool_dir: Path = Field(
+        Path("spool"),
+        title="Spool folder",
+        description="Alerts wait here on disk while the broker is down.",
+    )
+    spool_max_mb: float = Field(
+        256.0,
+        gt=0,
+        title="Spool limit",
+        description="Spool size (MB) beyond which the oldest alerts go.",
+    )
+
+    @model_validator(mode="after")
+    def verify_sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or self.sasl_username is None or self.sasl_password is None
+        ):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class MetricsConfig(Base):
+    enabled: bool = Field(True, title="Enabled", description="Serve Prometheus metrics.")
+    host: str = Field("127.0.0.1", title="Bind address", description="Address of /metrics.")
+    port: int = Field(
+        9108, ge=0, le=65535, title="Port", description="Port of /metrics (0: any free)."
+    )
+
+
+class OutputsConfig(Base):
+    alerts_jsonl: Path | None = Field(
+        Path("runs/alerts.jsonl"), title="Alerts file", description="Every alert as a JSON line."
+    )
+    annotated_video: Path | None = Field(
+        None,
+        title="Annotated video",
+        description="Folder for one MP4 per camera with skeletons and scores.",
+    )
+    snapshots: Path | None = Field(
+        None,
+        title="Snapshots",
+        description="Folder for one JPEG per `new` alert with the skeleton drawn.",
+    )
+
+
+class ColdStartConfig(Base):
+    learn_minutes: float = Field(
+        3.0, gt=0, title="Learning time", description="Minutes of a camera's footage to learn from."
+    )
+    epochs: int = Field(
+        8, ge=1, title="Epochs", description="Training epochs on the learned footage."
+    )
+    target_false_alerts_per_hour: float = Field(
+        1.0, gt=0, title="Target false alerts", description="Calibration target after learning."
+    )
+
+
+class PosewatchConfig(BaseSettings):
+    """The whole service configuration."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="POSEWATCH_", env_nested_delimiter="__", validate_assignment=True
+    )
+
+    cameras: dict[str, CameraConfig] = Field(
+        title="Cameras", description="Camera name -> camera. Names appear in alerts and metrics."
+    )
+    detector: DetectorConfig = Field(
+        default_factory=DetectorConfig, title="Detector", description="Pose model and tracking."
+    )
+    forecaster: ForecasterConfig = Field(
+        default_factory=ForecasterConfig, title="Forecaster", description="Forecasting and scoring."
+    )
+    alerting: AlertingConfig = Field(
+        default_factory=AlertingConfig, title="Alerting", description="Alert episodes."
+    )
+    kafka: KafkaConfig = Field(
+        default_factory=KafkaConfig, title="Kafka", description="Alert delivery."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, title="Metrics", description="Prometheus endpoint."
+    )
+    outputs: OutputsConfig = Field(
+        default_factory=OutputsConfig, title="Outputs", description="Files written besides Kafka."
+    )
+    cold_start: ColdStartConfig = Field(
+        default_factory=ColdStartConfig,
+        title="Cold start",
+        description="Learning a scene without a model.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the file.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def verify_cameras(self) -> PosewatchConfig:
+        if not self.cameras:
+            raise ValueError("at least one camera is needed")
+        for name in self.cameras:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(
+                    f"camera name {name!r}: use letters, digits, '_', '.', '-' (max 64)"
+                )
+        return self
+
+
+def resolve_secrets(value: Any, where: str = "") -> Any:
+    """Replace ``${ENV}`` placeholders and ``file:/path`` strings (recursively)."""
+    if isinstance(value, dict):
+        return {
+            k: resolve_secrets(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [resolve_secrets(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                "config", [(where, f"cannot read secret file {path} ({exc.strerror})")]
+            ) from exc
+
+    def sub(m: re.Match[str]) -> str:
+        var = m.group(1)
+        if var not in os.environ:
+            raise ConfigError("config", [(where, f"environment variable {var} is not set")])
+        return os.environ[var]
+
+    return ENV_PLACEHOLDER.sub(sub, value)
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        out.append((path, err["msg"]))
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, data: dict[str, Any] | None = None
+) -> PosewatchConfig:
+    """Load and validate a YAML file (or a dict), with ``${ENV}`` / ``file:`` secrets.
+
+    Raises:
+        ConfigError: every problem with its field path.
+    """
+    source = str(path) if path is not None else "config"
+    if data is None:
+        if path is None:
+            raise ConfigError(source, [("(file)", "no configuration file given")])
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(source, [("(file)", "file does not exist")])
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top level)", "expected a mapping of sections")])
+    try:
+        resolved = resolve_secrets(data)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problems) from None
+    try:
+        return PosewatchConfig(**resolved)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration."""
+    return PosewatchConfig.model_json_schema()

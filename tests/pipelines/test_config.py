@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.config import ConfigError, PosewatchConfig, json_schema, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config" / "posewatch.example.yaml"
+runner = CliRunner()
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATE_CAMERA_USER", "admin")
+    monkeypatch.setenv("GATE_CAMERA_PASSWORD", "s3cret")
+    cfg = load_config(EXAMPLE)
+    assert set(cfg.cameras) == {"lawn", "gate"}
+    assert cfg.cameras["gate"].source == "rtsp://admin:s3cret@10.0.0.5:554/stream1"
+    assert not cfg.cameras["gate"].enabled and cfg.cameras["gate"].roi == (0, 200, 1920, 1080)
+    res = runner.invoke(app, ["config", "check", str(EXAMPLE)])
+    assert res.exit_code == 0 and "2 cameras, 1 enabled: lawn" in res.output
+
+
+def test_invalid_config_reports_every_field_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "cameras:\n"
+        "  gate: {source: a.mp4, fps: -3, colour: red}\n"
+        "  'bad name!': {source: b.mp4}\n"
+        "detector: {imgsz: 10}\n"
+        "kafka: {security_protocol: SASL_SSL}\n"
+        "alerts: {}\n"
+    )
+    res = runner.invoke(app, ["config", "check", str(bad)])
+    assert res.exit_code == 2
+    for path in ("cameras.gate.fps", "cameras.gate.colour", "detector.imgsz", "kafka", "alerts"):
+        assert path in res.output, (path, res.output)
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert len(info.value.problems) >= 5
+
+
+def test_missing_file_bad_yaml_and_missing_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["config", "check", str(tmp_path / "none.yaml")]).exit_code == 2
+    y = tmp_path / "y.yaml"
+    y.write_text("cameras: [unclosed\n")
+    res = runner.invoke(app, ["config", "check", str(y)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+    monkeypatch.delenv("GATE_CAMERA_PASSWORD", raising=False)
+    monkeypatch.setenv("GATE_CAMERA_USER", "admin")
+    res = runner.invoke(app, ["config", "check", str(EXAMPLE)])
+    assert (
+        res.exit_code == 2
+        and "cameras.gate.source: environment variable GATE_CAMERA_PASSWORD is not set"
+        in res.output
+    )
+
+
+def test_secrets_from_files_are_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    cfg = load_config(
+        data={
+            "cameras": {"c": {"source": "x.mp4"}},
+            "kafka": {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "PLAIN",
+                "sasl_username": "u",
+                "sasl_password": f"file:{secret}",
+            },
+        }
+    )
+    assert cfg.kafka.sasl_password is not None
+    assert cfg.kafka.sasl_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(cfg) and "hunter2" not in cfg.model_dump_json()
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSEWATCH_KAFKA__TOPIC", "site7.alerts")
+    monkeypatch.setenv("POSEWATCH_METRICS__PORT", "9200")
+    cfg = load_config(
+        data={"cameras": {"c": {"source": "x.mp4"}}, "kafka": {"topic": "file.topic"}}
+    )
+    assert cfg.kafka.topic == "site7.alerts" and cfg.metrics.port == 9200
+
+
+def test_schema_has_a_title_and_description_on_every_field() -> None:
+    schema = json_schema()
+    missing = []
+    for name, model in schema["$defs"].items():
+        for field, spec in model.get("properties", {}).items():
+            if "title" not in spec or "description" not in spec:
+                missing.append(f"{name}.{field}")
+    for field, spec in schema["properties"].items():
+        if "description" not in spec:
+            missing.append(field)
+    assert not missing, missing
+    res = runner.invoke(app, ["config", "schema"])
+    assert res.exit_code == 0 and json.loads(res.output)["title"] == "PosewatchConfig"
+    assert PosewatchConfig.model_config.get("extra") == "forbid"
