@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -122,14 +123,10 @@ class KafkaAlertSink:
         if p is not None:
             # Unacknowledged records are still in the spool and will be resent: abort them so
             # the producer closes at once instead of waiting on a dead broker.
-            try:
+            with contextlib.suppress(Exception):  # private API of kafka-python: best effort
                 p._accumulator.abort_incomplete_batches()
-            except Exception:  # private API of kafka-python: best effort
-                pass
-            try:
+            with contextlib.suppress(Exception):  # closing a producer of a dead broker may raise
                 p.close(timeout=1)
-            except Exception:  # closing a producer of a dead broker may raise anything
-                pass
         self.connected = False
 
     def _run(self) -> None:

@@ -142,8 +142,8 @@ class DiskSpool:
             return
         with self._lock:
             last = None
-            for last in self._iter_from(self._seg, self._off, n):
-                pass
+            for rec in self._iter_from(self._seg, self._off, n):
+                last = rec
             if last is None:
                 return
             seg, off, _ = last
