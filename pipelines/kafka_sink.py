@@ -169,12 +169,12 @@ class KafkaAlertSink:
             if self.on_delivery is not None:
                 self.on_delivery(True, done)
         if done < len(batch):
-            exc = (
+            err = (
                 futures[done].exception
                 if futures[done].is_done
                 else TimeoutError("not acknowledged")
             )
-            self._note_failure(len(batch) - done, exc)
+            self._note_failure(len(batch) - done, err)
         return done
 
     def _note_failure(self, n: int, exc: BaseException | None) -> None:
