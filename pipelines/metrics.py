@@ -1,0 +1,143 @@
+"""Prometheus metrics of the service (prometheus-client).
+
+Conventions: ``posewatch_`` prefix, one ``camera`` label name everywhere, counters end in
+``_total``, latencies are histograms in seconds, ``posewatch_build_info`` carries the
+version. Each :class:`Metrics` owns its registry, so tests and several services in one
+process do not collide.
+
+Example:
+    >>> m = Metrics()
+    >>> m.frames_read.labels(camera="gate").inc()
+    >>> b"posewatch_frames_read_total" in m.render()
+    True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    start_http_server,
+)
+
+from pipelines import __version__
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGES = ("decode", "detect", "forecast", "score", "publish")
+CAMERA_STATUSES = ("starting", "online", "reconnecting", "offline", "finished")
+PHASES = ("learning", "training", "scoring")
+
+
+class Metrics:
+    """Every metric posewatch exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        cam = ["camera"]
+        self.build_info = Info("posewatch_build", "posewatch version", registry=r)
+        self.build_info.info({"version": __version__})
+        self.frames_read = Counter(
+            "posewatch_frames_read_total", "Frames decoded per camera", cam, registry=r
+        )
+        self.frames_processed = Counter(
+            "posewatch_frames_processed_total",
+            "Frames through detection and tracking",
+            cam,
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "posewatch_frames_dropped_total",
+            "Frames dropped to keep up (newest kept)",
+            cam,
+            registry=r,
+        )
+        self.camera_up = Gauge(
+            "posewatch_camera_up", "1 while the camera delivers frames", cam, registry=r
+        )
+        self.camera_status = Gauge(
+            "posewatch_camera_status",
+            "1 for the camera's current status",
+            ["camera", "status"],
+            registry=r,
+        )
+        self.camera_reconnects = Counter(
+            "posewatch_camera_reconnects_total", "Reconnect attempts", cam, registry=r
+        )
+        self.camera_phase = Gauge(
+            "posewatch_camera_phase",
+            "1 for the camera's model phase (cold start)",
+            ["camera", "phase"],
+            registry=r,
+        )
+        self.persons_tracked = Gauge(
+            "posewatch_persons_tracked", "Persons tracked now", cam, registry=r
+        )
+        self.stage_latency = Histogram(
+            "posewatch_stage_latency_seconds",
+            "Per-stage processing time",
+            ["camera", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_to_alert = Histogram(
+            "posewatch_frame_to_alert_seconds",
+            "From frame decode to alert published",
+            cam,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.anomaly_score = Histogram(
+            "posewatch_anomaly_score",
+            "Smoothed per-person anomaly scores",
+            cam,
+            buckets=(-10, -8, -6, -5, -4, -3, -2, -1, 0, 1, 2, 4, 8, 16),
+            registry=r,
+        )
+        self.alerts = Counter(
+            "posewatch_alerts_total", "Alerts by type", ["camera", "type"], registry=r
+        )
+        self.published = Counter(
+            "posewatch_alerts_published_total", "Alerts acknowledged by the broker", registry=r
+        )
+        self.publish_errors = Counter(
+            "posewatch_publish_errors_total",
+            "Alert deliveries that failed (retried from the spool)",
+            registry=r,
+        )
+        self.spool_messages = Gauge(
+            "posewatch_spool_messages", "Alerts waiting in the disk spool", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "posewatch_spool_bytes", "Bytes waiting in the disk spool", registry=r
+        )
+        self.spool_dropped = Gauge(
+            "posewatch_spool_dropped_messages",
+            "Alerts dropped because the spool was full",
+            registry=r,
+        )
+
+    def set_camera_status(self, camera: str, status: str) -> None:
+        """One-hot status gauge plus ``camera_up``."""
+        for s in CAMERA_STATUSES:
+            self.camera_status.labels(camera=camera, status=s).set(1.0 if s == status else 0.0)
+        self.camera_up.labels(camera=camera).set(1.0 if status == "online" else 0.0)
+
+    def set_phase(self, camera: str, phase: str) -> None:
+        for p in PHASES:
+            self.camera_phase.labels(camera=camera, phase=p).set(1.0 if p == phase else 0.0)
+
+    def on_delivery(self, ok: bool, n: int) -> None:
+        """Hook for :class:`pipelines.kafka_sink.KafkaAlertSink`."""
+        (self.published if ok else self.publish_errors).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics``; returns the bound port (useful with port 0)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
