@@ -182,6 +182,7 @@ def cut_windows(
     stride: int = 1,
     starts: np.ndarray | None = None,
     track_index: int = 0,
+    fill: str = "track",
 ) -> Windows:
     """Cut normalised windows from one track.
 
@@ -191,6 +192,8 @@ def cut_windows(
         stride: distance between window starts, in kept frames.
         starts: explicit window starts (rows of the subsampled track); overrides ``stride``.
         track_index: stored in ``Windows.track``.
+        fill: ``track`` fills gaps over the whole track (training); ``window`` only within
+            each window, as a live scorer can (causal: no frame after the window is used).
 
     Returns:
         Windows whose observed frames all have a centre and a size; ``start`` is in rows of
@@ -202,7 +205,8 @@ def cut_windows(
     if T < L:
         return Windows.concat([])
     seen = np.asarray(np.isfinite(xy_all).all(axis=-1))
-    xy = fill_gaps(xy_all, cfg.max_gap)
+    per_window = fill == "window"
+    xy = xy_all if per_window else fill_gaps(xy_all, cfg.max_gap)
     filled = np.asarray(np.isfinite(xy).all(axis=-1))
     if starts is None:
         starts = np.arange(0, T - L + 1, stride)
@@ -210,13 +214,13 @@ def cut_windows(
     t_ref = cfg.t_obs  # last observed frame inside the window
     for s in starts:
         s = int(s)
-        w = xy[s : s + L]
+        w = fill_gaps(xy[s : s + L], cfg.max_gap) if per_window else xy[s : s + L]
         cs = _centre_and_scale(w, t_ref, min(1, t_ref))
         if cs is None:
             continue
         cx, cy, size = cs
         p = (w - np.array([cx, cy], np.float32)) / size
-        m = filled[s : s + L]
+        m = np.asarray(np.isfinite(w).all(axis=-1)) if per_window else filled[s : s + L]
         p = np.where(m[..., None], p, np.nan)
         poses.append(p)
         masks.append(m)

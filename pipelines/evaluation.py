@@ -49,12 +49,15 @@ def score_clip(
 ) -> ClipScores:
     """Score every window (stride ``stride``) of every track of a clip.
 
-    Each window's score is placed on its last frame (causal placement).
+    Each window's score is placed on its last frame and gaps are filled within each window
+    only (causal: the live service computes exactly these scores, see track_scoring).
     """
     n = clip.num_frames
     persons: dict[int, np.ndarray] = {}
     for tid, tr in clip.tracks.items():
-        w = cut_windows(tr.keypoints, wcfg, stride=stride)
+        w = cut_windows(tr.keypoints, wcfg, stride=stride, fill="window")
+        if len(w):  # a window is scored at its last frame only if the person is there
+            w = w.select(tr.present[w.start + (wcfg.length - 1) * wcfg.frame_step])
         if len(w) == 0:
             continue
         s = score_windows(model, w.poses, w.mask, w.visible, scorer)

@@ -1,0 +1,162 @@
+"""Live scoring: per-(camera, track) pose buffers -> batched window scores -> smoothed scores.
+
+The same functions as offline evaluation (:func:`forecasting.windows.cut_windows`,
+:func:`forecasting.scoring.score_windows`, :class:`forecasting.frame_scores.CausalSmoother`)
+on a sliding buffer per person: a person is scored at a frame when the buffer holds a full
+window ending there (and every ``stride``-th frame after that). Persons due in a batch of
+frames (any cameras) go through the model in one call.
+
+Example:
+    >>> scorer = TrackScorer(checkpoint, ScorerConfig())  # doctest: +SKIP
+    >>> for frame in pose_frames:  # doctest: +SKIP
+    ...     for s in scorer.add([frame]):
+    ...         print(s.camera, s.track_id, s.smoothed)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector.pose import PoseFrame
+from forecasting.frame_scores import CausalSmoother
+from forecasting.scoring import ScorerConfig, score_windows
+from forecasting.train import Checkpoint
+from forecasting.windows import Windows, cut_windows
+
+
+@dataclass(slots=True)
+class PersonScore:
+    """One person's score at one frame."""
+
+    camera: str
+    track_id: int
+    frame_index: int
+    timestamp: float
+    score: float
+    smoothed: float
+    joints: np.ndarray  # (17,)
+    bbox: np.ndarray  # (4,)
+    keypoints: np.ndarray  # (17, 3)
+
+
+@dataclass(slots=True)
+class _Track:
+    rows: deque[tuple[int, np.ndarray, np.ndarray, float]]  # frame, keypoints, bbox, ts
+    smoother: CausalSmoother
+    last_frame: int = -1
+    scored_at: int = -(10**9)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class TrackScorer:
+    """Buffers, scores and smooths the persons of any number of cameras.
+
+    Arguments:
+        ckpt: the forecaster.
+        cfg: scorer configuration.
+        stride: score a person every ``stride`` frames.
+        sigma: causal smoothing (frames).
+        max_missing: a track unseen for this many frames is forgotten.
+    """
+
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        cfg: ScorerConfig,
+        stride: int = 1,
+        sigma: float = 6.0,
+        max_missing: int = 60,
+    ):
+        self.ckpt = ckpt
+        self.cfg = cfg
+        self.stride = max(1, stride)
+        self.sigma = sigma
+        self.max_missing = max_missing
+        w = ckpt.window_config
+        self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
+        self._tracks: dict[tuple[str, int], _Track] = {}
+
+    def cameras(self) -> set[str]:
+        return {c for c, _ in self._tracks}
+
+    def drop_camera(self, camera: str) -> None:
+        """Forget every buffer of a camera (e.g. its partition moved to another scorer)."""
+        for key in [k for k in self._tracks if k[0] == camera]:
+            del self._tracks[key]
+
+    def forget_stale(self, camera: str, frame_index: int) -> list[int]:
+        """Drop tracks of ``camera`` unseen for ``max_missing`` frames; returns their ids."""
+        gone = [
+            k
+            for k, t in self._tracks.items()
+            if k[0] == camera and frame_index - t.last_frame > self.max_missing
+        ]
+        for k in gone:
+            del self._tracks[k]
+        return [k[1] for k in gone]
+
+    def _window(self, tr: _Track) -> np.ndarray:
+        last = tr.rows[-1][0]
+        first = last - self.span + 1
+        kp = np.full((self.span, 17, 3), np.nan, np.float32)
+        kp[..., 2] = 0
+        for f, k, _, _ in tr.rows:
+            if f >= first:
+                kp[f - first] = k
+        return kp
+
+    def add(self, frames: Sequence[PoseFrame]) -> list[PersonScore]:
+        """Add frames (any cameras, in order per camera); returns the scores they produce."""
+        due: list[
+            tuple[tuple[str, int], np.ndarray, tuple[int, np.ndarray, np.ndarray, float]]
+        ] = []
+        for fr in frames:
+            for p in fr.persons:
+                key = (fr.camera, p.track_id)
+                tr = self._tracks.get(key)
+                if tr is None:
+                    tr = self._tracks[key] = _Track(
+                        deque(maxlen=self.span), CausalSmoother(self.sigma)
+                    )
+                tr.rows.append((fr.frame_index, p.keypoints, p.bbox, fr.timestamp))
+                tr.last_frame = fr.frame_index
+                if fr.frame_index - tr.rows[0][0] + 1 < self.span:
+                    continue
+                if fr.frame_index - tr.scored_at < self.stride:
+                    continue
+                due.append((key, self._window(tr), tr.rows[-1]))
+                tr.scored_at = fr.frame_index
+        if not due:
+            return []
+        wcfg = self.ckpt.window_config
+        parts, owners = [], []
+        for key, kp, row in due:
+            w = cut_windows(kp, wcfg, starts=np.array([0]), fill="window")
+            if len(w):
+                parts.append(w)
+                owners.append((key, row))
+        if not parts:
+            return []
+        batch = Windows.concat(parts)
+        s = score_windows(self.ckpt.model, batch.poses, batch.mask, batch.visible, self.cfg)
+        out = []
+        for i, (key, (f, k, bbox, ts)) in enumerate(owners):
+            tr = self._tracks[key]
+            out.append(
+                PersonScore(
+                    camera=key[0],
+                    track_id=key[1],
+                    frame_index=f,
+                    timestamp=ts,
+                    score=float(s.score[i]),
+                    smoothed=tr.smoother.update(float(s.score[i])),
+                    joints=s.joints[i],
+                    bbox=bbox,
+                    keypoints=k,
+                )
+            )
+        return out
