@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from forecasting.evaluate import default_samplers
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, ModelConfig
 from forecasting.train import load_checkpoint
@@ -35,29 +36,16 @@ from forecasting.windows import Standardizer
 
 
 def samplers(L: int) -> list[SamplerConfig]:
-    return [
-        GRU_NF,
-        SamplerConfig(name="snf-rwm-model-L1", kernel="rwm", target="model", steps=1, blocks=(L,)),
-        SamplerConfig(
-            name="snf-rwm-tempered-L1",
-            kernel="rwm",
-            target="tempered",
-            beta=0.5,
-            steps=1,
-            blocks=(L,),
-        ),
-        SamplerConfig(name="snf-rwm-point-L1", kernel="rwm", target="point", steps=1, blocks=(L,)),
-        SamplerConfig(name="snf-rwm-point-all2", kernel="rwm", target="point", steps=2),
-        SamplerConfig(
-            name="snf-mala-tempered-L1",
-            kernel="mala",
-            target="tempered",
-            beta=0.5,
-            steps=1,
-            blocks=(L,),
-            step_size=0.2,
-        ),
-    ]
+    """GRU-NF, the GRU-SNF default (with and without path weights) and the kept variants."""
+    keep = {
+        "gru-nf",
+        "gru-snf",
+        "gru-snf-weighted",
+        "snf-latent-point",
+        "snf-latent-tempered0.7",
+        "snf-latent-mala-tempered0.5",
+    }
+    return [s for s in default_samplers(L) if s.name in keep]
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:

@@ -52,6 +52,8 @@ def default_samplers(L: int = 7) -> list[SamplerConfig]:
         GRU_NF,
         GRU_NF.with_(name="gru-nf-meanfb", mean_feedback=True),
         SNF_DEFAULT,
+        SNF_DEFAULT.with_(name="gru-snf-weighted", weights=True),
+        SamplerConfig(name="snf-latent-point", kernel="rwm", target="point", steps=2, **latent),  # type: ignore[arg-type]
         SamplerConfig(name="snf-latent-model", kernel="rwm", target="model", steps=1, **latent),  # type: ignore[arg-type]
         SamplerConfig(
             name="snf-latent-tempered0.7",
