@@ -84,3 +84,27 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="posewatch train"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.slow
+def test_trained_flow_reconstructs_real_frames(aihub2: Path, trained_checkpoint: Path) -> None:
+    """x -> z -> x on real test frames through a trained model (contexts from the GRU)."""
+    from forecasting.train import build_windows
+    from pipelines.tracks import load_tracks
+
+    ck = load_checkpoint(trained_checkpoint)
+    m = ck.model
+    w = build_windows(load_tracks(aihub2, "test"), ck.window_config, 16, normal_only=False)
+    P = to_tensor(fill_unseen(w.poses, m.pose_mean.numpy()))
+    M = to_tensor(w.mask)
+    with torch.no_grad():
+        feats, target = m.features(P, M)
+        out, _ = m.gru(feats)
+        t0 = m.cfg.t_obs
+        h = out[:, t0 - 1 : -1].reshape(-1, out.shape[-1])
+        x = target[:, t0:].reshape(-1, 34)
+        ctx = m.flow.context(h)
+        z, _ = m.flow.f(x, ctx)
+        x2, _ = m.flow.g(z, ctx)
+    assert x.shape[0] > 20_000
+    assert float((x - x2).abs().max()) < 1e-4
