@@ -44,6 +44,12 @@ def std_normal_logpdf(z: Tensor) -> Tensor:
     return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
 
+def diag_normal_logpdf(x: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """``(N, D) -> (N,)`` log-density of a diagonal Gaussian ``N(mu, exp(log_sigma)^2)``."""
+    r = (x - mu) * torch.exp(-log_sigma)
+    return -0.5 * (r * r).sum(-1) - log_sigma.sum(-1) - 0.5 * x.shape[-1] * LOG_2PI
+
+
 def default_masks(dim: int, layers: int, groups: list[Tensor] | None = None) -> list[Tensor]:
     """Binary masks (True = conditioning half) cycling through the given partitions.
 

@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from forecasting.flow import LOG_2PI, ConditionalFlow, std_normal_logpdf
+from forecasting.flow import ConditionalFlow, diag_normal_logpdf, std_normal_logpdf
 
 Kernel = Literal["none", "rwm", "mala"]
 Target = Literal["model", "point", "tempered"]
@@ -206,10 +206,7 @@ class StochasticFlowSampler:
             )
             if point is None:
                 raise ValueError("the 'point' target needs the point head's mean and scale")
-            mu, log_sigma = point
-            r = (x - mu) * torch.exp(-log_sigma)
-            log_pi_x = -0.5 * (r * r).sum(-1) - log_sigma.sum() - 0.5 * x.shape[-1] * LOG_2PI
-            return Energy(log_pi_x + ld_up, None, x, ld_up)
+            return Energy(diag_normal_logpdf(x, *point) + ld_up, None, x, ld_up)
         z, ld_down = self.flow.f(y, ctx, start=k)
         log_qk = std_normal_logpdf(z) + ld_down
         if self.cfg.target == "model":
@@ -223,9 +220,7 @@ class StochasticFlowSampler:
         else:
             if point is None:
                 raise ValueError("the 'point' target needs the point head's mean and scale")
-            mu, log_sigma = point
-            r = (x - mu) * torch.exp(-log_sigma)
-            log_pi_x = -0.5 * (r * r).sum(-1) - log_sigma.sum() - 0.5 * x.shape[-1] * LOG_2PI
+            log_pi_x = diag_normal_logpdf(x, *point)
         log_pi_k = log_pi_x + ld_up
         return Energy((1 - lam) * log_qk + lam * log_pi_k, log_qL, x, ld_up)
 

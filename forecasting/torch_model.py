@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from forecasting.flow import LOG_2PI, ConditionalFlow, default_masks, pose_masks
+from forecasting.flow import ConditionalFlow, default_masks, diag_normal_logpdf, pose_masks
 from forecasting.snf import GRU_NF, SamplerConfig, StepStats, StochasticFlowSampler
 from forecasting.windows import Standardizer
 
@@ -159,8 +159,7 @@ class GRUNF(nn.Module):
     # -- densities -----------------------------------------------------------------------------
     def point_log_prob(self, h: Tensor, x: Tensor) -> Tensor:
         """``h (N, C), x (N, 34) -> (N,)`` log-density under the point head's Gaussian."""
-        r = (x - self.point(h)) * torch.exp(-self.point_log_scale)
-        return -0.5 * (r * r).sum(-1) - self.point_log_scale.sum() - 0.5 * D * LOG_2PI
+        return diag_normal_logpdf(x, self.point(h), self.point_log_scale)
 
     def forward(self, poses: Tensor, mask: Tensor, first: int | None = None) -> ForwardOutput:
         """Teacher-forced log-densities of every frame from ``first`` on.
