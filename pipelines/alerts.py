@@ -158,6 +158,11 @@ class AlertLifecycle:
         self.model = model or ModelInfo(name="gru-nf", version="unknown")
         self._episodes: dict[int, _Episode] = {}
 
+    def is_open(self, track_id: int) -> bool:
+        """Whether the person has an open (``new`` sent, no ``end`` yet) episode."""
+        ep = self._episodes.get(track_id)
+        return ep is not None and ep.state == State.ACTIVE
+
     @property
     def open_episodes(self) -> int:
         return sum(1 for e in self._episodes.values() if e.state == State.ACTIVE)

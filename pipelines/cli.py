@@ -280,5 +280,58 @@ def config_schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(help="YAML configuration file.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Quick form: one video file or stream URL (camera 'cam0').")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (quick form).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Alert threshold override.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+) -> None:
+    """Run the service: cameras in, alerts to Kafka and JSONL, metrics on /metrics."""
+    import logging
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.runtime import RuntimeConfigError, Service
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if config is not None:
+            cfg = load_config(config)
+        elif source is not None:
+            data: dict[str, object] = {"cameras": {"cam0": {"source": source}}}
+            if model is not None:
+                data["forecaster"] = {"checkpoint": str(model)}
+            cfg = load_config(data=data)
+        else:
+            raise _fail("give --config FILE or --source VIDEO_OR_URL", 2)
+        if model is not None:
+            cfg.forecaster.checkpoint = model
+        if threshold is not None:
+            cfg.alerting.threshold = threshold
+        service = Service(cfg)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    except RuntimeConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+    service.install_signal_handlers()
+    s = service.run(max_seconds)
+    frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
+    alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
+    typer.echo(f"frames: {frames}; persons: {s.persons}; alerts: {alerts}; {s.seconds:.0f} s")
+    typer.echo(f"alerts file: {s.alerts_file}; topic {s.topic} on {s.bootstrap}")
+    if s.videos:
+        typer.echo(f"annotated video: {', '.join(s.videos)}")
+    for cam, err in s.camera_errors.items():
+        typer.echo(f"camera {cam}: {err}", err=True)
+    if not s.delivered:
+        typer.echo("some alerts are still in the spool; they are sent at the next start", err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
