@@ -83,3 +83,53 @@ def test_run_on_real_video_delivers_every_alert(
         remote = [(r.key.decode(), Alert.model_validate(json.loads(r.value))) for r in got]
         assert all(k == a.camera == "lawn" for k, a in remote)
         assert [(a.alert_id, a.type) for _, a in remote] == [(a.alert_id, a.type) for a in local]
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_sigterm_ends_open_episodes_and_exits_zero(
+    videos: Path, trained_checkpoint: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    with EmbeddedBroker() as broker:
+        ensure_topic(broker.bootstrap, "posewatch.alerts")
+        cfg = {
+            "cameras": {"lawn": {"source": str(videos / "vtest.avi"), "pace": True, "loop": True}},
+            "forecaster": {"checkpoint": str(trained_checkpoint), "stride": 2},
+            "alerting": {"threshold": -100.0, "min_duration_s": 0.3, "update_interval_s": 60.0},
+            "kafka": {
+                "bootstrap_servers": [broker.bootstrap],
+                "spool_dir": str(tmp_path / "spool"),
+            },
+            "metrics": {"port": 0},
+            "outputs": {"alerts_jsonl": str(tmp_path / "alerts.jsonl")},
+        }
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        exe = Path(sys.executable).with_name("posewatch")
+        proc = subprocess.Popen(
+            [str(exe), "run", "--config", str(tmp_path / "c.yaml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "YOLO_OFFLINE": "1"},
+        )
+        alerts = tmp_path / "alerts.jsonl"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if alerts.exists() and alerts.read_text().count('"type":"new"') >= 3:
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out.decode()[-2000:]
+        msgs = [json.loads(x) for x in alerts.read_text().splitlines()]
+        news = {m["alert_id"] for m in msgs if m["type"] == "new"}
+        ends = {m["alert_id"] for m in msgs if m["type"] == "end"}
+        assert len(news) >= 3 and news == ends  # every open episode got its end
+        assert b"frames: lawn:" in out
