@@ -57,6 +57,8 @@ class RunSummary:
     topic: str = ""
     camera_errors: dict[str, str] = field(default_factory=dict)
     delivered: bool = True
+    alert_latencies: list[float] = field(default_factory=list)  # frame decode -> alert, s
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _producer_config(cfg: PosewatchConfig) -> dict[str, Any]:
@@ -353,6 +355,7 @@ class Service:
             self.metrics.spool_messages.set(sink.pending())
             for n, src in sources.items():
                 self.metrics.set_camera_status(n, src.stats().status.value)
+                summary.dropped[n] = src.stats().frames_dropped
                 if src.error:
                     summary.camera_errors.setdefault(n, src.error)
             if broker is not None:
