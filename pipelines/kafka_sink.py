@@ -96,7 +96,9 @@ class KafkaAlertSink:
         ok = self.flush(timeout)
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        # No timeout: a round in progress is bounded (producer start, max_block_ms, flush 10 s),
+        # and a sink that returned from close() must never send again.
+        self._thread.join()
         self._drop_producer()
         return ok
 
@@ -149,6 +151,8 @@ class KafkaAlertSink:
         try:
             if self._producer is None:
                 self._producer = self._make_producer()
+            if self._stop.is_set():
+                return 0
                 if not self.connected:
                     log.info("kafka: connected to %s", ",".join(self.bootstrap_servers))
                 self.connected = True
