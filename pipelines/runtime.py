@@ -238,11 +238,16 @@ class Service:
                 self.metrics.stage_latency.labels(camera=a.camera, stage="publish").observe(
                     time.perf_counter() - t_pub
                 )
-                read_at = last_frame_read_at.get((a.camera, a.frame_index))
+                # Frame-to-alert for alerts a frame triggered; an `end` of a lost track
+                # refers to its last sighting, which can be seconds old.
+                read_at = (
+                    last_frame_read_at.get((a.camera, a.frame_index)) if a.type != "end" else None
+                )
                 if read_at is not None:
-                    self.metrics.frame_to_alert.labels(camera=a.camera).observe(
-                        time.monotonic() - read_at
-                    )
+                    lat = time.monotonic() - read_at
+                    self.metrics.frame_to_alert.labels(camera=a.camera).observe(lat)
+                    if len(summary.alert_latencies) < 100_000:
+                        summary.alert_latencies.append(lat)
                 if (
                     a.type == "new"
                     and cfg.outputs.snapshots is not None
