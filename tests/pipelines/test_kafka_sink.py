@@ -8,26 +8,11 @@ import pytest
 
 from pipelines.broker import EmbeddedBroker
 from pipelines.kafka_sink import KafkaAlertSink
+from pipelines.runtime import ensure_topic
 from pipelines.spool import DiskSpool
 
 pytestmark = pytest.mark.broker
 TOPIC = "posewatch.alerts"
-
-
-def create_topic(bootstrap: str, topic: str = TOPIC, partitions: int = 1) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-            admin.create_topics([NewTopic(topic, partitions, 1)])
-            admin.close()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def consume_all(bootstrap: str, expect: int, timeout: float = 30.0) -> list[tuple[str, dict]]:
@@ -71,7 +56,7 @@ def test_spool_survives_restart_and_keeps_order(tmp_path: Path) -> None:
 def test_delivery_keys_order_and_broker_outage(tmp_path: Path) -> None:
     broker = EmbeddedBroker().start()
     try:
-        create_topic(broker.bootstrap)
+        ensure_topic(broker.bootstrap, TOPIC)
         sink = KafkaAlertSink(
             [broker.bootstrap], TOPIC, tmp_path / "spool", retry_backoff_s=0.2, max_backoff_s=1.0
         )
@@ -91,7 +76,7 @@ def test_delivery_keys_order_and_broker_outage(tmp_path: Path) -> None:
         # posewatch restarts during the outage too: a new sink picks up the same spool.
         sink.close(timeout=0.5)
         broker = EmbeddedBroker(port=broker.port).start()  # memory storage: an empty broker
-        create_topic(broker.bootstrap)
+        ensure_topic(broker.bootstrap, TOPIC)
         sink2 = KafkaAlertSink(
             [broker.bootstrap], TOPIC, tmp_path / "spool", retry_backoff_s=0.2, max_backoff_s=1.0
         )
