@@ -80,12 +80,8 @@ class CameraTracker:
     ) -> PoseFrame:
         """Track one frame's detections; returns the camera's PoseFrame (tracked persons only)."""
         persons: list[Person] = []
-        if len(det):
-            tracks = self._tracker.update(det.raw, image)
-        else:
-            tracks = (
-                self._tracker.update(det.raw, image) if det.raw is not None else np.zeros((0, 8))
-            )
+        # Every frame goes through the tracker, empty ones too: lost tracks age there.
+        tracks = self._tracker.update(det.raw, image)
         for row in np.asarray(tracks).reshape(-1, 8):
             idx = int(row[7])
             if not 0 <= idx < len(det):

@@ -22,7 +22,12 @@ from tqdm import tqdm
 
 from detector.datasets import Clip, load_split
 from forecasting.calibration import Calibration, calibrate_threshold, normal_segments
-from forecasting.detection_metrics import average_precision, recall_at_rates, roc_auc
+from forecasting.detection_metrics import (
+    alert_outcome,
+    average_precision,
+    recall_at_rates,
+    roc_auc,
+)
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
 from forecasting.scoring import ScorerConfig, score_windows
 from forecasting.torch_model import GRUNF
@@ -38,6 +43,7 @@ class ClipScores:
     frames: np.ndarray  # (N,) raw frame scores (worst person, empty frames filled)
     labels: np.ndarray  # (N,)
     persons: dict[int, np.ndarray] = field(default_factory=dict)  # track -> (N,) with NaN
+    windows: int = 0  # person windows scored
 
 
 def score_clip(
@@ -54,6 +60,7 @@ def score_clip(
     """
     n = clip.num_frames
     persons: dict[int, np.ndarray] = {}
+    n_windows = 0
     for tid, tr in clip.tracks.items():
         w = cut_windows(tr.keypoints, wcfg, stride=stride, fill="window")
         if len(w):  # a window is scored at its last frame only if the person is there
@@ -61,12 +68,13 @@ def score_clip(
         if len(w) == 0:
             continue
         s = score_windows(model, w.poses, w.mask, w.visible, scorer)
+        n_windows += len(w)
         end_rows = w.start + (wcfg.length - 1) * wcfg.frame_step
         persons[tid] = person_frame_scores(tr.frames[end_rows], s.score, n)
         if stride > 1:  # hold each score until the next scored frame
             persons[tid] = _hold(persons[tid], stride * wcfg.frame_step)
     frames = worst_person(list(persons.values()), n)
-    return ClipScores(clip.name, frames, clip.frame_labels()[:n], persons)
+    return ClipScores(clip.name, frames, clip.frame_labels()[:n], persons, n_windows)
 
 
 def _hold(x: np.ndarray, span: int) -> np.ndarray:
@@ -129,8 +137,6 @@ def report(
     recalls = recall_at_rates(per_cau, fps, (1.0, 5.0), min_duration)
     cal = None
     if calibration is not None:
-        from forecasting.detection_metrics import alert_outcome
-
         false, hit, n_ev, fa, nf = alert_outcome(per_cau, calibration.threshold, min_duration)
         normal_hours = float((y == 0).sum()) / fps / 3600
         cal = {
@@ -170,7 +176,7 @@ def score_split(
     n_windows = 0
     for clip in tqdm(clips, disable=not progress, desc=f"score {scorer.name}", unit="clip"):
         cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride)
-        n_windows += sum(int(np.isfinite(p).sum()) for p in cs.persons.values()) // max(1, 1)
+        n_windows += cs.windows
         out.append(cs)
     return out, time.perf_counter() - t0, n_windows
 

@@ -23,7 +23,7 @@ import numpy as np
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
 from detector.pose_model import PoseModel
-from detector.sources import CameraSource, SourceConfig, SourceStatus
+from detector.sources import CameraSource, SourceConfig
 from detector.tracking import CameraTracker
 from forecasting.scoring import ScorerConfig
 from forecasting.train import load_checkpoint
@@ -165,9 +165,7 @@ class Service:
         scorer_cfg = ScorerConfig(
             name=cfg.forecaster.scorer,
             num_samples=cfg.forecaster.samples,
-            sampler=sampler_by_name(ckpt, cfg.forecaster.sampler)
-            if cfg.forecaster.sampler != "gru-snf"
-            else _snf(),
+            sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
             batch=cfg.forecaster.batch,
         )
         scorer = TrackScorer(
@@ -374,10 +372,4 @@ def _inside(bbox: np.ndarray, roi: tuple[int, int, int, int]) -> bool:
     return bool(roi[0] <= cx <= roi[2] and roi[1] <= cy <= roi[3])
 
 
-def _snf() -> Any:
-    from forecasting.snf import SNF_DEFAULT
-
-    return SNF_DEFAULT
-
-
-__all__ = ["RunSummary", "RuntimeConfigError", "Service", "SourceStatus", "ensure_topic"]
+__all__ = ["RunSummary", "RuntimeConfigError", "Service", "ensure_topic"]

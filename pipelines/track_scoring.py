@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,7 +49,6 @@ class _Track:
     smoother: CausalSmoother
     last_frame: int = -1
     scored_at: int = -(10**9)
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class TrackScorer:
