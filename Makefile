@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main command: the service end to end on OpenCV's sample pedestrian video (Debian's
+# opencv-doc package; installed here when missing), cold start (learn the scene, then
+# score), embedded Kafka broker, metrics on :9108. VIDEO=path-or-URL runs your own footage.
+DEMO_VIDEO := /usr/share/doc/opencv-doc/examples/data/vtest.avi
+VIDEO ?= $(DEMO_VIDEO)
+DEMO_FRAMES ?= 1500
+
 demo: $(STAMP)
-	$(BIN)/posewatch --help
+	@if [ "$(VIDEO)" = "$(DEMO_VIDEO)" ] && [ ! -f "$(DEMO_VIDEO)" ]; then \
+		echo "installing Debian's opencv-doc for the sample video $(DEMO_VIDEO)"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q opencv-doc >/dev/null; \
+		else sudo apt-get install -y -q opencv-doc >/dev/null; fi; \
+	fi
+	YOLO_OFFLINE=1 POSEWATCH_CAMERAS__LAWN__SOURCE="$(VIDEO)" \
+		$(BIN)/posewatch run --config config/demo.yaml --max-frames $(DEMO_FRAMES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check detector forecasting pipelines tests bench

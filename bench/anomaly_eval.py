@@ -61,6 +61,12 @@ def main() -> None:
             ("minade", GRU_NF),
             ("minade", SNF_DEFAULT),
         ):
+            cache = ck_path.with_name(f"{ck_path.stem}.{scorer}.{sampler.name}.json")
+            if cache.exists() and cache.stat().st_mtime > ck_path.stat().st_mtime:
+                d = json.loads(cache.read_text())  # resumed run: this row is done
+                rows.append(d)
+                print(f"seed {seed} {scorer}/{d['sampler']}: cached ({cache})", flush=True)
+                continue
             cfg = ScorerConfig(name=scorer, sampler=sampler, seed=seed)  # type: ignore[arg-type]
             cs, secs, nw = score_split(ck, clips, cfg, 1, progress=False)
             r = report(
@@ -77,6 +83,7 @@ def main() -> None:
             d["seed"] = seed
             d["train_seconds"] = train_s
             rows.append(d)
+            cache.write_text(json.dumps(d, default=float))
             print(
                 f"seed {seed} {scorer}/{d['sampler']}: AUC off {100 * r.auc_offline:.1f} causal {100 * r.auc_causal:.1f} ({secs:.0f} s)",
                 flush=True,

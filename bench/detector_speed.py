@@ -9,6 +9,9 @@ batched through one model against the same 4 cameras one after another.
 Usage::
 
     .venv/bin/python bench/detector_speed.py [--frames 150] [--sizes 640 960 1088] [--device cpu]
+
+Both paths are warmed up before timing (predictor setup, tracker imports), then timed in
+``--rounds`` alternating rounds; the table shows the median frames/s of each.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,10 +49,13 @@ def ours(model: PoseModel, n: int, batch: int) -> tuple[float, float]:
     return frames / (time.perf_counter() - t0), persons / max(frames, 1)
 
 
-def bare(model: PoseModel, n: int) -> tuple[float, float]:
+def bare_model(model: PoseModel) -> Any:
     from ultralytics import YOLO
 
-    yolo = YOLO(str(model.path), task="pose")
+    return YOLO(str(model.path), task="pose")
+
+
+def bare(model: PoseModel, yolo: Any, n: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     persons = frames = 0
     for r in yolo.predict(
@@ -100,15 +108,28 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[640, 960, 1088])
     ap.add_argument("--backends", nargs="+", default=["torch", "openvino", "onnx"])
     ap.add_argument("--device", default=None)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (median)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/detector_speed.json"))
     args = ap.parse_args()
     rows = []
     for backend in args.backends:
         for size in args.sizes:
             model = PoseModel(imgsz=size, backend=backend, device=args.device)
-            model.predict([__import__("numpy").zeros((576, 768, 3), "uint8")])  # warm-up
-            b_fps, b_pp = bare(model, args.frames)
-            o_fps, o_pp = ours(model, args.frames, batch=1)
+            yolo = bare_model(model)
+            bare(model, yolo, 5)  # warm-up: predictor setup, export load
+            ours(model, 5, batch=1)  # warm-up: tracker imports, source thread
+            b_runs, o_runs = [], []
+            for r in range(args.rounds):
+                if r % 2 == 0:  # alternate the order so drift hits both alike
+                    b = bare(model, yolo, args.frames)
+                    o = ours(model, args.frames, 1)
+                else:
+                    o = ours(model, args.frames, 1)
+                    b = bare(model, yolo, args.frames)
+                b_runs.append(b)
+                o_runs.append(o)
+            b_fps, b_pp = statistics.median(x[0] for x in b_runs), b_runs[0][1]
+            o_fps, o_pp = statistics.median(x[0] for x in o_runs), o_runs[0][1]
             rows.append(
                 {
                     "backend": backend,

@@ -152,6 +152,11 @@ class PoseModel:
         local.unlink(missing_ok=True)
         return target
 
+    def warmup(self, width: int = 1280, height: int = 720) -> None:
+        """Run one inference on a blank frame: predictor setup, lazy imports and the backend's
+        first-call compilation happen here instead of on a live camera's first frames."""
+        self.predict([np.zeros((height, width, 3), np.uint8)])
+
     def predict(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detect people and keypoints in a batch of BGR frames (one inference call)."""
         if not frames:

@@ -216,7 +216,22 @@ def iter_jsonl(path: str | Path) -> Iterator[PoseFrame]:
         raise PoseFileError(path, "file is empty")
 
 
-def _parse_jsonl_line(path: Path, lineno: int, line: str) -> PoseFrame:
+def decode_poseframe(raw: bytes | str, source: str = "message") -> PoseFrame:
+    """Parse and validate one PoseFrame JSON document (e.g. a ``posewatch.poses`` message).
+
+    Raises:
+        PoseFileError: not UTF-8, not JSON or not a valid PoseFrame; names ``source``, the
+            person and the frame.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PoseFileError(source, f"not UTF-8 text ({exc.reason})") from exc
+    return _parse_jsonl_line(Path(source), None, raw)
+
+
+def _parse_jsonl_line(path: Path, lineno: int | None, line: str) -> PoseFrame:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:

@@ -82,6 +82,7 @@ class Frame:
         timestamp: seconds (UNIX time for live sources, ``index / fps`` for files).
         image: ``(H, W, 3)`` uint8 BGR.
         read_at: ``time.monotonic()`` when it was decoded (for latency).
+        decode_s: seconds the read and decode took.
     """
 
     camera: str
@@ -89,6 +90,7 @@ class Frame:
     timestamp: float
     image: np.ndarray
     read_at: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -345,7 +347,9 @@ class CameraSource:
         t0 = time.monotonic()
         period = 1.0 / self._fps if self._fps > 0 else 0.0
         while not self._stop.is_set():
+            t_read = time.monotonic()
             ok, image = cap.read()
+            decode_s = time.monotonic() - t_read
             if not ok or image is None:
                 if self.kind == "file":
                     got = index - start_index
@@ -370,7 +374,7 @@ class CameraSource:
                         self._wait(delay)
             else:
                 ts = time.time()
-            self._put(Frame(self.name, index, ts, image, time.monotonic()))
+            self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s))
             index += 1
         return index, "stopped"
 

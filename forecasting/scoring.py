@@ -20,6 +20,7 @@ Shapes: ``poses (N, L, 17, 2)`` normalised windows, ``mask`` / ``visible (N, L, 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -76,10 +77,12 @@ class WindowScores(NamedTuple):
     Attributes:
         score: ``(N,)`` anomaly score (higher = more anomalous).
         joints: ``(N, 17)`` per-keypoint contribution (same units; NaN where never visible).
+        forecast_s: seconds spent drawing the futures (the rest of the call is scoring).
     """
 
     score: np.ndarray
     joints: np.ndarray
+    forecast_s: float = 0.0
 
 
 def kde_nll(
@@ -156,6 +159,7 @@ def score_windows(
     V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
     torch.manual_seed(cfg.seed)
     scores, joints = [], []
+    forecast_s = 0.0
     grad_ok = cfg.sampler.kernel == "mala"
     ctx = torch.no_grad() if grad_ok else torch.inference_mode()
     with ctx:
@@ -165,7 +169,9 @@ def score_windows(
             if cfg.name == "nll":
                 s, j = _nll_scores(model, p, m, v)
             else:
+                t_fc = time.perf_counter()
                 out = model.sample(p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler)
+                forecast_s += time.perf_counter() - t_fc
                 smp = out.poses
                 if cfg.name == "kde":
                     w = torch.softmax(out.log_weights, 1) if cfg.use_weights else None
@@ -185,7 +191,7 @@ def score_windows(
                     )
             scores.append(s.float().cpu())
             joints.append(j.float().cpu())
-    return WindowScores(torch.cat(scores).numpy(), torch.cat(joints).numpy())
+    return WindowScores(torch.cat(scores).numpy(), torch.cat(joints).numpy(), forecast_s)
 
 
 def _nll_scores(model: GRUNF, p: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

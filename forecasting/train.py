@@ -70,6 +70,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 5
     seed: int = 0
+    #: Seed of the train/validation clip split, separate from ``seed`` so that models
+    #: trained with different seeds see the same clips (seed variance = training variance).
+    split_seed: int = 0
     val_fraction: float = 0.2
     point_weight: float = 1.0
     stride: int = 2

@@ -79,6 +79,9 @@ def train(
     frame_step: Annotated[int, typer.Option(help="Keep every n-th frame.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_minutes: Annotated[float, typer.Option(help="Stop training after this long.")] = 18.0,
+    split_seed: Annotated[
+        int, typer.Option(help="Seed of the train/validation clip split (fixed across seeds).")
+    ] = 0,
 ) -> None:
     """Train a GRU-NF forecaster; writes the checkpoint and a loss-curve PNG beside it."""
     from pipelines.training import run_training
@@ -96,6 +99,7 @@ def train(
             frame_step,
             device,
             max_minutes,
+            split_seed,
         )
     except (DatasetError, PoseFileError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -289,6 +293,9 @@ def run(
     model: Annotated[Path | None, typer.Option(help="Checkpoint (quick form).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Alert threshold override.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="Stop after this many frames (all cameras).")
+    ] = None,
 ) -> None:
     """Run the service: cameras in, alerts to Kafka and JSONL, metrics on /metrics."""
     import logging
@@ -320,17 +327,117 @@ def run(
     except RuntimeConfigError as exc:
         raise _fail(str(exc), 2) from exc
     service.install_signal_handlers()
-    s = service.run(max_seconds)
+    s = service.run(max_seconds, max_frames)
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(f"frames: {frames}; persons: {s.persons}; alerts: {alerts}; {s.seconds:.0f} s")
     typer.echo(f"alerts file: {s.alerts_file}; topic {s.topic} on {s.bootstrap}")
+    if s.phases:
+        typer.echo("model phase: " + ", ".join(f"{c}: {p}" for c, p in s.phases.items()))
     if s.videos:
         typer.echo(f"annotated video: {', '.join(s.videos)}")
     for cam, err in s.camera_errors.items():
         typer.echo(f"camera {cam}: {err}", err=True)
     if not s.delivered:
         typer.echo("some alerts are still in the spool; they are sent at the next start", err=True)
+
+
+@app.command()
+def detect(
+    config: Annotated[Path, typer.Option(help="YAML configuration file.")],
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+) -> None:
+    """Scale-out detector: cameras -> YOLO-pose -> tracking -> PoseFrames on the poses topic."""
+    import logging
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.detect_service import DetectService
+    from pipelines.runtime import RuntimeConfigError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        service = DetectService(load_config(config))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    except RuntimeConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+    service.install_signal_handlers()
+    s = service.run(max_seconds, max_frames)
+    frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
+    typer.echo(
+        f"frames: {frames}; persons: {s.persons}; poses published {s.published}, "
+        f"dropped {s.dropped}; {s.seconds:.0f} s"
+    )
+    for cam, err in s.camera_errors.items():
+        typer.echo(f"camera {cam}: {err}", err=True)
+
+
+@app.command()
+def score(
+    config: Annotated[Path, typer.Option(help="YAML configuration file.")],
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+) -> None:
+    """Scale-out scorer: one consumer-group member; poses topic -> scores -> alerts."""
+    import logging
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.runtime import RuntimeConfigError
+    from pipelines.score_service import ScoreService
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        service = ScoreService(load_config(config))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    except RuntimeConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+    service.install_signal_handlers()
+    s = service.run(max_seconds)
+    alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
+    typer.echo(
+        f"messages: {s.messages} ({s.invalid} dead-lettered); windows scored: {s.windows}; "
+        f"alerts: {alerts}; commits {s.commits}; rebalances {s.rebalances}; {s.seconds:.0f} s"
+    )
+
+
+@app.command()
+def consume(
+    bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap server host:port.")],
+    topic: Annotated[str, typer.Option(help="Topic to read.")] = "posewatch.alerts",
+    max_messages: Annotated[int | None, typer.Option(help="Stop after this many.")] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without a message.")
+    ] = None,
+) -> None:
+    """Print the alerts on a topic from its beginning, one `camera<TAB>json` line each."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(idle_timeout * 1000) if idle_timeout else float("inf"),
+    )
+    n = 0
+    try:
+        for rec in c:
+            key = rec.key.decode() if rec.key else ""
+            typer.echo(f"{key}\t{rec.value.decode()}")
+            n += 1
+            if max_messages is not None and n >= max_messages:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -64,6 +64,14 @@ class CameraConfig(Base):
         description="Play video files at their frame rate, like a camera.",
     )
     loop: bool = Field(False, title="Loop files", description="Restart video files at their end.")
+    queue_frames: int = Field(
+        10,
+        ge=1,
+        le=300,
+        title="Frame queue",
+        description="Decoded frames waiting for detection; beyond it the oldest are dropped "
+        "(counted). About a second of video absorbs bursts without growing latency.",
+    )
     no_frame_timeout: float = Field(
         10.0,
         gt=0,
@@ -135,7 +143,7 @@ class ForecasterConfig(Base):
         "kde", title="Scorer", description="How windows are scored."
     )
     stride: int = Field(
-        2, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."
+        3, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."
     )
     smoothing_sigma: float = Field(
         6.0, ge=0, title="Smoothing", description="Causal Gaussian smoothing of scores, frames."
@@ -189,6 +197,33 @@ class KafkaConfig(Base):
         description="PoseFrame topic (split services).",
     )
     client_id: str = Field("posewatch", title="Client id", description="Kafka client id.")
+    score_group: str = Field(
+        "posewatch-score",
+        min_length=1,
+        title="Score group",
+        description="Consumer group of `posewatch score` members.",
+    )
+    dead_letter_topic: str = Field(
+        "posewatch.poses.dlq",
+        min_length=1,
+        title="Dead-letter topic",
+        description="Where malformed pose messages go, with the reason in an `error` header.",
+    )
+    max_poll_records: int = Field(
+        200, ge=1, title="Max poll records", description="Most pose messages per poll."
+    )
+    session_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        title="Session timeout",
+        description="A score member silent this long is declared dead and its partitions move.",
+    )
+    ack_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        title="Acknowledgement timeout",
+        description="Longest wait for alert acknowledgements before a commit is postponed.",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", title="Security protocol", description="Kafka security protocol."
     )
@@ -242,6 +277,11 @@ class OutputsConfig(Base):
         title="Annotated video",
         description="Folder for one MP4 per camera with skeletons and scores.",
     )
+    scores_jsonl: Path | None = Field(
+        None,
+        title="Scores JSONL",
+        description="`posewatch score`: append every person score (camera, track, frame).",
+    )
     snapshots: Path | None = Field(
         None,
         title="Snapshots",
@@ -251,13 +291,43 @@ class OutputsConfig(Base):
 
 class ColdStartConfig(Base):
     learn_minutes: float = Field(
-        3.0, gt=0, title="Learning time", description="Minutes of a camera's footage to learn from."
+        3.0,
+        gt=0,
+        title="Learning time",
+        description="Minutes of a camera's footage to learn from (video time) before training.",
+    )
+    holdout: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        title="Held-out share",
+        description="Last share of the learned footage kept for validation and calibration.",
     )
     epochs: int = Field(
-        8, ge=1, title="Epochs", description="Training epochs on the learned footage."
+        15, ge=1, title="Epochs", description="Most training epochs on the learned footage."
     )
-    target_false_alerts_per_hour: float = Field(
-        1.0, gt=0, title="Target false alerts", description="Calibration target after learning."
+    max_train_minutes: float = Field(
+        5.0, gt=0, title="Training time limit", description="Stop training after this long."
+    )
+    hidden: int = Field(
+        128,
+        ge=8,
+        title="GRU width",
+        description="Width of the scene model (smaller trains faster).",
+    )
+    flow_layers: int = Field(
+        4, ge=1, title="Flow layers", description="Coupling layers of the scene model."
+    )
+    save_dir: Path | None = Field(
+        None,
+        title="Save directory",
+        description="Learned models are saved here as <camera>.pt and reused at the next start.",
+    )
+    target_false_alerts_per_hour: float | None = Field(
+        None,
+        gt=0,
+        title="Target false alerts",
+        description="Calibration target after learning; default: alerting's target.",
     )
 
 

@@ -29,7 +29,7 @@ from pipelines import __version__
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGES = ("decode", "detect", "forecast", "score", "publish")
 CAMERA_STATUSES = ("starting", "online", "reconnecting", "offline", "finished")
-PHASES = ("learning", "training", "scoring")
+PHASES = ("learning", "training", "scoring", "failed")
 
 
 class Metrics:
@@ -117,6 +117,40 @@ class Metrics:
         self.spool_dropped = Gauge(
             "posewatch_spool_dropped_messages",
             "Alerts dropped because the spool was full",
+            registry=r,
+        )
+
+        self.windows_scored = Counter(
+            "posewatch_windows_scored_total", "Person windows scored", cam, registry=r
+        )
+        self.messages_consumed = Counter(
+            "posewatch_messages_consumed_total",
+            "Pose messages consumed (posewatch score)",
+            ["partition"],
+            registry=r,
+        )
+        self.messages_invalid = Counter(
+            "posewatch_messages_invalid_total",
+            "Malformed messages sent to the dead-letter topic",
+            ["topic"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "posewatch_consumer_lag",
+            "Pose messages not yet processed, per partition",
+            ["partition"],
+            registry=r,
+        )
+        self.poses_published = Counter(
+            "posewatch_poses_published_total",
+            "PoseFrames acknowledged on the poses topic (posewatch detect)",
+            cam,
+            registry=r,
+        )
+        self.poses_dropped = Counter(
+            "posewatch_poses_dropped_total",
+            "PoseFrames that could not be published (broker unreachable)",
+            cam,
             registry=r,
         )
 

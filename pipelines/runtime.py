@@ -26,13 +26,14 @@ from detector.pose_model import PoseModel
 from detector.sources import CameraSource, SourceConfig
 from detector.tracking import CameraTracker
 from forecasting.scoring import ScorerConfig
-from forecasting.train import load_checkpoint
+from forecasting.train import Checkpoint, load_checkpoint
 from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.annotate import AnnotatedVideoWriter, draw_persons, snapshot_jpeg
 from pipelines.broker import EmbeddedBroker
 from pipelines.config import PosewatchConfig
 from pipelines.jsonl_sink import JsonlAlertSink
 from pipelines.kafka_sink import KafkaAlertSink
+from pipelines.learning import LearnSettings, SceneLearner
 from pipelines.metrics import Metrics
 from pipelines.track_scoring import TrackScorer
 
@@ -59,9 +60,12 @@ class RunSummary:
     delivered: bool = True
     alert_latencies: list[float] = field(default_factory=list)  # frame decode -> alert, s
     dropped: dict[str, int] = field(default_factory=dict)
+    startup_s: float = 0.0  # start -> first frame detected (broker, model load, export)
+    phases: dict[str, str] = field(default_factory=dict)  # camera -> model phase at the end
 
 
-def _producer_config(cfg: PosewatchConfig) -> dict[str, Any]:
+def kafka_client_config(cfg: PosewatchConfig) -> dict[str, Any]:
+    """kafka-python security settings (SASL / SSL) from the configuration."""
     k = cfg.kafka
     out: dict[str, Any] = {"security_protocol": k.security_protocol}
     if k.sasl_mechanism:
@@ -98,6 +102,63 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
             time.sleep(0.5)
 
 
+class CameraMonitor:
+    """Feeds each camera's source counters and status into the metrics; collects errors."""
+
+    def __init__(self, sources: dict[str, CameraSource], metrics: Metrics):
+        self.sources = sources
+        self.metrics = metrics
+        self._read = dict.fromkeys(sources, 0)
+        self._dropped = dict.fromkeys(sources, 0)
+        self.errors: dict[str, str] = {}
+
+    def update(self) -> None:
+        for n, src in self.sources.items():
+            st = src.stats()
+            self.metrics.set_camera_status(n, st.status.value)
+            self.metrics.frames_read.labels(camera=n).inc(st.frames_read - self._read[n])
+            self.metrics.frames_dropped.labels(camera=n).inc(st.frames_dropped - self._dropped[n])
+            self._read[n], self._dropped[n] = st.frames_read, st.frames_dropped
+            if src.error and n not in self.errors:
+                self.errors[n] = src.error
+                log.error("%s", src.error)
+
+
+def open_sources(cfg: PosewatchConfig) -> dict[str, CameraSource]:
+    """Start a reader thread for every enabled camera."""
+    return {
+        n: CameraSource(
+            n,
+            SourceConfig(
+                uri=c.source,
+                fps=c.fps,
+                pace=c.pace,
+                loop=c.loop,
+                queue_size=max(c.queue_frames, cfg.detector.batch_size),
+                no_frame_timeout=c.no_frame_timeout,
+                retry_interval=c.retry_interval,
+                max_backoff=c.max_backoff,
+            ),
+        ).start()
+        for n, c in cfg.cameras.items()
+        if c.enabled
+    }
+
+
+def pose_model(cfg: PosewatchConfig) -> PoseModel:
+    """The configured pose model, warmed up (before cameras open: a paced camera would
+    drop frames during the first inference's setup)."""
+    pose = PoseModel(
+        cfg.detector.weights,
+        cfg.detector.imgsz,
+        cfg.detector.backend,
+        cfg.detector.device,
+        cfg.detector.conf,
+    )
+    pose.warmup()
+    return pose
+
+
 class Service:
     """The single-process service.
 
@@ -111,11 +172,6 @@ class Service:
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
         self.metrics_port: int | None = None
-        if cfg.forecaster.checkpoint is None:
-            raise RuntimeConfigError(
-                "forecaster.checkpoint is not set: train a model with `posewatch train` "
-                "(learning a scene from scratch, cold start, is not available yet)"
-            )
 
     def stop(self, *_: Any) -> None:
         """Ask the main loop to finish (signal-handler compatible)."""
@@ -125,7 +181,9 @@ class Service:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def run(self, max_seconds: float | None = None) -> RunSummary:
+    def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> RunSummary:
+        """Run until stopped (signal, :meth:`stop`), every source finished, ``max_seconds``
+        passed or ``max_frames`` frames (all cameras) were processed."""
         cfg = self.cfg
         t0 = time.monotonic()
         summary = RunSummary(topic=cfg.kafka.topic)
@@ -138,6 +196,13 @@ class Service:
             broker = EmbeddedBroker().start()
             servers = [broker.bootstrap]
             ensure_topic(broker.bootstrap, cfg.kafka.topic)
+            log.info(
+                "embedded Kafka broker on %s (no kafka.bootstrap_servers configured); while "
+                "this runs, read the alerts with: posewatch consume --bootstrap %s --topic %s",
+                broker.bootstrap,
+                broker.bootstrap,
+                cfg.kafka.topic,
+            )
         summary.bootstrap = ",".join(servers)
         sink = KafkaAlertSink(
             servers,
@@ -145,77 +210,115 @@ class Service:
             cfg.kafka.spool_dir,
             client_id=cfg.kafka.client_id,
             spool_max_bytes=int(cfg.kafka.spool_max_mb * 2**20),
-            producer_config=_producer_config(cfg),
+            producer_config=kafka_client_config(cfg),
             on_delivery=self.metrics.on_delivery,
         )
         jsonl = JsonlAlertSink(cfg.outputs.alerts_jsonl) if cfg.outputs.alerts_jsonl else None
         summary.alerts_file = str(cfg.outputs.alerts_jsonl) if cfg.outputs.alerts_jsonl else None
-        assert cfg.forecaster.checkpoint is not None
-        ckpt = load_checkpoint(cfg.forecaster.checkpoint)
-        threshold = cfg.alerting.threshold
-        if threshold is None:
-            threshold = ckpt.calibration.get("threshold")
-        if threshold is None:
-            raise RuntimeConfigError(
-                "no alert threshold: set alerting.threshold or calibrate the checkpoint "
-                "(`posewatch calibrate`)"
-            )
         from pipelines.evaluation import sampler_by_name
 
-        scorer_cfg = ScorerConfig(
-            name=cfg.forecaster.scorer,
-            num_samples=cfg.forecaster.samples,
-            sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
-            batch=cfg.forecaster.batch,
-        )
-        scorer = TrackScorer(
-            ckpt, scorer_cfg, cfg.forecaster.stride, cfg.forecaster.smoothing_sigma
-        )
-        model_info = ModelInfo(
-            name=f"gru-nf/{scorer_cfg.sampler.name}/{scorer_cfg.name}",
-            version=str(ckpt.meta.get("code_version")),
-        )
-        pose = PoseModel(
-            cfg.detector.weights,
-            cfg.detector.imgsz,
-            cfg.detector.backend,
-            cfg.detector.device,
-            cfg.detector.conf,
-        )
-        cams = {n: c for n, c in cfg.cameras.items() if c.enabled}
-        sources = {
-            n: CameraSource(
-                n,
-                SourceConfig(
-                    uri=c.source,
-                    fps=c.fps,
-                    pace=c.pace,
-                    loop=c.loop,
-                    queue_size=max(4, cfg.detector.batch_size),
-                    no_frame_timeout=c.no_frame_timeout,
-                    retry_interval=c.retry_interval,
-                    max_backoff=c.max_backoff,
+        def scorer_for(ckpt: Checkpoint) -> TrackScorer:
+            return TrackScorer(
+                ckpt,
+                ScorerConfig(
+                    name=cfg.forecaster.scorer,
+                    num_samples=cfg.forecaster.samples,
+                    sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
+                    batch=cfg.forecaster.batch,
                 ),
-            ).start()
-            for n, c in cams.items()
-        }
+                cfg.forecaster.stride,
+                cfg.forecaster.smoothing_sigma,
+            )
+
+        def model_info(ckpt: Checkpoint) -> ModelInfo:
+            return ModelInfo(
+                name=f"gru-nf/{cfg.forecaster.sampler}/{cfg.forecaster.scorer}",
+                version=str(ckpt.meta.get("code_version")),
+            )
+
+        shared: TrackScorer | None = None
+        threshold: float | None = cfg.alerting.threshold
+        info: ModelInfo | None = None
+        if cfg.forecaster.checkpoint is not None:
+            ckpt = load_checkpoint(cfg.forecaster.checkpoint)
+            if threshold is None:
+                threshold = ckpt.calibration.get("threshold")
+            if threshold is None:
+                raise RuntimeConfigError(
+                    "no alert threshold: set alerting.threshold or calibrate the checkpoint "
+                    "(`posewatch calibrate`)"
+                )
+            shared = scorer_for(ckpt)
+            shared.warmup()
+            info = model_info(ckpt)
+        pose = pose_model(cfg)
+        cams = {n: c for n, c in cfg.cameras.items() if c.enabled}
+        sources = open_sources(cfg)
+        monitor = CameraMonitor(sources, self.metrics)
         trackers = {n: CameraTracker(n, cfg.detector.tracker) for n in cams}
-        lifecycles = {
-            n: AlertLifecycle(
-                n,
-                float(threshold),
+
+        def lifecycle(camera: str, thr: float, mi: ModelInfo) -> AlertLifecycle:
+            return AlertLifecycle(
+                camera,
+                float(thr),
                 cfg.alerting.min_duration_s,
                 cfg.alerting.hysteresis,
                 cfg.alerting.update_interval_s,
                 cfg.alerting.cooldown_s,
                 cfg.alerting.top_joints,
-                model_info,
+                mi,
             )
-            for n in cams
-        }
+
+        # Per camera: its scorer (shared by every camera when a checkpoint is configured,
+        # one learned model per camera on a cold start), alert lifecycle and threshold.
+        scorers: dict[str, TrackScorer | None] = dict.fromkeys(cams, shared)
+        lifecycles: dict[str, AlertLifecycle] = {}
+        thresholds: dict[str, float] = {}
+        learners: dict[str, SceneLearner] = {}
+        if shared is not None and threshold is not None and info is not None:
+            for n in cams:
+                lifecycles[n] = lifecycle(n, threshold, info)
+                thresholds[n] = float(threshold)
+        else:
+            cs = cfg.cold_start
+            settings = LearnSettings(
+                seconds=cs.learn_minutes * 60,
+                holdout=cs.holdout,
+                epochs=cs.epochs,
+                max_train_minutes=cs.max_train_minutes,
+                hidden=cs.hidden,
+                flow_layers=cs.flow_layers,
+                save_dir=cs.save_dir,
+                target_per_hour=cs.target_false_alerts_per_hour
+                or cfg.alerting.target_false_alerts_per_hour,
+                min_duration_s=cfg.alerting.min_duration_s,
+                sigma=cfg.forecaster.smoothing_sigma,
+                scorer=cfg.forecaster.scorer,
+                samples=cfg.forecaster.samples,
+                stride=cfg.forecaster.stride,
+            )
+            learners = {n: SceneLearner(n, settings) for n in cams}
+            log.info(
+                "no forecaster.checkpoint: each camera learns its scene from %.1f min of "
+                "footage first (cold start)",
+                cs.learn_minutes,
+            )
+        for n in cams:
+            self.metrics.set_phase(n, learners[n].phase if n in learners else "scoring")
+
+        def take_learned() -> None:
+            for n, learner in learners.items():
+                learned = learner.poll()
+                if learned is not None:
+                    scorers[n] = scorer_for(learned.checkpoint)
+                    thr = float(threshold if threshold is not None else learned.threshold)
+                    lifecycles[n] = lifecycle(n, thr, model_info(learned.checkpoint))
+                    thresholds[n] = thr
+                if n not in summary.phases or summary.phases[n] != learner.phase:
+                    summary.phases[n] = learner.phase
+                    self.metrics.set_phase(n, learner.phase)
+
         writers: dict[str, AnnotatedVideoWriter] = {}
-        last_read = dict.fromkeys(cams, 0)
-        last_drop = dict.fromkeys(cams, 0)
         last_frame_read_at: dict[tuple[str, int], float] = {}
         mux = FrameMuxer(
             list(sources.values()), cfg.detector.batch_size, cfg.detector.batch_timeout_ms / 1000
@@ -262,22 +365,21 @@ class Service:
             while not self._stop.is_set():
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
-                for n, src in sources.items():
-                    st = src.stats()
-                    self.metrics.set_camera_status(n, st.status.value)
-                    self.metrics.frames_read.labels(camera=n).inc(st.frames_read - last_read[n])
-                    self.metrics.frames_dropped.labels(camera=n).inc(
-                        st.frames_dropped - last_drop[n]
-                    )
-                    last_read[n], last_drop[n] = st.frames_read, st.frames_dropped
-                    if src.error and n not in summary.camera_errors:
-                        summary.camera_errors[n] = src.error
-                        log.error("%s", src.error)
+                if max_frames is not None and sum(summary.frames.values()) >= max_frames:
+                    break
+                monitor.update()
+                summary.camera_errors.update(monitor.errors)
+                for n, learner in learners.items():
+                    if sources[n].stats().status.value in ("finished", "offline"):
+                        learner.input_ended()
+                take_learned()
                 batch = mux.next_batch(idle_timeout=0.5)
                 if not batch:
                     if mux.done:
                         break
                     continue
+                if not summary.startup_s:
+                    summary.startup_s = time.monotonic() - t0
                 t_det = time.perf_counter()
                 dets = pose.predict([f.image for f in batch])
                 det_s = (time.perf_counter() - t_det) / len(batch)
@@ -286,9 +388,12 @@ class Service:
                     pf = trackers[f.camera].update(d, f.index, f.timestamp, f.image)
                     roi = cams[f.camera].roi
                     if roi is not None:
-                        pf.persons = [p for p in pf.persons if _inside(p.bbox, roi)]
+                        pf.persons = [p for p in pf.persons if inside_roi(p.bbox, roi)]
                     pfs.append(pf)
                     last_frame_read_at[(f.camera, f.index)] = f.read_at
+                    self.metrics.stage_latency.labels(camera=f.camera, stage="decode").observe(
+                        f.decode_s
+                    )
                     self.metrics.stage_latency.labels(camera=f.camera, stage="detect").observe(
                         det_s
                     )
@@ -297,22 +402,34 @@ class Service:
                     summary.frames[f.camera] = summary.frames.get(f.camera, 0) + 1
                     summary.persons += len(pf.persons)
                 t_sc = time.perf_counter()
-                scores = scorer.add(pfs)
+                groups: dict[int, tuple[TrackScorer, list[PoseFrame]]] = {}
+                for f, pf in zip(batch, pfs, strict=True):
+                    sc = scorers[f.camera]
+                    if sc is None:
+                        learners[f.camera].add(pf, sources[f.camera].stats().fps)
+                    else:
+                        groups.setdefault(id(sc), (sc, []))[1].append(pf)
+                fc0 = sum(sc.forecast_s for sc, _ in groups.values())
+                scores = [s for sc, group in groups.values() for s in sc.add(group)]
                 if scores:
-                    per = (time.perf_counter() - t_sc) / len(batch)
+                    fc = sum(sc.forecast_s for sc, _ in groups.values()) - fc0
+                    per = (time.perf_counter() - t_sc - fc) / len(batch)
                     for f in batch:
-                        self.metrics.stage_latency.labels(camera=f.camera, stage="score").observe(
-                            per
-                        )
+                        lat = self.metrics.stage_latency
+                        lat.labels(camera=f.camera, stage="forecast").observe(fc / len(batch))
+                        lat.labels(camera=f.camera, stage="score").observe(per)
                 by_cam_frame: dict[tuple[str, int], list[Any]] = {}
                 for s in scores:
                     self.metrics.anomaly_score.labels(camera=s.camera).observe(s.smoothed)
                     by_cam_frame.setdefault((s.camera, s.frame_index), []).append(s)
                 for f, pf in zip(batch, pfs, strict=True):
                     persons = {p.track_id: p for p in pf.persons}
+                    sc = scorers[f.camera]
+                    life = lifecycles.get(f.camera)
                     for s in by_cam_frame.get((f.camera, f.index), []):
+                        assert life is not None
                         emit(
-                            lifecycles[f.camera].update(
+                            life.update(
                                 s.track_id,
                                 s.timestamp,
                                 s.frame_index,
@@ -324,8 +441,9 @@ class Service:
                             f.image,
                             persons,
                         )
-                    for tid in scorer.forget_stale(f.camera, f.index):
-                        emit(lifecycles[f.camera].lost(tid, f.timestamp))
+                    if sc is not None and life is not None:
+                        for tid in sc.forget_stale(f.camera, f.index):
+                            emit(life.lost(tid, f.timestamp))
                     if cfg.outputs.annotated_video is not None:
                         w = writers.get(f.camera)
                         if w is None:
@@ -337,8 +455,11 @@ class Service:
                             s.track_id: s.smoothed
                             for s in by_cam_frame.get((f.camera, f.index), [])
                         }
-                        alerting = {tid for tid in persons if lifecycles[f.camera].is_open(tid)}
-                        w.write(draw_persons(f.image, pf.persons, cur, float(threshold), alerting))
+                        alerting = {
+                            tid for tid in persons if life is not None and life.is_open(tid)
+                        }
+                        thr_now = thresholds.get(f.camera, float("nan"))
+                        w.write(draw_persons(f.image, pf.persons, cur, thr_now, alerting))
                     last_frame_read_at.pop((f.camera, f.index - 600), None)
                 self.metrics.spool_messages.set(sink.pending())
                 self.metrics.spool_bytes.set(sink.spool.size_bytes())
@@ -347,6 +468,8 @@ class Service:
             now = time.time()
             for life in lifecycles.values():
                 emit(life.close_all(now))
+            for n in cams:
+                summary.phases[n] = learners[n].phase if n in learners else "scoring"
             for src in sources.values():
                 src.stop()
             for w in writers.values():
@@ -367,7 +490,7 @@ class Service:
         return summary
 
 
-def _inside(bbox: np.ndarray, roi: tuple[int, int, int, int]) -> bool:
+def inside_roi(bbox: np.ndarray, roi: tuple[int, int, int, int]) -> bool:
     cx, cy = (bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2
     return bool(roi[0] <= cx <= roi[2] and roi[1] <= cy <= roi[3])
 

@@ -78,6 +78,16 @@ class TrackScorer:
         w = ckpt.window_config
         self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
         self._tracks: dict[tuple[str, int], _Track] = {}
+        self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
+
+    def warmup(self, persons: int = 4) -> None:
+        """Score a few synthetic windows once: the first model call's one-time costs (torch
+        kernel selection, allocations; ~1 s) are paid before a live camera's frames queue up."""
+        n_len = 1 + self.ckpt.model.cfg.t_obs + self.ckpt.model.cfg.horizon
+        rng = np.random.default_rng(0)
+        poses = rng.normal(0.0, 0.1, (persons, n_len, 17, 2)).astype(np.float32)
+        ones = np.ones((persons, n_len, 17), bool)
+        score_windows(self.ckpt.model, poses, ones, ones, self.cfg)
 
     def cameras(self) -> set[str]:
         return {c for c, _ in self._tracks}
@@ -142,6 +152,7 @@ class TrackScorer:
             return []
         batch = Windows.concat(parts)
         s = score_windows(self.ckpt.model, batch.poses, batch.mask, batch.visible, self.cfg)
+        self.forecast_s += s.forecast_s
         out = []
         for i, (key, (f, k, bbox, ts)) in enumerate(owners):
             tr = self._tracks[key]

@@ -35,6 +35,7 @@ def run_training(
     frame_step: int,
     device: str,
     max_minutes: float,
+    split_seed: int = 0,
 ) -> Path:
     """Train on one split, validate on held-out clips, save checkpoint + loss curve."""
     wcfg = WindowConfig(t_obs=t_obs, horizon=horizon, frame_step=frame_step)
@@ -44,11 +45,14 @@ def run_training(
         normal_only=normal_only,
         device=device,
         max_minutes=max_minutes,
+        split_seed=split_seed,
         stride=2 if frame_step == 1 else 1,
     )
     mcfg = ModelConfig(t_obs=t_obs, horizon=horizon)
     tracks = load_tracks(data, split)
-    train_clips, val_clips = split_clips([t.clip for t in tracks], tcfg.val_fraction, seed)
+    train_clips, val_clips = split_clips(
+        [t.clip for t in tracks], tcfg.val_fraction, tcfg.split_seed
+    )
     tr = build_windows([t for t in tracks if t.clip in train_clips], wcfg, tcfg.stride, normal_only)
     va = build_windows([t for t in tracks if t.clip in val_clips], wcfg, tcfg.stride, normal_only)
     typer.echo(

@@ -23,6 +23,13 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res.exit_code == 0 and "2 cameras, 1 enabled: lawn" in res.output
 
 
+def test_demo_config_is_valid_and_cold_starts() -> None:
+    cfg = load_config(REPO / "config" / "demo.yaml")
+    assert cfg.forecaster.checkpoint is None  # the demo learns its scene first
+    assert cfg.cameras["lawn"].loop and cfg.cold_start.learn_minutes * 60 < 795 / 10
+    assert cfg.kafka.bootstrap_servers == []  # embedded broker
+
+
 def test_invalid_config_reports_every_field_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

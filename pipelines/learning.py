@@ -1,0 +1,275 @@
+"""Cold start, "learn this scene": a camera without a trained model learns normal motion from
+its own first footage, trains a forecaster in the background, calibrates an alert threshold
+on held-out footage of the same camera, then starts scoring.
+
+Phases per camera: ``learning`` (tracked poses are collected, nothing is scored) ->
+``training`` (a background thread trains while detection goes on) -> ``scoring``. A camera
+whose training fails goes to ``failed`` with the reason (detection keeps running; no alerts).
+
+The footage is split in time: the first ``1 - holdout`` share trains, the rest validates
+(early stopping) and calibrates the threshold for the operator's false-alert target. With a
+few minutes of footage the threshold is extrapolated from the score tail (see
+:func:`forecasting.calibration.calibrate_threshold`); a longer learning period gives a
+better-founded threshold. A learned model is saved (``<save_dir>/<camera>.pt``) and reused
+on the next start instead of learning again.
+
+Example:
+    >>> learner = SceneLearner("lobby", LearnSettings(seconds=120))  # doctest: +SKIP
+    >>> for pf in pose_frames:  # doctest: +SKIP
+    ...     learner.add(pf)
+    ...     if (m := learner.poll()) is not None:
+    ...         scorer = TrackScorer(m.checkpoint, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detector.datasets import Clip
+from detector.pose import PoseFrame, tracks_from_frames
+from detector.skeleton import FLIP_INDEX
+from forecasting.calibration import Calibration
+from forecasting.frame_scores import smooth
+from forecasting.scoring import ScorerConfig
+from forecasting.torch_model import ModelConfig
+from forecasting.train import (
+    Checkpoint,
+    TrainConfig,
+    build_windows,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+    update_checkpoint,
+)
+from forecasting.windows import WindowConfig
+from pipelines.evaluation import calibrate_on_clips, score_split
+from pipelines.tracks import clip_tracks
+
+log = logging.getLogger(__name__)
+
+PHASES = ("learning", "training", "scoring", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class LearnSettings:
+    """How a camera learns its scene (see ``pipelines.config.LearnConfig``)."""
+
+    seconds: float = 120.0
+    holdout: float = 0.25
+    epochs: int = 15
+    max_train_minutes: float = 5.0
+    hidden: int = 128
+    flow_layers: int = 4
+    seed: int = 0
+    save_dir: Path | None = None
+    target_per_hour: float = 1.0
+    min_duration_s: float = 0.5
+    sigma: float = 6.0
+    scorer: str = "kde"
+    samples: int = 20
+    stride: int = 3
+
+
+@dataclass(slots=True)
+class LearnedModel:
+    """What learning produced: the model and its calibrated threshold."""
+
+    checkpoint: Checkpoint
+    threshold: float
+    path: Path | None
+    seconds: float  # training + calibration wall time
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class SceneLearner:
+    """Collects one camera's poses, then trains and calibrates in a background thread.
+
+    Arguments:
+        camera: camera name.
+        settings: learning settings.
+    """
+
+    def __init__(self, camera: str, settings: LearnSettings):
+        self.camera = camera
+        self.s = settings
+        self.phase = "learning"
+        self.error: str | None = None
+        self._frames: list[PoseFrame] = []
+        self._fps = 0.0
+        self._thread: threading.Thread | None = None
+        self._result: LearnedModel | None = None
+        self._handed_over = False
+        saved = self.saved_path
+        if saved is not None and saved.exists():
+            try:
+                ck = load_checkpoint(saved)
+                thr = ck.calibration.get("threshold")
+                if thr is not None:
+                    self._result = LearnedModel(ck, float(thr), saved, 0.0)
+                    self.phase = "training"  # handed over at the first poll
+                    log.info("%s: reusing the scene model learned before (%s)", camera, saved)
+            except (ValueError, OSError, KeyError) as exc:
+                log.warning("%s: cannot reuse %s (%s); learning again", camera, saved, exc)
+
+    @property
+    def saved_path(self) -> Path | None:
+        return None if self.s.save_dir is None else Path(self.s.save_dir) / f"{self.camera}.pt"
+
+    def collected_seconds(self) -> float:
+        if len(self._frames) < 2:
+            return 0.0
+        return self._frames[-1].timestamp - self._frames[0].timestamp
+
+    def add(self, pf: PoseFrame, fps: float | None = None) -> None:
+        """Add a tracked frame while learning; starts training once enough is collected."""
+        if self.phase != "learning":
+            return
+        if fps:
+            self._fps = fps
+        self._frames.append(pf)
+        if self.collected_seconds() >= self.s.seconds:
+            self.start_training()
+
+    def input_ended(self) -> None:
+        """The camera's source finished while learning: train on what was collected."""
+        if self.phase == "learning":
+            self.start_training()
+
+    def start_training(self) -> None:
+        if self.phase != "learning":
+            return
+        self.phase = "training"
+        frames, self._frames = self._frames, []
+        log.info(
+            "%s: learned %.0f s of footage (%d frames); training in the background",
+            self.camera,
+            frames[-1].timestamp - frames[0].timestamp if len(frames) > 1 else 0.0,
+            len(frames),
+        )
+        self._thread = threading.Thread(
+            target=self._train, args=(frames,), name=f"learn-{self.camera}", daemon=True
+        )
+        self._thread.start()
+
+    def poll(self) -> LearnedModel | None:
+        """The learned model, once (the first call after training finished), else None."""
+        if self._handed_over or self._result is None:
+            return None
+        self._handed_over = True
+        self.phase = "scoring"
+        return self._result
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for background training; True when it is no longer running."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _fps_of(self, frames: list[PoseFrame]) -> float:
+        if self._fps > 0:
+            return self._fps
+        if len(frames) > 1 and frames[-1].timestamp > frames[0].timestamp:
+            return (len(frames) - 1) / (frames[-1].timestamp - frames[0].timestamp)
+        return 10.0
+
+    def _train(self, frames: list[PoseFrame]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._result = self._learn(frames, t0)
+            log.info(
+                "%s: scene model ready in %.0f s (threshold %.3f); scoring starts",
+                self.camera,
+                self._result.seconds,
+                self._result.threshold,
+            )
+        except Exception as exc:
+            self.error = f"learning the scene of camera {self.camera!r} failed: {exc}"
+            self.phase = "failed"
+            log.error("%s", self.error)
+
+    def _learn(self, frames: list[PoseFrame], t0: float) -> LearnedModel:
+        s = self.s
+        fps = self._fps_of(frames)
+        n = len(frames)
+        cut = round(n * (1.0 - s.holdout))
+        first = frames[0].frame_index
+        cut_frame = frames[cut].frame_index if cut < n else frames[-1].frame_index + 1
+        # Frame indices of each part re-based to 0 (a clip's frames start at 0).
+        parts = []
+        for name, sel in (("train", frames[:cut]), ("holdout", frames[cut:])):
+            base = first if name == "train" else cut_frame
+            rebased = [
+                PoseFrame(f.camera, f.frame_index - base, f.timestamp, f.image_size, f.persons)
+                for f in sel
+            ]
+            parts.append(
+                Clip(f"{self.camera}-{name}", Path(self.camera), tracks_from_frames(rebased), None)
+            )
+        train_clip, hold_clip = parts
+        wcfg = WindowConfig()
+        tcfg = TrainConfig(
+            epochs=s.epochs,
+            seed=s.seed,
+            normal_only=False,
+            max_minutes=s.max_train_minutes,
+            device="cpu",
+            patience=4,
+        )
+        tr = build_windows(clip_tracks([train_clip]), wcfg, tcfg.stride, normal_only=False)
+        va = build_windows(clip_tracks([hold_clip]), wcfg, tcfg.stride, normal_only=False)
+        if len(tr) < 32:
+            raise ValueError(
+                f"only {len(tr)} training windows in {n} frames: too few people were tracked "
+                f"long enough ({wcfg.length} frames); learn for longer (learn.seconds)"
+            )
+        mcfg = ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers)
+        result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+        path = self.saved_path
+        tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
+        save_checkpoint(
+            tmp,
+            result.model,
+            wcfg,
+            tcfg,
+            result.history,
+            extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
+        )
+        ck = load_checkpoint(tmp)
+        scorer = ScorerConfig(name=s.scorer, num_samples=s.samples)  # type: ignore[arg-type]
+        cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, progress=False)
+        if n_win == 0:
+            raise ValueError("no held-out windows to calibrate on; learn for longer")
+        min_dur = max(1, round(s.min_duration_s * fps))
+        try:
+            cal = calibrate_on_clips(cs, s.sigma, fps, s.target_per_hour, min_dur)
+        except ValueError as exc:
+            # Minutes of footage may hold too few episodes to fit the rate's tail: fall back
+            # to the highest held-out score (none of the held-out footage would alert).
+            top = max(float(np.nanmax(smooth(c.frames, s.sigma, True))) for c in cs)
+            log.warning("%s: %s; threshold = highest held-out score %.3f", self.camera, exc, top)
+            hours = sum(len(c.frames) for c in cs) / fps / 3600
+            cal = Calibration(top, s.target_per_hour, "holdout-max", fps, min_dur, hours)
+        update_checkpoint(tmp, calibration={**cal.to_dict(), "scorer": scorer.to_dict()})
+        ck = load_checkpoint(tmp)
+        info = {
+            "train_windows": float(len(tr)),
+            "holdout_windows": float(n_win),
+            "val_nll": float(result.best_val_nll),
+        }
+        return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
+
+
+def _tmpdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="posewatch-learn-")
+
+
+__all__ = ["PHASES", "LearnSettings", "LearnedModel", "SceneLearner"]

@@ -1,0 +1,62 @@
+"""Cold start: learning a scene from its own footage (real AIHub2 poses, real training)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from detector.datasets import load_split
+from detector.pose import frames_from_tracks
+from pipelines.learning import LearnSettings, SceneLearner
+
+FAST = {"epochs": 3, "hidden": 48, "flow_layers": 2, "max_train_minutes": 2.0, "samples": 10}
+
+
+def _frames(aihub2: Path, clip_index: int = 0, fps: float = 30.0):  # type: ignore[no-untyped-def]
+    clips = load_split(aihub2, "test")
+    clip = clips[clip_index]
+    return frames_from_tracks(clip.tracks, "hall", (1920, 1080), fps=fps), clip
+
+
+def test_scene_learner_trains_calibrates_saves_and_reuses(aihub2: Path, tmp_path: Path) -> None:
+    frames, clip = _frames(aihub2)
+    # Learn from the clip's first normal stretch (a cold-started camera sees normal life).
+    labels = clip.frame_labels()
+    first_bad = int(np.argmax(labels > 0)) if labels.any() else len(labels)
+    frames = [f for f in frames if f.frame_index < first_bad]
+    seconds = (frames[-1].timestamp - frames[0].timestamp) * 0.9
+    learner = SceneLearner("hall", LearnSettings(seconds=seconds, save_dir=tmp_path, **FAST))
+    assert learner.phase == "learning"
+    for f in frames:
+        learner.add(f, fps=30.0)
+        if learner.phase != "learning":
+            break
+    assert learner.phase == "training"  # started by itself once `seconds` were collected
+    assert learner.wait(timeout=600)
+    learned = learner.poll()
+    assert learned is not None, learner.error
+    assert learner.phase == "scoring"
+    assert learner.poll() is None  # handed over once
+    assert np.isfinite(learned.threshold)
+    assert learned.info["train_windows"] >= 100 and learned.info["holdout_windows"] >= 20
+    cal = learned.checkpoint.calibration
+    assert cal["threshold"] == learned.threshold and cal["target_per_hour"] == 1.0
+    assert learned.checkpoint.meta["learned_scene"] == "hall"
+    assert (tmp_path / "hall.pt").exists()
+    # The next start reuses the saved model instead of learning again.
+    again = SceneLearner("hall", LearnSettings(save_dir=tmp_path, **FAST))
+    reused = again.poll()
+    assert reused is not None and again.phase == "scoring"
+    assert reused.threshold == learned.threshold
+
+
+def test_too_little_footage_fails_with_a_clear_reason(aihub2: Path) -> None:
+    frames, _ = _frames(aihub2)
+    learner = SceneLearner("hall", LearnSettings(seconds=3600, **FAST))
+    for f in frames[:20]:
+        learner.add(f, fps=30.0)
+    learner.input_ended()  # the source ended before the learning time was up
+    assert learner.wait(timeout=120)
+    assert learner.poll() is None
+    assert learner.phase == "failed"
+    assert learner.error is not None
+    assert "hall" in learner.error and "learn for longer" in learner.error
