@@ -149,6 +149,13 @@ class ForecasterConfig(Base):
         6.0, ge=0, title="Smoothing", description="Causal Gaussian smoothing of scores, frames."
     )
     batch: int = Field(256, ge=1, title="Batch", description="Most person windows per model call.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        title="Threads",
+        description="torch threads of the process (default: all cores); 1 when several "
+        "`posewatch score` members share a machine (scale by processes, one core each).",
+    )
 
 
 class AlertingConfig(Base):

@@ -91,6 +91,10 @@ class ScoreService:
                 "`posewatch detect` publishes poses to"
             )
         self.cfg = cfg
+        if cfg.forecaster.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.forecaster.threads)
         self.metrics = metrics or Metrics()
         self.group_id = group_id or cfg.kafka.score_group
         self._stop = threading.Event()
