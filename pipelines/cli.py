@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -342,6 +343,27 @@ def run(
         typer.echo("some alerts are still in the spool; they are sent at the next start", err=True)
 
 
+def _start_service(factory: Callable[[Any], Any], config: Path) -> Any:
+    """Logging, the configuration and the service; config errors exit 2 with field paths."""
+    import logging
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.runtime import RuntimeConfigError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        service = factory(load_config(config))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    except RuntimeConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+    service.install_signal_handlers()
+    return service
+
+
 @app.command()
 def detect(
     config: Annotated[Path, typer.Option(help="YAML configuration file.")],
@@ -349,23 +371,9 @@ def detect(
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
 ) -> None:
     """Scale-out detector: cameras -> YOLO-pose -> tracking -> PoseFrames on the poses topic."""
-    import logging
-
-    from pipelines.config import ConfigError, load_config
     from pipelines.detect_service import DetectService
-    from pipelines.runtime import RuntimeConfigError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        service = DetectService(load_config(config))
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-    except RuntimeConfigError as exc:
-        raise _fail(str(exc), 2) from exc
-    service.install_signal_handlers()
+    service = _start_service(DetectService, config)
     s = service.run(max_seconds, max_frames)
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     typer.echo(
@@ -382,23 +390,9 @@ def score(
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
 ) -> None:
     """Scale-out scorer: one consumer-group member; poses topic -> scores -> alerts."""
-    import logging
-
-    from pipelines.config import ConfigError, load_config
-    from pipelines.runtime import RuntimeConfigError
     from pipelines.score_service import ScoreService
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        service = ScoreService(load_config(config))
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-    except RuntimeConfigError as exc:
-        raise _fail(str(exc), 2) from exc
-    service.install_signal_handlers()
+    service = _start_service(ScoreService, config)
     s = service.run(max_seconds)
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(

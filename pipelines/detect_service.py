@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from detector.pose import PoseFrame
 from detector.tracking import CameraTracker
@@ -24,6 +23,7 @@ from pipelines.metrics import Metrics
 from pipelines.runtime import (
     CameraMonitor,
     RuntimeConfigError,
+    Stoppable,
     inside_roi,
     kafka_client_config,
     open_sources,
@@ -50,7 +50,7 @@ def encode_poseframe(pf: PoseFrame) -> bytes:
     return json.dumps(pf.to_dict(), separators=(",", ":")).encode()
 
 
-class DetectService:
+class DetectService(Stoppable):
     """Detect and track on every camera, publish PoseFrames.
 
     Arguments:
@@ -68,15 +68,6 @@ class DetectService:
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
         self.metrics_port: int | None = None
-
-    def stop(self, *_: Any) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        import signal
-
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
 
     def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> DetectSummary:
         from kafka import KafkaProducer

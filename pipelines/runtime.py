@@ -102,6 +102,33 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
             time.sleep(0.5)
 
 
+def resolve_threshold(cfg: PosewatchConfig, ckpt: Checkpoint) -> float:
+    """The alert threshold: the configured one, else the checkpoint's calibration."""
+    thr = cfg.alerting.threshold
+    if thr is None:
+        thr = ckpt.calibration.get("threshold")
+    if thr is None:
+        raise RuntimeConfigError(
+            "no alert threshold: set alerting.threshold or calibrate the checkpoint "
+            "(`posewatch calibrate`)"
+        )
+    return float(thr)
+
+
+class Stoppable:
+    """A service whose main loop ends on :meth:`stop`, SIGTERM or SIGINT."""
+
+    _stop: threading.Event
+
+    def stop(self, *_: Any) -> None:
+        """Ask the main loop to finish (signal-handler compatible)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+
 class CameraMonitor:
     """Feeds each camera's source counters and status into the metrics; collects errors."""
 
@@ -159,7 +186,7 @@ def pose_model(cfg: PosewatchConfig) -> PoseModel:
     return pose
 
 
-class Service:
+class Service(Stoppable):
     """The single-process service.
 
     Arguments:
@@ -172,14 +199,6 @@ class Service:
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
         self.metrics_port: int | None = None
-
-    def stop(self, *_: Any) -> None:
-        """Ask the main loop to finish (signal-handler compatible)."""
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
 
     def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> RunSummary:
         """Run until stopped (signal, :meth:`stop`), every source finished, ``max_seconds``
@@ -241,13 +260,7 @@ class Service:
         info: ModelInfo | None = None
         if cfg.forecaster.checkpoint is not None:
             ckpt = load_checkpoint(cfg.forecaster.checkpoint)
-            if threshold is None:
-                threshold = ckpt.calibration.get("threshold")
-            if threshold is None:
-                raise RuntimeConfigError(
-                    "no alert threshold: set alerting.threshold or calibrate the checkpoint "
-                    "(`posewatch calibrate`)"
-                )
+            threshold = resolve_threshold(cfg, ckpt)
             shared = scorer_for(ckpt)
             shared.warmup()
             info = model_info(ckpt)

@@ -43,7 +43,12 @@ from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.config import PosewatchConfig
 from pipelines.kafka_sink import KafkaAlertSink
 from pipelines.metrics import Metrics
-from pipelines.runtime import RuntimeConfigError, kafka_client_config
+from pipelines.runtime import (
+    RuntimeConfigError,
+    Stoppable,
+    kafka_client_config,
+    resolve_threshold,
+)
 from pipelines.track_scoring import TrackScorer
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,7 @@ def frame_seed(camera: str, frame_index: int) -> int:
     return zlib.crc32(f"{camera}/{frame_index}".encode())
 
 
-class ScoreService:
+class ScoreService(Stoppable):
     """One member of the ``posewatch score`` consumer group.
 
     Arguments:
@@ -100,15 +105,7 @@ class ScoreService:
         self._stop = threading.Event()
         self.metrics_port: int | None = None
         ckpt = load_checkpoint(cfg.forecaster.checkpoint)
-        thr = cfg.alerting.threshold
-        if thr is None:
-            thr = ckpt.calibration.get("threshold")
-        if thr is None:
-            raise RuntimeConfigError(
-                "no alert threshold: set alerting.threshold or calibrate the checkpoint "
-                "(`posewatch calibrate`)"
-            )
-        self.threshold = float(thr)
+        self.threshold = resolve_threshold(cfg, ckpt)
         from pipelines.evaluation import sampler_by_name
 
         self._base_cfg = ScorerConfig(
@@ -134,15 +131,6 @@ class ScoreService:
         if cfg.outputs.scores_jsonl is not None:
             cfg.outputs.scores_jsonl.parent.mkdir(parents=True, exist_ok=True)
             self._scores_fh = open(cfg.outputs.scores_jsonl, "a", buffering=1)  # noqa: SIM115
-
-    def stop(self, *_: Any) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        import signal
-
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
 
     # -- state ---------------------------------------------------------------------------
     def _lifecycle(self, camera: str) -> AlertLifecycle:

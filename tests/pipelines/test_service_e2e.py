@@ -4,6 +4,7 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,12 +14,30 @@ from pipelines.config import load_config
 from pipelines.runtime import Service, ensure_topic
 
 
+def read_alerts(bootstrap: str, n: int, timeout: float = 30.0) -> list[Any]:
+    """The records of the alerts topic from its beginning (at least ``n``, or what came)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    tp = TopicPartition("posewatch.alerts", 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        for recs in c.poll(timeout_ms=500).values():
+            got.extend(recs)
+    c.close()
+    return got
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_run_on_real_video_delivers_every_alert(
     videos: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from kafka import KafkaConsumer, TopicPartition
 
     with EmbeddedBroker() as broker:
         ensure_topic(broker.bootstrap, "posewatch.alerts")
@@ -66,20 +85,7 @@ def test_run_on_real_video_delivers_every_alert(
         assert news == ends  # every episode is closed (track lost, or the run ended)
         assert len(list((tmp_path / "snap").glob("*.jpg"))) == len(news)
 
-        c = KafkaConsumer(
-            bootstrap_servers=broker.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        tp = TopicPartition("posewatch.alerts", 0)
-        c.assign([tp])
-        c.seek_to_beginning(tp)
-        got = []
-        deadline = time.monotonic() + 30
-        while len(got) < len(local) and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=500).values():
-                got.extend(recs)
-        c.close()
+        got = read_alerts(broker.bootstrap, len(local))
         remote = [(r.key.decode(), Alert.model_validate(json.loads(r.value))) for r in got]
         assert all(k == a.camera == "lawn" for k, a in remote)
         assert [(a.alert_id, a.type) for _, a in remote] == [(a.alert_id, a.type) for a in local]
@@ -182,8 +188,6 @@ def test_broker_outage_of_20s_loses_no_alert(
 ) -> None:
     import threading
 
-    from kafka import KafkaConsumer, TopicPartition
-
     broker = EmbeddedBroker().start()
     ensure_topic(broker.bootstrap, "posewatch.alerts")
     jsonl = tmp_path / "alerts.jsonl"
@@ -219,20 +223,7 @@ def test_broker_outage_of_20s_loses_no_alert(
         assert during >= 5, "alerts kept coming during the outage"
         lines = jsonl.read_text().splitlines()
         local = [Alert.model_validate(json.loads(x)) for x in lines[n_before:]]
-        c = KafkaConsumer(
-            bootstrap_servers=broker.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        tp = TopicPartition("posewatch.alerts", 0)
-        c.assign([tp])
-        c.seek_to_beginning(tp)
-        got = []
-        t_end = time.monotonic() + 30
-        while len(got) < len(local) and time.monotonic() < t_end:
-            for recs in c.poll(timeout_ms=500).values():
-                got.extend(recs)
-        c.close()
+        got = read_alerts(broker.bootstrap, len(local))
         remote = [Alert.model_validate(json.loads(r.value)) for r in got]
         ids = [(a.alert_id, a.type, a.frame_index) for a in remote]
         # Every alert from the outage on arrived after the restart, in order; the ones
