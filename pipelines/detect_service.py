@@ -24,6 +24,7 @@ from pipelines.runtime import (
     CameraMonitor,
     RuntimeConfigError,
     Stoppable,
+    bound_heap_growth,
     inside_roi,
     kafka_client_config,
     open_sources,
@@ -76,6 +77,7 @@ class DetectService(Stoppable):
         from detector.muxer import FrameMuxer
 
         cfg = self.cfg
+        bound_heap_growth()
         t0 = time.monotonic()
         summary = DetectSummary()
         if cfg.metrics.enabled:

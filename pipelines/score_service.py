@@ -46,6 +46,7 @@ from pipelines.metrics import Metrics
 from pipelines.runtime import (
     RuntimeConfigError,
     Stoppable,
+    bound_heap_growth,
     kafka_client_config,
     resolve_threshold,
 )
@@ -212,6 +213,7 @@ class ScoreService(Stoppable):
 
         cfg = self.cfg
         k = cfg.kafka
+        bound_heap_growth()
         t0 = time.monotonic()
         summary = ScoreSummary()
         if cfg.metrics.enabled:
