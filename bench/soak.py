@@ -55,9 +55,11 @@ def main() -> None:
         ensure_topic(broker.bootstrap, "posewatch.alerts")
         ensure_topic(broker.bootstrap, "posewatch.poses.dlq")
         base = {
+            # Names whose key hashes (Kafka's murmur2) land on 4 different partitions, so both
+            # score members get cameras (cam0..cam3 hash onto 2 partitions only).
             "cameras": {
-                f"cam{i}": {"source": str(args.video.resolve()), "loop": True, "pace": True}
-                for i in range(4)
+                name: {"source": str(args.video.resolve()), "loop": True, "pace": True}
+                for name in ("gate", "dock", "lobby", "lawn")
             },
             "forecaster": {"checkpoint": str(args.model.resolve())},
             "alerting": {"threshold": -100.0},
