@@ -12,7 +12,20 @@ is conditioned on the ``t_obs`` frames before the last ``horizon`` frames and th
   keypoints are masked. Per-joint contributions are the per-keypoint NLLs.
 - ``nll``: the flow's exact teacher-forced ``-log p(future | past)`` per dimension; per-joint
   contributions from the point head's Gaussian residuals.
-- ``minade``: the best of K samples' average displacement error; per-joint from that sample.
+- ``minade``: the best of K samples' average displacement error, each joint's error in
+  units of that joint's typical error on held-out normal motion (``model.error_scale``,
+  fitted after training by :func:`fit_error_scale`), so a jittery wrist does not drown out a
+  steady head; the score is the log of that error (errors are heavy-tailed, and the frame
+  smoothing then averages ratios, not raw distances). Per-joint from the best sample.
+- ``minfde``: the same at the last frame only (best-of-K final displacement error).
+- ``minhde`` (default): the same with frame ``h = 1..H`` of the horizon weighted by
+  ``h ** horizon_power`` (3: the last third of the horizon carries ~70% of the weight). The
+  far end of the horizon is where normal and abnormal motion part (the first future frames
+  are nearly determined by the past), yet a short anomaly early in the horizon, which
+  ``minfde`` cannot see, still counts.
+
+Several scorers can be computed from one draw of futures (:func:`score_windows_many`); each
+gets exactly the scores it would get alone with the same seed.
 
 Shapes: ``poses (N, L, 17, 2)`` normalised windows, ``mask`` / ``visible (N, L, 17)``.
 """
@@ -21,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -33,8 +46,9 @@ from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, to_tensor
 from forecasting.windows import fill_unseen
 
-ScorerName = Literal["kde", "nll", "minade"]
-SCORERS: tuple[ScorerName, ...] = ("kde", "nll", "minade")
+ScorerName = Literal["kde", "nll", "minade", "minfde", "minhde"]
+SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "nll")
+SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde")  # from K futures
 
 
 @dataclass(frozen=True)
@@ -42,20 +56,24 @@ class ScorerConfig:
     """How windows are scored.
 
     Attributes:
-        name: ``kde``, ``nll`` or ``minade``.
-        num_samples: K futures per window (``kde`` and ``minade``).
+        name: ``minhde`` (default), ``minfde``, ``minade``, ``kde`` or ``nll``.
+        num_samples: K futures per window (every scorer but ``nll``).
         sampler: GRU-NF or a GRU-SNF configuration.
         use_weights: weight samples by their SNF path weights (``kde``).
         min_bandwidth: bandwidth floor of the kernel density, normalised units.
+        log_error: the ``min*de`` scorers score the log of the (scaled) best-of-K error.
+        horizon_power: ``minhde`` weighs horizon frame ``h`` by ``h ** horizon_power``.
         batch: windows per model call.
         seed: torch seed before scoring (reproducible scores).
     """
 
-    name: ScorerName = "kde"
+    name: ScorerName = "minhde"
     num_samples: int = 20
     sampler: SamplerConfig = field(default_factory=lambda: GRU_NF)
     use_weights: bool = False
     min_bandwidth: float = 0.01
+    log_error: bool = True
+    horizon_power: float = 3.0
     batch: int = 256
     seed: int = 0
 
@@ -148,9 +166,30 @@ def score_windows(
         visible: ``(N, L, 17)`` really-seen keypoints (only these are scored).
         cfg: scorer configuration.
     """
+    return score_windows_many(model, poses, mask, visible, cfg, (cfg.name,))[cfg.name]
+
+
+def score_windows_many(
+    model: GRUNF,
+    poses: np.ndarray,
+    mask: np.ndarray,
+    visible: np.ndarray,
+    cfg: ScorerConfig,
+    names: Sequence[str],
+) -> dict[str, WindowScores]:
+    """Score windows with several scorers; the sample-based ones share one draw of futures.
+
+    Arguments are those of :func:`score_windows`; ``names`` replaces ``cfg.name``. Each
+    scorer's scores equal those of a :func:`score_windows` call with that name alone.
+    """
+    for name in names:
+        if name not in SCORERS:
+            raise ValueError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
     n = poses.shape[0]
     if n == 0:
-        return WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32))
+        return {
+            k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
+        }
     device = next(model.parameters()).device
     std = model.standardizer()
     n_obs = 1 + model.cfg.t_obs
@@ -158,40 +197,134 @@ def score_windows(
     M = to_tensor(mask, device)
     V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
     torch.manual_seed(cfg.seed)
-    scores, joints = [], []
+    scores: dict[str, list[Tensor]] = {k: [] for k in names}
+    joints: dict[str, list[Tensor]] = {k: [] for k in names}
     forecast_s = 0.0
+    sampled = [k for k in names if k != "nll"]
     grad_ok = cfg.sampler.kernel == "mala"
     ctx = torch.no_grad() if grad_ok else torch.inference_mode()
     with ctx:
         for sl in _batches(n, cfg.batch):
             p, m, v = P[sl], M[sl], V[sl]
             truth = p[:, n_obs:]
-            if cfg.name == "nll":
+            if "nll" in names:
                 s, j = _nll_scores(model, p, m, v)
-            else:
-                t_fc = time.perf_counter()
-                out = model.sample(p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler)
-                forecast_s += time.perf_counter() - t_fc
-                smp = out.poses
-                if cfg.name == "kde":
-                    w = torch.softmax(out.log_weights, 1) if cfg.use_weights else None
-                    per = kde_nll(smp, truth, v, w, cfg.min_bandwidth)
-                    s, j = _masked_joint_mean(per, v)
-                elif cfg.name == "minade":
-                    d = torch.linalg.vector_norm(smp - truth[:, None], dim=-1)  # (B, K, H, 17)
-                    vm = v[:, None].to(d.dtype)
-                    ade = (d * vm).sum((2, 3)) / vm.sum((2, 3)).clamp_min(1.0)
-                    best = ade.argmin(1)
-                    dbest = d[torch.arange(d.shape[0]), best]
-                    s = ade.min(1).values
-                    _, j = _masked_joint_mean(dbest, v)
-                else:
-                    raise ValueError(
-                        f"unknown scorer {cfg.name!r}; choose from {', '.join(SCORERS)}"
-                    )
-            scores.append(s.float().cpu())
-            joints.append(j.float().cpu())
-    return WindowScores(torch.cat(scores).numpy(), torch.cat(joints).numpy(), forecast_s)
+                scores["nll"].append(s.float().cpu())
+                joints["nll"].append(j.float().cpu())
+            if not sampled:
+                continue
+            t_fc = time.perf_counter()
+            out = model.sample(p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler)
+            forecast_s += time.perf_counter() - t_fc
+            for name in sampled:
+                s, j = _sample_scores(name, model, cfg, out.poses, out.log_weights, truth, v)
+                scores[name].append(s.float().cpu())
+                joints[name].append(j.float().cpu())
+    return {
+        k: WindowScores(torch.cat(scores[k]).numpy(), torch.cat(joints[k]).numpy(), forecast_s)
+        for k in names
+    }
+
+
+def _sample_scores(
+    name: str,
+    model: GRUNF,
+    cfg: ScorerConfig,
+    smp: Tensor,
+    log_weights: Tensor,
+    truth: Tensor,
+    v: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Score ``(B,)`` and per-joint ``(B, 17)`` of one sample-based scorer."""
+    if name == "kde":
+        w = torch.softmax(log_weights, 1) if cfg.use_weights else None
+        return _masked_joint_mean(kde_nll(smp, truth, v, w, cfg.min_bandwidth), v)
+    H = truth.shape[1]
+    steps = torch.arange(1, H + 1, dtype=smp.dtype, device=smp.device)
+    if name == "minade":
+        weight = torch.ones_like(steps)
+    elif name == "minfde":
+        weight = (steps == H).to(smp.dtype)
+    else:  # minhde
+        weight = steps**cfg.horizon_power
+    err, dbest = _best_of_k(smp, truth, v, model.error_scale, weight)
+    vw = v.to(smp.dtype) * weight[None, :, None]  # (B, H, 17)
+    seen = vw.sum((1, 2)) > 0
+    if not bool(seen.all()):  # no visible keypoint where the weight is: equal weights
+        flat, dflat = _best_of_k(smp, truth, v, model.error_scale)
+        err = torch.where(seen, err, flat)
+        dbest = torch.where(seen[:, None, None], dbest, dflat)
+        vw = torch.where(seen[:, None, None], vw, v.to(smp.dtype))
+    cnt = vw.sum(1)  # per joint, the weighted mean over the horizon
+    j = (dbest * vw).sum(1) / cnt.clamp_min(1e-12)
+    j = torch.where(cnt > 0, j, torch.full_like(j, math.nan))
+    return (err.clamp_min(1e-6).log() if cfg.log_error else err), j
+
+
+def _best_of_k(
+    smp: Tensor, truth: Tensor, v: Tensor, scale: Tensor, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Best sample's weighted mean scaled error ``(B,)`` and its errors ``(B, H, 17)``.
+
+    ``smp (B, K, H, 17, 2)``, ``truth (B, H, 17, 2)``, ``v (B, H, 17)`` visible, ``scale (17,)``,
+    ``weight (H,)`` per horizon frame (None: equal). A window with no visible weighted
+    keypoint gets error 0.
+    """
+    d = torch.linalg.vector_norm(smp - truth[:, None], dim=-1) / scale.to(smp.dtype)
+    vm = v[:, None].to(d.dtype)
+    if weight is not None:
+        vm = vm * weight.to(d.dtype)[None, None, :, None]
+    err = (d * vm).sum((2, 3)) / vm.sum((2, 3)).clamp_min(1e-12)  # (B, K)
+    best = err.argmin(1)
+    return err.gather(1, best[:, None])[:, 0], d[torch.arange(d.shape[0]), best]
+
+
+def fit_error_scale(
+    model: GRUNF,
+    poses: np.ndarray,
+    mask: np.ndarray,
+    visible: np.ndarray,
+    num_samples: int = 20,
+    sampler: SamplerConfig = GRU_NF,
+    seed: int = 0,
+) -> np.ndarray:
+    """Fit and set ``model.error_scale``: each joint's median best-of-K error on normal windows.
+
+    Arguments:
+        model: trained forecaster; its ``error_scale`` buffer is overwritten.
+        poses, mask, visible: held-out normal windows (as for :func:`score_windows`).
+        num_samples: K (use the scorer's K).
+        sampler: sampler used for the fit.
+        seed: torch seed.
+
+    Returns:
+        ``(17,)`` the fitted scale (joints never seen keep 1).
+    """
+    J = model.error_scale.shape[0]
+    scale = np.ones(J, np.float32)
+    if len(poses) == 0:
+        return scale
+    device = next(model.parameters()).device
+    n_obs = 1 + model.cfg.t_obs
+    P = to_tensor(fill_unseen(poses, model.standardizer().pose_mean), device)
+    M = to_tensor(mask, device)
+    V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
+    ones = torch.ones(J, device=device)
+    errs, seen = [], []
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        for sl in _batches(len(poses), 256):
+            p, m, v = P[sl], M[sl], V[sl]
+            out = model.sample(p[:, :n_obs], m[:, :n_obs], None, num_samples, sampler)
+            _, dbest = _best_of_k(out.poses, p[:, n_obs:], v, ones)
+            errs.append(dbest.reshape(-1, J).cpu())
+            seen.append(v.reshape(-1, J).cpu())
+    e, ok = torch.cat(errs), torch.cat(seen)
+    for j in range(J):
+        if ok[:, j].any():
+            scale[j] = max(float(e[ok[:, j], j].median()), 1e-4)
+    model.error_scale.copy_(torch.as_tensor(scale, device=device))
+    return scale
 
 
 def _nll_scores(model: GRUNF, p: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -102,12 +102,17 @@ class GRUNF(nn.Module):
     pose_std: Tensor
     disp_mean: Tensor
     disp_std: Tensor
+    error_scale: Tensor
 
     def __init__(self, cfg: ModelConfig, std: Standardizer):
         super().__init__()
         self.cfg = cfg
         for name in ("pose_mean", "pose_std", "disp_mean", "disp_std"):
             self.register_buffer(name, torch.as_tensor(getattr(std, name), dtype=torch.float32))
+        # Typical forecast error of each joint on held-out normal motion (set after training by
+        # ``forecasting.scoring.fit_error_scale``; ones = unscaled). The minade scorer divides
+        # each joint's error by it, so jittery joints do not drown out stable ones.
+        self.register_buffer("error_scale", torch.ones(J))
         self.gru = nn.GRU(2 * D + J, cfg.hidden, cfg.gru_layers, batch_first=True)
         self.flow = ConditionalFlow(
             D,

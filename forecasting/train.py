@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from forecasting.scoring import fit_error_scale
 from forecasting.snf import SamplerConfig
 from forecasting.torch_model import GRUNF, D, ModelConfig, to_tensor
 from forecasting.windows import (
@@ -40,6 +41,7 @@ from forecasting.windows import (
 
 CHECKPOINT_FORMAT = "posewatch-grunf"
 CHECKPOINT_VERSION = 1
+ERROR_SCALE_WINDOWS = 4096  # held-out windows the per-joint error scale is fitted on
 
 
 @dataclass(slots=True)
@@ -249,6 +251,11 @@ def train(
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
+    # Per-joint typical error on held-out normal motion (training windows when none held out).
+    ref = val_w if len(val_w) else train_w
+    take = np.random.default_rng(tcfg.seed).permutation(len(ref))[:ERROR_SCALE_WINDOWS]
+    ref = ref.select(np.sort(take))
+    fit_error_scale(model, ref.poses, ref.mask, ref.visible, seed=tcfg.seed)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -342,7 +349,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{path}: checkpoint format {blob.get('format_version')} is not {CHECKPOINT_VERSION}; retrain"
         )
     model = GRUNF(ModelConfig(**blob["model_config"]), Standardizer.from_dict(blob["standardizer"]))
-    model.load_state_dict(blob["state_dict"])
+    state = dict(blob["state_dict"])
+    # Checkpoints written before the per-joint error scale existed score unscaled.
+    state.setdefault("error_scale", torch.ones(model.error_scale.shape))
+    model.load_state_dict(state)
     model.to(device).eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return Checkpoint(

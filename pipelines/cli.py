@@ -134,11 +134,14 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="Labelled dataset folder (AIHub2 or STG-NF layout).")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     scorer: Annotated[
-        list[str] | None, typer.Option(help="kde, nll, minade (repeatable; default: all).")
+        list[str] | None,
+        typer.Option(help="minhde, minfde, minade, kde, nll (repeatable; default: all)."),
     ] = None,
     sampler: Annotated[
         list[str] | None,
-        typer.Option(help="Sampler names for kde/minade (repeatable; default: gru-nf, default)."),
+        typer.Option(
+            help="Sampler names for the sample-based scorers (repeatable; default: gru-nf, default)."
+        ),
     ] = None,
     stride: Annotated[int, typer.Option(help="Score every n-th frame of each track.")] = 1,
     sigma: Annotated[float, typer.Option(help="Offline (symmetric) smoothing, frames.")] = 9.5,
@@ -158,7 +161,7 @@ def evaluate(
             model,
             data,
             split,
-            scorer or ["kde", "nll", "minade"],
+            scorer or ["minhde", "minfde", "minade", "kde", "nll"],
             sampler or ["gru-nf", "default"],
             stride,
             sigma,
@@ -182,7 +185,7 @@ def calibrate(
     target_rate: Annotated[
         float, typer.Option(help="False alerts per camera-hour the operator accepts.")
     ] = 1.0,
-    scorer: Annotated[str, typer.Option(help="kde, nll or minade.")] = "kde",
+    scorer: Annotated[str, typer.Option(help="minhde, minfde, minade, kde or nll.")] = "minhde",
     sampler: Annotated[str, typer.Option(help="Sampler name (see forecast-eval).")] = "default",
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,

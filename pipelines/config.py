@@ -139,8 +139,8 @@ class ForecasterConfig(Base):
     sampler: str = Field(
         "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."
     )
-    scorer: Literal["kde", "nll", "minade"] = Field(
-        "kde", title="Scorer", description="How windows are scored."
+    scorer: Literal["minhde", "minfde", "minade", "kde", "nll"] = Field(
+        "minhde", title="Scorer", description="How windows are scored."
     )
     stride: int = Field(
         3, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from forecasting.detection_metrics import (
     roc_auc,
 )
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
-from forecasting.scoring import ScorerConfig, score_windows
+from forecasting.scoring import SAMPLE_SCORERS, ScorerConfig, score_windows_many
 from forecasting.torch_model import GRUNF
 from forecasting.train import Checkpoint
 from forecasting.windows import WindowConfig, cut_windows
@@ -58,8 +58,20 @@ def score_clip(
     Each window's score is placed on its last frame and gaps are filled within each window
     only (causal: the live service computes exactly these scores, see track_scoring).
     """
+    return score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride)[scorer.name]
+
+
+def score_clip_many(
+    model: GRUNF,
+    wcfg: WindowConfig,
+    clip: Clip,
+    scorer: ScorerConfig,
+    names: Sequence[str],
+    stride: int = 1,
+) -> dict[str, ClipScores]:
+    """:func:`score_clip` for several scorers from one draw of futures per window."""
     n = clip.num_frames
-    persons: dict[int, np.ndarray] = {}
+    persons: dict[str, dict[int, np.ndarray]] = {k: {} for k in names}
     n_windows = 0
     for tid, tr in clip.tracks.items():
         w = cut_windows(tr.keypoints, wcfg, stride=stride, fill="window")
@@ -67,14 +79,18 @@ def score_clip(
             w = w.select(tr.present[w.start + (wcfg.length - 1) * wcfg.frame_step])
         if len(w) == 0:
             continue
-        s = score_windows(model, w.poses, w.mask, w.visible, scorer)
+        many = score_windows_many(model, w.poses, w.mask, w.visible, scorer, names)
         n_windows += len(w)
         end_rows = w.start + (wcfg.length - 1) * wcfg.frame_step
-        persons[tid] = person_frame_scores(tr.frames[end_rows], s.score, n)
-        if stride > 1:  # hold each score until the next scored frame
-            persons[tid] = _hold(persons[tid], stride * wcfg.frame_step)
-    frames = worst_person(list(persons.values()), n)
-    return ClipScores(clip.name, frames, clip.frame_labels()[:n], persons, n_windows)
+        for k, s in many.items():
+            x = person_frame_scores(tr.frames[end_rows], s.score, n)
+            # with stride > 1, hold each score until the next scored frame
+            persons[k][tid] = _hold(x, stride * wcfg.frame_step) if stride > 1 else x
+    labels = clip.frame_labels()[:n]
+    return {
+        k: ClipScores(clip.name, worst_person(list(pp.values()), n), labels, pp, n_windows)
+        for k, pp in persons.items()
+    }
 
 
 def _hold(x: np.ndarray, span: int) -> np.ndarray:
@@ -171,13 +187,28 @@ def score_split(
     progress: bool = True,
 ) -> tuple[list[ClipScores], float, int]:
     """Score all clips; returns (clip scores, seconds, windows scored)."""
+    many, secs, n_windows = score_split_many(ckpt, clips, scorer, (scorer.name,), stride, progress)
+    return many[scorer.name], secs, n_windows
+
+
+def score_split_many(
+    ckpt: Checkpoint,
+    clips: Sequence[Clip],
+    scorer: ScorerConfig,
+    names: Sequence[str],
+    stride: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, list[ClipScores]], float, int]:
+    """:func:`score_split` for several scorers sharing one draw of futures per window."""
     t0 = time.perf_counter()
-    out = []
+    out: dict[str, list[ClipScores]] = {k: [] for k in names}
     n_windows = 0
-    for clip in tqdm(clips, disable=not progress, desc=f"score {scorer.name}", unit="clip"):
-        cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride)
-        n_windows += cs.windows
-        out.append(cs)
+    desc = f"score {'+'.join(names)}"
+    for clip in tqdm(clips, disable=not progress, desc=desc, unit="clip"):
+        many = score_clip_many(ckpt.model, ckpt.window_config, clip, scorer, names, stride)
+        for k, cs in many.items():
+            out[k].append(cs)
+        n_windows += next(iter(many.values())).windows
     return out, time.perf_counter() - t0, n_windows
 
 
@@ -247,7 +278,7 @@ def run_evaluate(
     import typer
 
     from forecasting.detection_metrics import roc_curve
-    from forecasting.scoring import ScorerConfig
+    from forecasting.scoring import SCORERS, ScorerConfig
     from forecasting.train import load_checkpoint
     from pipelines.plots import plot_roc, plot_timeline
 
@@ -263,13 +294,25 @@ def run_evaluate(
     reports: list[ScorerReport] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     timelines: dict[str, dict[str, np.ndarray]] = {}
-    for scorer in scorers:
-        for sname in samplers if scorer != "nll" else ["-"]:
-            sampler = (
-                sampler_by_name(ckpt, sname) if sname != "-" else sampler_by_name(ckpt, "gru-nf")
-            )
-            cfg = ScorerConfig(name=scorer, num_samples=samples, sampler=sampler, seed=seed)  # type: ignore[arg-type]
-            cs, secs, nw = score_split(ckpt, clips, cfg, stride, progress)
+    unknown = [k for k in scorers if k not in (*SAMPLE_SCORERS, "nll")]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown}; choose from {', '.join(SCORERS)}")
+    # The sample-based scorers of one sampler share one draw of futures (their seconds are
+    # the shared pass's); nll needs no sampler.
+    passes: list[tuple[str, list[str]]] = [
+        (sname, [k for k in scorers if k in SAMPLE_SCORERS]) for sname in samplers
+    ]
+    if "nll" in scorers:
+        passes.append(("-", ["nll"]))
+    for sname, names in passes:
+        if not names:
+            continue
+        sampler = sampler_by_name(ckpt, sname if sname != "-" else "gru-nf")
+        base = ScorerConfig(name=names[0], num_samples=samples, sampler=sampler, seed=seed)  # type: ignore[arg-type]
+        many, secs, nw = score_split_many(ckpt, clips, base, names, stride, progress)
+        for scorer in names:
+            cfg = replace(base, name=scorer)  # type: ignore[arg-type]
+            cs = many[scorer]
             same = calibration is not None and ckpt.calibration.get("scorer") == cfg.to_dict()
             rep = report(
                 scorer, sname, cs, sigma, causal_sigma, fps, secs, nw, calibration if same else None
