@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import SAMPLE_SCORERS, ScorerConfig
 from forecasting.snf import GRU_NF, SNF_DEFAULT
 from forecasting.train import load_checkpoint
 from pipelines.evaluation import load_clips, report, score_split_many
@@ -37,6 +37,18 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=Path("runs/anomaly_eval"))
     ap.add_argument(
         "--all-windows", action="store_true", help="train on every window (STG-NF's regime)"
+    )
+    ap.add_argument(
+        "--scorers",
+        nargs="+",
+        default=["minhde", "minfde", "minade", "kde", "nll"],
+        help="scorers to evaluate (default: all)",
+    )
+    ap.add_argument(
+        "--samplers",
+        nargs="+",
+        default=[GRU_NF.name, SNF_DEFAULT.name],
+        help="samplers of the sample-based scorers (default: GRU-NF and GRU-SNF default)",
     )
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
@@ -60,11 +72,12 @@ def main() -> None:
             ck = load_checkpoint(ck_path)
         # The sample-based scorers of one sampler share one draw of futures (same scores as
         # separate runs with the same seed); "seconds" is that shared pass's.
-        for names, sampler in (
-            (("minhde", "minfde", "minade", "kde"), GRU_NF),
-            (("minhde", "minfde", "minade", "kde"), SNF_DEFAULT),
-            (("nll",), GRU_NF),
-        ):
+        sample_names = tuple(k for k in SAMPLE_SCORERS if k in args.scorers)
+        passes = [(sample_names, s) for s in (GRU_NF, SNF_DEFAULT) if s.name in args.samplers]
+        passes.append((("nll",) if "nll" in args.scorers else (), GRU_NF))
+        for names, sampler in passes:
+            if not names:
+                continue
             caches = {
                 k: ck_path.with_name(f"{ck_path.stem}.{k}.{sampler.name}.json") for k in names
             }

@@ -75,3 +75,19 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
         path, res.model, wcfg, tcfg, res.history, extra={"validation_clips": sorted(va_clips)}
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model, trained exactly as ``bench/anomaly_eval.py`` trains seed 0.
+
+    Default architecture and optimisation, AIHub2 train normal windows (about 5 minutes on
+    2 cores; training is deterministic on the CPU, so this is the benchmark's seed-0 model).
+    """
+    import torch
+
+    from pipelines.training import run_training
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("default_model") / "seed0.pt"
+    return run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0)
