@@ -83,7 +83,9 @@ def scores_of(path: Path) -> dict[tuple[str, int, int], float]:
 def config_data(bootstrap: str, ckpt: Path, tmp: Path, topic: str) -> dict[str, Any]:
     return {
         "cameras": {"none": {"source": "unused.mp4", "enabled": False}},
-        "forecaster": {"checkpoint": str(ckpt), "stride": 3, "samples": 10},
+        # kde scores, for which the threshold below was measured; failover does not depend on
+        # the scorer.
+        "forecaster": {"checkpoint": str(ckpt), "stride": 3, "samples": 10, "scorer": "kde"},
         # A threshold inside the scores' range (60th percentile here): episodes start and end.
         "alerting": {
             "threshold": -5.5,
