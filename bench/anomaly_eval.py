@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forecasting.scoring import SAMPLE_SCORERS, ScorerConfig
+from forecasting.scoring import SCORERS, ScorerConfig
 from forecasting.snf import GRU_NF, SNF_DEFAULT
 from forecasting.train import load_checkpoint
-from pipelines.evaluation import load_clips, report, score_split_many
-from pipelines.training import refit_error_scale, run_training
+from pipelines.evaluation import load_clips, report, score_split_many, scoring_passes
+from pipelines.training import run_training
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument(
         "--scorers",
         nargs="+",
-        default=["minhde", "minfde", "minade", "kde", "nll"],
+        default=list(SCORERS),
         help="scorers to evaluate (default: all)",
     )
     ap.add_argument(
@@ -66,18 +66,11 @@ def main() -> None:
             )
         train_s = time.perf_counter() - t0
         ck = load_checkpoint(ck_path)
-        if bool((ck.model.error_scale == 1).all()):  # trained before the scale existed
-            scale = refit_error_scale(ck_path, args.data)
-            print(f"seed {seed}: fitted per-joint error scale {[round(x, 4) for x in scale]}")
-            ck = load_checkpoint(ck_path)
         # The sample-based scorers of one sampler share one draw of futures (same scores as
         # separate runs with the same seed); "seconds" is that shared pass's.
-        sample_names = tuple(k for k in SAMPLE_SCORERS if k in args.scorers)
-        passes = [(sample_names, s) for s in (GRU_NF, SNF_DEFAULT) if s.name in args.samplers]
-        passes.append((("nll",) if "nll" in args.scorers else (), GRU_NF))
-        for names, sampler in passes:
-            if not names:
-                continue
+        samplers = [s for s in (GRU_NF, SNF_DEFAULT) if s.name in args.samplers]
+        for sampler_or_none, names in scoring_passes(args.scorers, samplers):
+            sampler = sampler_or_none or GRU_NF
             caches = {
                 k: ck_path.with_name(f"{ck_path.stem}.{k}.{sampler.name}.json") for k in names
             }
@@ -112,7 +105,7 @@ def main() -> None:
                 )
     keys = sorted(
         {(r["scorer"], r["sampler"]) for r in rows},
-        key=lambda k: (("minhde", "minfde", "minade", "kde", "nll").index(k[0]), k),
+        key=lambda k: (SCORERS.index(k[0]), k),
     )
     summary = []
     head = f"{'scorer':<8}{'sampler':<10}{'AUC off':>14}{'AUC causal':>14}{'AP off':>14}{'clip AUC':>14}{'R@1/h':>8}{'R@5/h':>8}{'s/split':>9}"

@@ -190,12 +190,7 @@ def score_windows_many(
         return {
             k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
         }
-    device = next(model.parameters()).device
-    std = model.standardizer()
-    n_obs = 1 + model.cfg.t_obs
-    P = to_tensor(fill_unseen(poses, std.pose_mean), device)
-    M = to_tensor(mask, device)
-    V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
+    n_obs, P, M, V = _inputs(model, poses, mask, visible)
     torch.manual_seed(cfg.seed)
     scores: dict[str, list[Tensor]] = {k: [] for k in names}
     joints: dict[str, list[Tensor]] = {k: [] for k in names}
@@ -226,6 +221,18 @@ def score_windows_many(
     }
 
 
+def _inputs(
+    model: GRUNF, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray
+) -> tuple[int, Tensor, Tensor, Tensor]:
+    """Observed frames, filled poses, mask and the future's scored keypoints as tensors."""
+    device = next(model.parameters()).device
+    n_obs = 1 + model.cfg.t_obs
+    P = to_tensor(fill_unseen(poses, model.standardizer().pose_mean), device)
+    M = to_tensor(mask, device)
+    V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
+    return n_obs, P, M, V
+
+
 def _sample_scores(
     name: str,
     model: GRUNF,
@@ -247,14 +254,13 @@ def _sample_scores(
         weight = (steps == H).to(smp.dtype)
     else:  # minhde
         weight = steps**cfg.horizon_power
-    err, dbest = _best_of_k(smp, truth, v, model.error_scale, weight)
-    vw = v.to(smp.dtype) * weight[None, :, None]  # (B, H, 17)
-    seen = vw.sum((1, 2)) > 0
-    if not bool(seen.all()):  # no visible keypoint where the weight is: equal weights
-        flat, dflat = _best_of_k(smp, truth, v, model.error_scale)
-        err = torch.where(seen, err, flat)
-        dbest = torch.where(seen[:, None, None], dbest, dflat)
-        vw = torch.where(seen[:, None, None], vw, v.to(smp.dtype))
+    vf = v.to(smp.dtype)
+    w = weight.expand(truth.shape[0], H)  # (B, H)
+    # A window with no visible keypoint where the weight is falls back to equal weights.
+    seen = (vf * w[:, :, None]).sum((1, 2)) > 0
+    w = torch.where(seen[:, None], w, torch.ones_like(w))
+    err, dbest = _best_of_k(smp, truth, v, model.error_scale, w)
+    vw = vf * w[:, :, None]  # (B, H, 17)
     cnt = vw.sum(1)  # per joint, the weighted mean over the horizon
     j = (dbest * vw).sum(1) / cnt.clamp_min(1e-12)
     j = torch.where(cnt > 0, j, torch.full_like(j, math.nan))
@@ -267,13 +273,13 @@ def _best_of_k(
     """Best sample's weighted mean scaled error ``(B,)`` and its errors ``(B, H, 17)``.
 
     ``smp (B, K, H, 17, 2)``, ``truth (B, H, 17, 2)``, ``v (B, H, 17)`` visible, ``scale (17,)``,
-    ``weight (H,)`` per horizon frame (None: equal). A window with no visible weighted
-    keypoint gets error 0.
+    ``weight (B, H)`` per window and horizon frame (None: equal). A window with no visible
+    weighted keypoint gets error 0.
     """
     d = torch.linalg.vector_norm(smp - truth[:, None], dim=-1) / scale.to(smp.dtype)
     vm = v[:, None].to(d.dtype)
     if weight is not None:
-        vm = vm * weight.to(d.dtype)[None, None, :, None]
+        vm = vm * weight.to(d.dtype)[:, None, :, None]
     err = (d * vm).sum((2, 3)) / vm.sum((2, 3)).clamp_min(1e-12)  # (B, K)
     best = err.argmin(1)
     return err.gather(1, best[:, None])[:, 0], d[torch.arange(d.shape[0]), best]
@@ -304,12 +310,8 @@ def fit_error_scale(
     scale = np.ones(J, np.float32)
     if len(poses) == 0:
         return scale
-    device = next(model.parameters()).device
-    n_obs = 1 + model.cfg.t_obs
-    P = to_tensor(fill_unseen(poses, model.standardizer().pose_mean), device)
-    M = to_tensor(mask, device)
-    V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
-    ones = torch.ones(J, device=device)
+    n_obs, P, M, V = _inputs(model, poses, mask, visible)
+    ones = torch.ones(J, device=P.device)
     errs, seen = [], []
     torch.manual_seed(seed)
     with torch.inference_mode():
@@ -323,7 +325,7 @@ def fit_error_scale(
     for j in range(J):
         if ok[:, j].any():
             scale[j] = max(float(e[ok[:, j], j].median()), 1e-4)
-    model.error_scale.copy_(torch.as_tensor(scale, device=device))
+    model.error_scale.copy_(torch.as_tensor(scale, device=P.device))
     return scale
 
 

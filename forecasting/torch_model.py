@@ -110,7 +110,7 @@ class GRUNF(nn.Module):
         for name in ("pose_mean", "pose_std", "disp_mean", "disp_std"):
             self.register_buffer(name, torch.as_tensor(getattr(std, name), dtype=torch.float32))
         # Typical forecast error of each joint on held-out normal motion (set after training by
-        # ``forecasting.scoring.fit_error_scale``; ones = unscaled). The minade scorer divides
+        # ``forecasting.scoring.fit_error_scale``; ones = unscaled). The min*de scorers divide
         # each joint's error by it, so jittery joints do not drown out stable ones.
         self.register_buffer("error_scale", torch.ones(J))
         self.gru = nn.GRU(2 * D + J, cfg.hidden, cfg.gru_layers, batch_first=True)

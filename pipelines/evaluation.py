@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -29,10 +29,12 @@ from forecasting.detection_metrics import (
     roc_auc,
 )
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
-from forecasting.scoring import SAMPLE_SCORERS, ScorerConfig, score_windows_many
+from forecasting.scoring import SAMPLE_SCORERS, SCORERS, ScorerConfig, score_windows_many
 from forecasting.torch_model import GRUNF
 from forecasting.train import Checkpoint
 from forecasting.windows import WindowConfig, cut_windows
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -179,6 +181,25 @@ def report(
     )
 
 
+def scoring_passes(
+    scorers: Sequence[str], samplers: Sequence[T]
+) -> list[tuple[T | None, tuple[str, ...]]]:
+    """Group scorers into passes over a split: per sampler, the sample-based scorers (one
+    shared draw of futures); then ``nll`` alone with no sampler (None).
+
+    Raises:
+        ValueError: a scorer name that does not exist.
+    """
+    unknown = [k for k in scorers if k not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown}; choose from {', '.join(SCORERS)}")
+    sampled = tuple(k for k in SAMPLE_SCORERS if k in scorers)
+    passes: list[tuple[T | None, tuple[str, ...]]] = [(s, sampled) for s in samplers if sampled]
+    if "nll" in scorers:
+        passes.append((None, ("nll",)))
+    return passes
+
+
 def score_split(
     ckpt: Checkpoint,
     clips: Sequence[Clip],
@@ -278,7 +299,6 @@ def run_evaluate(
     import typer
 
     from forecasting.detection_metrics import roc_curve
-    from forecasting.scoring import SCORERS, ScorerConfig
     from forecasting.train import load_checkpoint
     from pipelines.plots import plot_roc, plot_timeline
 
@@ -294,20 +314,11 @@ def run_evaluate(
     reports: list[ScorerReport] = []
     curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     timelines: dict[str, dict[str, np.ndarray]] = {}
-    unknown = [k for k in scorers if k not in (*SAMPLE_SCORERS, "nll")]
-    if unknown:
-        raise ValueError(f"unknown scorer {unknown}; choose from {', '.join(SCORERS)}")
     # The sample-based scorers of one sampler share one draw of futures (their seconds are
-    # the shared pass's); nll needs no sampler.
-    passes: list[tuple[str, list[str]]] = [
-        (sname, [k for k in scorers if k in SAMPLE_SCORERS]) for sname in samplers
-    ]
-    if "nll" in scorers:
-        passes.append(("-", ["nll"]))
-    for sname, names in passes:
-        if not names:
-            continue
-        sampler = sampler_by_name(ckpt, sname if sname != "-" else "gru-nf")
+    # the shared pass's).
+    for sname_or_none, names in scoring_passes(scorers, samplers):
+        sname = sname_or_none or "-"
+        sampler = sampler_by_name(ckpt, sname_or_none or "gru-nf")
         base = ScorerConfig(name=names[0], num_samples=samples, sampler=sampler, seed=seed)  # type: ignore[arg-type]
         many, secs, nw = score_split_many(ckpt, clips, base, names, stride, progress)
         for scorer in names:

@@ -116,29 +116,3 @@ def run_forecast_eval(
         out.write_text(json.dumps(payload, indent=2))
         typer.echo(f"wrote {out}")
     return result
-
-
-def refit_error_scale(model_path: Path, data: Path, split: str = "train") -> list[float]:
-    """Fit the per-joint error scale of a checkpoint on its validation clips' normal windows.
-
-    For checkpoints trained before the scale existed (``posewatch train`` now fits it); the
-    checkpoint file is updated in place.
-    """
-    import numpy as np
-
-    from forecasting.scoring import fit_error_scale
-    from forecasting.train import ERROR_SCALE_WINDOWS, update_checkpoint
-
-    ckpt = load_checkpoint(model_path)
-    val = set(ckpt.meta.get("validation_clips") or [])
-    tracks = [t for t in load_tracks(data, split) if t.clip in val]
-    if not tracks:
-        raise ValueError(f"{model_path}: its validation clips are not in {data}/pose/{split}")
-    w = build_windows(tracks, ckpt.window_config, 2, normal_only=True)
-    seed = int((ckpt.meta.get("train_config") or {}).get("seed", 0))
-    take = np.random.default_rng(seed).permutation(len(w))[:ERROR_SCALE_WINDOWS]
-    w = w.select(np.sort(take))
-    scale = fit_error_scale(ckpt.model, w.poses, w.mask, w.visible, seed=seed)
-    state = {k: v.detach().cpu() for k, v in ckpt.model.state_dict().items()}
-    update_checkpoint(model_path, state_dict=state)
-    return [float(x) for x in scale]

@@ -1,4 +1,5 @@
-"""The per-joint error scale of the minade scorer: fitted on normal windows, saved, applied."""
+"""The best-of-K scorers (minade, minfde, minhde): the per-joint error scale (fitted on normal
+windows, saved, applied), the horizon weights, and several scorers from one draw."""
 
 from dataclasses import replace
 from pathlib import Path
