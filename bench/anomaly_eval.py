@@ -1,5 +1,7 @@
 """Anomaly detection on AIHub2: train N seeds, evaluate scorers x {GRU-NF, GRU-SNF default}.
 
+Each seed's model is the default ensemble of ``--members`` GRU-NFs (seeds ``seed * M + r``).
+
 Prints a table of mean and sample std over seeds of frame AUC-ROC (offline and causal
 smoothing), AP, mean per-clip AUC and event recall at 1 and 5 false alerts per camera-hour,
 and writes ``bench/results/anomaly_aihub2.json``.
@@ -27,7 +29,7 @@ from forecasting.scoring import SCORERS, ScorerConfig
 from forecasting.snf import GRU_NF, SNF_DEFAULT
 from forecasting.train import load_checkpoint
 from pipelines.evaluation import load_clips, report, score_split_many, scoring_passes
-from pipelines.training import run_training
+from pipelines.training import run_ensemble, run_training
 
 
 def main() -> None:
@@ -50,6 +52,13 @@ def main() -> None:
         default=[GRU_NF.name, SNF_DEFAULT.name],
         help="samplers of the sample-based scorers (default: GRU-NF and GRU-SNF default)",
     )
+    ap.add_argument(
+        "--members",
+        type=int,
+        default=3,
+        help="ensemble members per seed (seeds seed*N+r), as `posewatch train --members N`; "
+        "each member is cached as its own checkpoint and joined by `posewatch ensemble`",
+    )
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/anomaly_aihub2.json"))
@@ -58,14 +67,25 @@ def main() -> None:
     clips = load_clips(args.data, "test")
     rows = []
     for seed in args.seeds:
-        ck_path = args.models / f"seed{seed}{'-all' if args.all_windows else ''}.pt"
         t0 = time.perf_counter()
-        if not ck_path.exists():
-            run_training(
-                args.data, "train", ck_path, not args.all_windows, 40, seed, 12, 12, 1, "cpu", 18.0
-            )
+        suffix = "-all" if args.all_windows else ""
+        paths = []
+        for run in [seed * args.members + r for r in range(args.members)]:
+            path = args.models / f"seed{run}{suffix}.pt"
+            if not path.exists():
+                run_training(
+                    args.data, "train", path, not args.all_windows, 40, run, 12, 12, 1, "cpu", 18.0
+                )
+            paths.append(path)
+        ck_path = paths[0]
+        if args.members > 1:
+            ck_path = args.models / f"seed{seed}{suffix}-m{args.members}.pt"
+            newest = max(p.stat().st_mtime for p in paths)
+            if not ck_path.exists() or ck_path.stat().st_mtime < newest:
+                run_ensemble(paths, ck_path, args.data)
         train_s = time.perf_counter() - t0
         ck = load_checkpoint(ck_path)
+        members = ck.meta.get("ensemble_members", [])
         # The sample-based scorers of one sampler share one draw of futures (same scores as
         # separate runs with the same seed); "seconds" is that shared pass's.
         samplers = [s for s in (GRU_NF, SNF_DEFAULT) if s.name in args.samplers]
@@ -78,7 +98,9 @@ def main() -> None:
                 c.exists() and c.stat().st_mtime > ck_path.stat().st_mtime for c in caches.values()
             ):
                 for k, c in caches.items():  # resumed run: these rows are done
-                    rows.append(json.loads(c.read_text()))
+                    d = json.loads(c.read_text())
+                    d.update(seed=seed, members=members)
+                    rows.append(d)
                     print(f"seed {seed} {k}/{sampler.name}: cached ({c})", flush=True)
                 continue
             cfg = ScorerConfig(name=names[0], sampler=sampler, seed=seed)  # type: ignore[arg-type]
@@ -96,6 +118,7 @@ def main() -> None:
                 )
                 d = asdict(r)
                 d["seed"] = seed
+                d["members"] = members
                 d["train_seconds"] = train_s
                 rows.append(d)
                 caches[scorer].write_text(json.dumps(d, default=float))
@@ -155,6 +178,7 @@ def main() -> None:
         json.dumps(
             {
                 "training_regime": regime,
+                "members": args.members,
                 "sigma_offline": args.sigma,
                 "sigma_causal": args.causal_sigma,
                 "summary": summary,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from forecasting import metrics
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
-from forecasting.torch_model import GRUNF, D, to_tensor
+from forecasting.torch_model import D, Forecaster, to_tensor
 from forecasting.windows import Windows, fill_unseen
 
 
@@ -103,7 +103,7 @@ def default_samplers(L: int = 7) -> list[SamplerConfig]:
 
 
 def evaluate_forecasts(
-    model: GRUNF,
+    model: Forecaster,
     windows: Windows,
     samplers: Sequence[SamplerConfig],
     num_samples: int = 20,

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from forecasting.snf import GRU_NF, SamplerConfig
-from forecasting.torch_model import GRUNF, to_tensor
+from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
 ScorerName = Literal["kde", "nll", "minade", "minfde", "minhde"]
@@ -151,7 +151,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 def score_windows(
-    model: GRUNF,
+    model: Forecaster,
     poses: np.ndarray,
     mask: np.ndarray,
     visible: np.ndarray,
@@ -170,7 +170,7 @@ def score_windows(
 
 
 def score_windows_many(
-    model: GRUNF,
+    model: Forecaster,
     poses: np.ndarray,
     mask: np.ndarray,
     visible: np.ndarray,
@@ -222,7 +222,7 @@ def score_windows_many(
 
 
 def _inputs(
-    model: GRUNF, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray
+    model: Forecaster, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray
 ) -> tuple[int, Tensor, Tensor, Tensor]:
     """Observed frames, filled poses, mask and the future's scored keypoints as tensors."""
     device = next(model.parameters()).device
@@ -235,7 +235,7 @@ def _inputs(
 
 def _sample_scores(
     name: str,
-    model: GRUNF,
+    model: Forecaster,
     cfg: ScorerConfig,
     smp: Tensor,
     log_weights: Tensor,
@@ -286,7 +286,7 @@ def _best_of_k(
 
 
 def fit_error_scale(
-    model: GRUNF,
+    model: Forecaster,
     poses: np.ndarray,
     mask: np.ndarray,
     visible: np.ndarray,
@@ -329,7 +329,21 @@ def fit_error_scale(
     return scale
 
 
-def _nll_scores(model: GRUNF, p: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def _nll_scores(model: Forecaster, p: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean teacher-forced NLL per future frame and dimension, and per-joint residuals.
+
+    An ensemble scores by its mixture density; its per-joint parts are the members' mean.
+    """
+    if isinstance(model, Ensemble):
+        parts = [_nll_scores(member, p, m, v) for member in model.member_list()]
+        n = model.cfg.horizon * 2 * 17
+        lp = torch.stack([-s for s, _ in parts]) * n  # members' log p(future | past)
+        s = -(torch.logsumexp(lp, 0) - math.log(len(parts))) / n
+        return s, torch.stack([j for _, j in parts]).mean(0)
+    return _member_nll_scores(model, p, m, v)
+
+
+def _member_nll_scores(model: GRUNF, p: Tensor, m: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     out = model(p, m, first=1 + model.cfg.t_obs)
     s = -out.log_prob.mean(1) / (2 * 17)
     # Per joint: the point head's standardised squared residuals (cheap, decomposable).

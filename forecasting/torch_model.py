@@ -284,3 +284,78 @@ def count_parameters(model: nn.Module) -> int:
 def nll_per_dim(log_prob_sum: float, n_frames: int) -> float:
     """Average negative log-likelihood per frame and dimension (nats)."""
     return -log_prob_sum / max(n_frames, 1) / D if n_frames else math.nan
+
+
+class Ensemble(nn.Module):
+    """GRU-NF members trained from different seeds, used as one mixture forecaster.
+
+    Sampling splits the ``K`` futures evenly across the members (draws from the equal-weight
+    mixture at the cost of one model's rollouts); the exact density is the mixture's.
+    Members share the architecture and the standardisation (same training windows).
+    Single-model forecasters and ensembles are interchangeable for scoring
+    (:data:`Forecaster`).
+
+    Arguments:
+        members: trained :class:`GRUNF` models (at least one).
+    """
+
+    error_scale: Tensor
+
+    def __init__(self, members: list[GRUNF]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+        # Typical best-of-K error of the ensemble's own samples (see GRUNF.error_scale).
+        self.register_buffer("error_scale", torch.ones(J))
+
+    def member_list(self) -> list[GRUNF]:
+        return [m for m in self.members if isinstance(m, GRUNF)]
+
+    @property
+    def flow(self) -> ConditionalFlow:
+        """The first member's flow (its architecture is every member's)."""
+        return self.member_list()[0].flow
+
+    def standardizer(self) -> Standardizer:
+        return self.member_list()[0].standardizer()
+
+    def log_prob(self, poses: Tensor, mask: Tensor) -> Tensor:
+        """``(N,)`` exact mixture ``log p(future | past)`` (equal member weights)."""
+        lp = torch.stack([m.log_prob(poses, mask) for m in self.member_list()])
+        return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+    def sample(
+        self,
+        past: Tensor,
+        past_mask: Tensor,
+        horizon: int | None = None,
+        num_samples: int = 20,
+        sampler: SamplerConfig = GRU_NF,
+        generator_seed: int | None = None,
+    ) -> SampleOutput:
+        """:meth:`GRUNF.sample` of the mixture: member ``i`` draws ``K // M`` (+1 for the first
+        ``K % M``) of the ``K`` futures; the samples are concatenated member by member."""
+        if generator_seed is not None:
+            torch.manual_seed(generator_seed)
+        members = self.member_list()
+        M = len(members)
+        ks = [num_samples // M + (i < num_samples % M) for i in range(M)]
+        outs = [
+            m.sample(past, past_mask, horizon, k, sampler)
+            for m, k in zip(members, ks, strict=True)
+            if k
+        ]
+        accepted = torch.stack([o.stats.accepted for o in outs]).sum(0)
+        proposed = torch.stack([o.stats.proposed for o in outs]).sum(0)
+        stats = StepStats(accepted, proposed, outs[-1].stats.step_sizes)
+        return SampleOutput(
+            torch.cat([o.poses for o in outs], 1),
+            torch.cat([o.log_weights for o in outs], 1),
+            stats,
+        )
+
+
+#: What scoring and evaluation accept: one model or an ensemble of them.
+Forecaster = GRUNF | Ensemble

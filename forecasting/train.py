@@ -5,7 +5,8 @@ The module that trains is separate from the module that computes
 (``pipelines``) turn pose files into them.
 
 Checkpoint (``torch.save`` dict): ``format``, ``format_version``, ``code_version``,
-``model_config``, ``window_config``, ``standardizer``, ``state_dict``, ``train_config``,
+``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or the size of an
+:class:`~forecasting.torch_model.Ensemble`), ``state_dict``, ``train_config``,
 ``history``, ``sampler`` (default sampling configuration) and ``calibration`` (alert
 threshold, filled by the scorer's calibration).
 """
@@ -17,7 +18,7 @@ import math
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from forecasting.scoring import fit_error_scale
 from forecasting.snf import SamplerConfig
-from forecasting.torch_model import GRUNF, D, ModelConfig, to_tensor
+from forecasting.torch_model import GRUNF, D, Ensemble, Forecaster, ModelConfig, to_tensor
 from forecasting.windows import (
     Standardizer,
     WindowConfig,
@@ -82,6 +83,9 @@ class TrainConfig:
     normal_only: bool = True
     max_minutes: float = 18.0
     device: str = "auto"
+    #: Ensemble members, trained from seeds ``seed * members + r`` (see
+    #: :class:`forecasting.torch_model.Ensemble`); 1 trains a single model with ``seed``.
+    members: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,11 +95,13 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` returns."""
 
-    model: GRUNF
+    model: Forecaster
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_nll: float = math.inf
     seconds: float = 0.0
+    #: ``{"seed", "val_nll", "best_epoch"}`` of every ensemble member (one entry without).
+    members: list[dict[str, float]] = field(default_factory=list)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -156,7 +162,9 @@ def _tensors(
 
 
 @torch.no_grad()
-def evaluate_nll(model: GRUNF, poses: torch.Tensor, mask: torch.Tensor, batch: int = 1024) -> float:
+def evaluate_nll(
+    model: Forecaster, poses: torch.Tensor, mask: torch.Tensor, batch: int = 1024
+) -> float:
     """Mean NLL per future frame and dimension (nats) of windows, teacher-forced."""
     model.eval()
     total, n = 0.0, 0
@@ -188,10 +196,86 @@ def train(
         on_epoch: called with each epoch's record.
 
     Returns:
-        :class:`TrainResult` holding the best model (lowest validation NLL).
+        :class:`TrainResult` holding the best model (lowest validation NLL), or with
+        ``tcfg.members`` > 1 the :class:`Ensemble` of each member's best model (history
+        records then carry a ``member`` index; ``best_val_nll`` is the mixture's).
     """
     if len(train_w) == 0:
         raise ValueError("no training windows: tracks too short or no normal frames")
+    if tcfg.members < 1:
+        raise ValueError(f"members must be at least 1, not {tcfg.members}")
+    if tcfg.members == 1:
+        res = _train_once(train_w, val_w, mcfg, tcfg, flip_index, progress, on_epoch)
+        res.members = [
+            {"seed": tcfg.seed, "val_nll": res.best_val_nll, "best_epoch": res.best_epoch}
+        ]
+        _fit_scale(res.model, train_w, val_w, tcfg.seed)
+        return res
+    t0 = time.perf_counter()
+    runs: list[dict[str, float]] = []
+    models: list[GRUNF] = []
+    history: list[dict[str, float]] = []
+    for r in range(tcfg.members):
+        seed = tcfg.seed * tcfg.members + r
+        res = _train_once(
+            train_w, val_w, mcfg, replace(tcfg, seed=seed), flip_index, progress, on_epoch
+        )
+        runs.append({"seed": seed, "val_nll": res.best_val_nll, "best_epoch": res.best_epoch})
+        history.extend({**h, "member": r} for h in res.history)
+        assert isinstance(res.model, GRUNF)
+        _fit_scale(res.model, train_w, val_w, seed)  # each member is usable on its own
+        models.append(res.model)
+    ens, val_nll = make_ensemble(models, train_w, val_w, tcfg.seed)
+    return TrainResult(
+        model=ens,
+        history=history,
+        best_epoch=0,
+        best_val_nll=val_nll if len(val_w) else min(r["val_nll"] for r in runs),
+        seconds=time.perf_counter() - t0,
+        members=runs,
+    )
+
+
+def make_ensemble(
+    models: Sequence[GRUNF], train_w: Windows, val_w: Windows, seed: int
+) -> tuple[Ensemble, float]:
+    """Ensemble trained members and fit its error scale, as :func:`train` does.
+
+    Arguments:
+        models: trained members (same architecture and standardisation).
+        train_w, val_w: the members' training and validation windows (the error scale is
+            fitted on validation windows, or training windows when there are none).
+        seed: seed of the error-scale fit (:func:`train` uses its ``tcfg.seed``).
+
+    Returns:
+        The ensemble and its validation NLL (NaN without validation windows).
+    """
+    ens = Ensemble(list(models)).eval()
+    val_nll = math.nan
+    if len(val_w):
+        device = next(ens.parameters()).device
+        val_nll = evaluate_nll(ens, *_tensors(val_w, ens.standardizer(), device))
+    _fit_scale(ens, train_w, val_w, seed)
+    return ens, val_nll
+
+
+def _fit_scale(model: Forecaster, train_w: Windows, val_w: Windows, seed: int) -> None:
+    """Per-joint typical error on held-out normal motion (training windows when none held out)."""
+    ref = val_w if len(val_w) else train_w
+    take = np.random.default_rng(seed).permutation(len(ref))[:ERROR_SCALE_WINDOWS]
+    ref = ref.select(np.sort(take))
+    fit_error_scale(model, ref.poses, ref.mask, ref.visible, seed=seed)
+
+
+def _train_once(
+    train_w: Windows,
+    val_w: Windows,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    flip_index: Sequence[int] | None,
+    progress: bool,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> TrainResult:
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     device = pick_device(tcfg.device)
@@ -251,11 +335,6 @@ def train(
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    # Per-joint typical error on held-out normal motion (training windows when none held out).
-    ref = val_w if len(val_w) else train_w
-    take = np.random.default_rng(tcfg.seed).permutation(len(ref))[:ERROR_SCALE_WINDOWS]
-    ref = ref.select(np.sort(take))
-    fit_error_scale(model, ref.poses, ref.mask, ref.visible, seed=tcfg.seed)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -284,7 +363,7 @@ def code_version() -> str:
 class Checkpoint:
     """A loaded model with everything needed to use it."""
 
-    model: GRUNF
+    model: Forecaster
     window_config: WindowConfig
     sampler: SamplerConfig
     meta: dict[str, Any]
@@ -298,7 +377,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: GRUNF,
+    model: Forecaster,
     wcfg: WindowConfig,
     tcfg: TrainConfig | None = None,
     history: list[dict[str, float]] | None = None,
@@ -315,6 +394,7 @@ def save_checkpoint(
         "model_config": model.cfg.to_dict(),
         "window_config": wcfg.to_dict(),
         "standardizer": model.standardizer().to_dict(),
+        "members": len(model.member_list()) if isinstance(model, Ensemble) else 1,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_config": tcfg.to_dict() if tcfg else None,
         "history": history or [],
@@ -348,7 +428,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise ValueError(
             f"{path}: checkpoint format {blob.get('format_version')} is not {CHECKPOINT_VERSION}; retrain"
         )
-    model = GRUNF(ModelConfig(**blob["model_config"]), Standardizer.from_dict(blob["standardizer"]))
+    mcfg = ModelConfig(**blob["model_config"])
+    std = Standardizer.from_dict(blob["standardizer"])
+    members = int(blob.get("members", 1))
+    model: Forecaster = (
+        Ensemble([GRUNF(mcfg, std) for _ in range(members)]) if members > 1 else GRUNF(mcfg, std)
+    )
     state = dict(blob["state_dict"])
     # Checkpoints written before the per-joint error scale existed score unscaled.
     state.setdefault("error_scale", torch.ones(model.error_scale.shape))

@@ -83,6 +83,13 @@ def train(
     split_seed: Annotated[
         int, typer.Option(help="Seed of the train/validation clip split (fixed across seeds).")
     ] = 0,
+    members: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Ensemble members (seeds seed*N+r); sampling splits K across them.",
+        ),
+    ] = 3,
 ) -> None:
     """Train a GRU-NF forecaster; writes the checkpoint and a loss-curve PNG beside it."""
     from pipelines.training import run_training
@@ -101,8 +108,28 @@ def train(
             device,
             max_minutes,
             split_seed,
+            members,
         )
     except (DatasetError, PoseFileError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def ensemble(
+    model: Annotated[
+        list[Path], typer.Option(help="Member checkpoint (repeat; same data and settings).")
+    ],
+    out: Annotated[Path, typer.Option(help="Ensemble checkpoint to write (.pt).")],
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: the members' training data).")
+    ] = None,
+) -> None:
+    """Join models trained separately (e.g. in parallel, different seeds) into one ensemble."""
+    from pipelines.training import run_ensemble
+
+    try:
+        run_ensemble(model, out, data)
+    except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
 

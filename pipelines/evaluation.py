@@ -30,7 +30,7 @@ from forecasting.detection_metrics import (
 )
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
 from forecasting.scoring import SAMPLE_SCORERS, SCORERS, ScorerConfig, score_windows_many
-from forecasting.torch_model import GRUNF
+from forecasting.torch_model import Forecaster
 from forecasting.train import Checkpoint
 from forecasting.windows import WindowConfig, cut_windows
 
@@ -49,7 +49,7 @@ class ClipScores:
 
 
 def score_clip(
-    model: GRUNF,
+    model: Forecaster,
     wcfg: WindowConfig,
     clip: Clip,
     scorer: ScorerConfig,
@@ -64,7 +64,7 @@ def score_clip(
 
 
 def score_clip_many(
-    model: GRUNF,
+    model: Forecaster,
     wcfg: WindowConfig,
     clip: Clip,
     scorer: ScorerConfig,

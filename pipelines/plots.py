@@ -13,15 +13,25 @@ import matplotlib.pyplot as plt
 
 
 def plot_loss_curve(history: Sequence[dict[str, float]], path: Path) -> Path:
-    """Training loss, training NLL and validation NLL per epoch."""
+    """Training loss, training NLL and validation NLL per epoch (per member of an ensemble)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ep = [h["epoch"] for h in history]
-    for key, label in (
-        ("loss", "loss (flow + point)"),
-        ("train_nll", "train NLL"),
-        ("val_nll", "validation NLL"),
+    members = sorted({int(h.get("member", 0)) for h in history})
+    for i, key, label in (
+        (0, "loss", "loss (flow + point)"),
+        (1, "train_nll", "train NLL"),
+        (2, "val_nll", "validation NLL"),
     ):
-        ax.plot(ep, [h[key] for h in history], marker="o", ms=3, label=label)
+        for m in members:
+            part = [h for h in history if int(h.get("member", 0)) == m]
+            ax.plot(
+                [h["epoch"] for h in part],
+                [h[key] for h in part],
+                marker="o",
+                ms=3,
+                color=f"C{i}",
+                alpha=1.0 if m == members[0] else 0.5,
+                label=label if m == members[0] else None,
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per dimension")
     ax.grid(alpha=0.3)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from detector.skeleton import FLIP_INDEX
 from forecasting.evaluate import default_samplers, evaluate_forecasts, format_table, rows_as_dicts
-from forecasting.torch_model import ModelConfig, count_parameters
+from forecasting.torch_model import GRUNF, ModelConfig, count_parameters
 from forecasting.train import (
     TrainConfig,
     build_windows,
     load_checkpoint,
+    make_ensemble,
     save_checkpoint,
     split_clips,
     train,
 )
-from forecasting.windows import WindowConfig
+from forecasting.windows import WindowConfig, Windows
 from pipelines.plots import plot_loss_curve
 from pipelines.tracks import load_tracks
 
@@ -36,8 +38,13 @@ def run_training(
     device: str,
     max_minutes: float,
     split_seed: int = 0,
+    members: int = 1,
 ) -> Path:
-    """Train on one split, validate on held-out clips, save checkpoint + loss curve."""
+    """Train on one split, validate on held-out clips, save checkpoint + loss curve.
+
+    With ``members`` > 1, that many models are trained (seeds ``seed * members + r``) and
+    saved as one ensemble.
+    """
     wcfg = WindowConfig(t_obs=t_obs, horizon=horizon, frame_step=frame_step)
     tcfg = TrainConfig(
         epochs=epochs,
@@ -47,18 +54,10 @@ def run_training(
         max_minutes=max_minutes,
         split_seed=split_seed,
         stride=2 if frame_step == 1 else 1,
+        members=members,
     )
     mcfg = ModelConfig(t_obs=t_obs, horizon=horizon)
-    tracks = load_tracks(data, split)
-    train_clips, val_clips = split_clips(
-        [t.clip for t in tracks], tcfg.val_fraction, tcfg.split_seed
-    )
-    tr = build_windows([t for t in tracks if t.clip in train_clips], wcfg, tcfg.stride, normal_only)
-    va = build_windows([t for t in tracks if t.clip in val_clips], wcfg, tcfg.stride, normal_only)
-    typer.echo(
-        f"windows: {len(tr):,} train ({len(train_clips)} clips), {len(va):,} validation "
-        f"({len(val_clips)} clips: {', '.join(sorted(val_clips))})"
-    )
+    tr, va, val_clips = _windows(data, split, wcfg, tcfg)
     result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=True)
     path = save_checkpoint(
         out,
@@ -66,15 +65,104 @@ def run_training(
         wcfg,
         tcfg,
         result.history,
-        extra={"validation_clips": sorted(val_clips), "training_data": str(data), "split": split},
+        extra={
+            "validation_clips": sorted(val_clips),
+            "training_data": str(data),
+            "split": split,
+            "ensemble_members": result.members,
+        },
     )
     png = plot_loss_curve(result.history, out.with_suffix(".loss.png"))
+    if len(result.members) > 1:
+        runs = ", ".join(f"seed {r['seed']:.0f}: {r['val_nll']:.4f}" for r in result.members)
+        typer.echo(f"validation NLL of the ensemble members: {runs}")
     typer.echo(
         f"trained {count_parameters(result.model):,} parameters in {result.seconds:.0f} s; "
-        f"best epoch {result.best_epoch}, validation NLL {result.best_val_nll:.4f} nats/dim"
+        f"best epoch {result.best_epoch or '-'}, validation NLL {result.best_val_nll:.4f} nats/dim"
     )
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"loss curve: {png}")
+    return path
+
+
+def _windows(
+    data: Path, split: str, wcfg: WindowConfig, tcfg: TrainConfig
+) -> tuple[Windows, Windows, set[str]]:
+    """Training and validation windows of a split (validation = held-out clips)."""
+    tracks = load_tracks(data, split)
+    train_clips, val_clips = split_clips(
+        [t.clip for t in tracks], tcfg.val_fraction, tcfg.split_seed
+    )
+    tr, va = (
+        build_windows([t for t in tracks if t.clip in c], wcfg, tcfg.stride, tcfg.normal_only)
+        for c in (train_clips, val_clips)
+    )
+    typer.echo(
+        f"windows: {len(tr):,} train ({len(train_clips)} clips), {len(va):,} validation "
+        f"({len(val_clips)} clips: {', '.join(sorted(val_clips))})"
+    )
+    return tr, va, val_clips
+
+
+#: Checkpoint fields ensemble members must agree on.
+_SHARED = ("model_config", "window_config", "standardizer", "split", "validation_clips")
+
+
+def run_ensemble(models: list[Path], out: Path, data: Path | None = None) -> Path:
+    """Join separately trained checkpoints into one ensemble checkpoint.
+
+    The members must come from the same data and settings with different seeds (e.g. trained
+    in parallel); the result is what ``posewatch train --members N`` writes for members with
+    seeds ``seed * N + r``: the error scale is refitted on the validation windows.
+
+    Arguments:
+        models: member checkpoints (single models, at least two).
+        out: ensemble checkpoint to write.
+        data: dataset folder (default: the one recorded in the first checkpoint).
+    """
+    if len(models) < 2:
+        raise ValueError("an ensemble needs at least two member checkpoints (--model, repeated)")
+    cks = [load_checkpoint(p) for p in models]
+    first = cks[0]
+    for ck in cks:
+        if not isinstance(ck.model, GRUNF):
+            raise ValueError(f"{ck.path}: already an ensemble; give its single-model members")
+        for key in _SHARED:
+            if ck.meta.get(key) != first.meta.get(key):
+                raise ValueError(
+                    f"{ck.path}: {key} differs from {first.path}'s; ensemble members must be "
+                    "trained on the same data with the same settings (only the seed differs)"
+                )
+    tcfg = TrainConfig(**first.meta["train_config"])
+    data = Path(first.meta["training_data"]) if data is None else data
+    tr, va, val_clips = _windows(data, first.meta["split"], first.window_config, tcfg)
+    if sorted(val_clips) != first.meta.get("validation_clips"):
+        raise ValueError(f"{data}: its validation clips are not the members'; wrong --data?")
+    members = [ck.model for ck in cks if isinstance(ck.model, GRUNF)]
+    ens, val_nll = make_ensemble(members, tr, va, tcfg.seed // len(members))
+    runs: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []
+    for i, ck in enumerate(cks):
+        hist = ck.meta["history"]
+        best = min(hist, key=lambda h: h["val_nll"])
+        seed = float(ck.meta["train_config"]["seed"])
+        runs.append({"seed": seed, "val_nll": best["val_nll"], "best_epoch": best["epoch"]})
+        history.extend({**h, "member": i} for h in hist)
+    path = save_checkpoint(
+        out,
+        ens,
+        first.window_config,
+        replace(tcfg, members=len(members)),
+        history,
+        extra={
+            "validation_clips": first.meta["validation_clips"],
+            "training_data": str(data),
+            "split": first.meta["split"],
+            "ensemble_members": runs,
+        },
+    )
+    plot_loss_curve(history, out.with_suffix(".loss.png"))
+    typer.echo(f"ensemble of {len(members)}: validation NLL {val_nll:.4f} nats/dim -> {path}")
     return path
 
 

@@ -1,11 +1,21 @@
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from detector.skeleton import FLIP_INDEX
-from forecasting.torch_model import GRUNF, ModelConfig, to_tensor
-from forecasting.train import TrainConfig, build_windows, evaluate_nll, split_clips, train
+from forecasting.torch_model import GRUNF, Ensemble, ModelConfig, to_tensor
+from forecasting.train import (
+    TrainConfig,
+    build_windows,
+    evaluate_nll,
+    load_checkpoint,
+    save_checkpoint,
+    split_clips,
+    train,
+)
 from forecasting.windows import Standardizer, WindowConfig, fill_unseen
 from pipelines.tracks import load_tracks
 
@@ -38,3 +48,44 @@ def test_training_on_a_small_real_subset_lowers_validation_nll(aihub2: Path) -> 
     # Deterministic on CPU for a seed.
     res2 = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
     assert res2.history[-1]["val_nll"] == pytest.approx(after, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ensemble_members_are_seeded_trainings_and_sample_as_a_mixture(
+    aihub2: Path, tmp_path: Path
+) -> None:
+    tracks = [t for t in load_tracks(aihub2, "train") if len(t.frames) > 3000]
+    wcfg = WindowConfig(t_obs=8, horizon=6)
+    tr = build_windows(tracks[:1], wcfg, stride=6, normal_only=True)
+    va = build_windows(tracks[2:3], wcfg, stride=6, normal_only=True)
+    mcfg = ModelConfig(t_obs=8, horizon=6, hidden=32, flow_layers=2, flow_hidden=32, embed_dim=16)
+    tcfg = TrainConfig(epochs=2, batch_size=128, seed=1, members=3)
+    res = train(tr, va, mcfg, tcfg, progress=False)
+    assert isinstance(res.model, Ensemble)
+    # Seeds seed * members + r, each trained exactly as a single training with that seed.
+    assert [r["seed"] for r in res.members] == [3, 4, 5]
+    single = train(tr, va, mcfg, replace(tcfg, seed=4, members=1), progress=False)
+    assert single.best_val_nll == pytest.approx(res.members[1]["val_nll"], abs=1e-6)
+    assert {h["member"] for h in res.history} == {0, 1, 2}
+    # The mixture's density: per window between its best member's and that minus log(3).
+    std = res.model.standardizer()
+    Pv, Mv = to_tensor(fill_unseen(va.poses, std.pose_mean)), to_tensor(va.mask)
+    with torch.no_grad():
+        mix = res.model.log_prob(Pv, Mv)
+        best = torch.stack([m.log_prob(Pv, Mv) for m in res.model.member_list()]).amax(0)
+    assert bool((mix <= best + 1e-4).all()) and bool((mix >= best - math.log(3) - 1e-4).all())
+    assert evaluate_nll(res.model, Pv, Mv) == pytest.approx(res.best_val_nll, abs=1e-6)
+    # K futures split across the members: 7 + 7 + 6, the first 7 from member 0's draw.
+    past, pm = Pv[:5, :9], Mv[:5, :9]
+    out = res.model.sample(past, pm, None, 20, generator_seed=0)
+    assert out.poses.shape == (5, 20, 6, 17, 2)
+    first = res.model.member_list()[0].sample(past, pm, None, 7, generator_seed=0)
+    assert torch.allclose(out.poses[:, :7], first.poses)
+    # The ensemble round-trips through a checkpoint.
+    path = save_checkpoint(tmp_path / "ens.pt", res.model, wcfg, tcfg, res.history)
+    ck = load_checkpoint(path)
+    assert isinstance(ck.model, Ensemble) and len(ck.model.member_list()) == 3
+    assert torch.equal(ck.model.error_scale, res.model.error_scale)
+    assert evaluate_nll(ck.model, Pv, Mv) == pytest.approx(res.best_val_nll, abs=1e-6)
+    with pytest.raises(ValueError, match="members"):
+        train(tr, va, mcfg, TrainConfig(members=0), progress=False)

@@ -1,0 +1,41 @@
+"""`posewatch train --members` and `posewatch ensemble` on real AIHub2 poses."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from forecasting.torch_model import Ensemble
+from forecasting.train import load_checkpoint, update_checkpoint
+from pipelines.training import run_ensemble, run_training
+
+
+@pytest.mark.slow
+def test_ensemble_of_separate_trainings_equals_training_the_members_together(
+    aihub2: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(2)
+    one = [
+        run_training(aihub2, "train", tmp_path / f"s{s}.pt", True, 1, s, 12, 12, 1, "cpu", 5.0)
+        for s in (2, 3)
+    ]
+    joined = load_checkpoint(run_ensemble(one, tmp_path / "joined.pt"))
+    together = load_checkpoint(
+        run_training(aihub2, "train", tmp_path / "m2.pt", True, 1, 1, 12, 12, 1, "cpu", 5.0, 0, 2)
+    )
+    for ck in (joined, together):
+        assert isinstance(ck.model, Ensemble) and len(ck.model.member_list()) == 2
+        assert [m["seed"] for m in ck.meta["ensemble_members"]] == [2, 3]
+        assert ck.meta["members"] == 2 and ck.meta["train_config"]["members"] == 2
+    a, b = joined.model.state_dict(), together.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:  # deterministic on the CPU: the same members and the same error-scale fit
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # Members of different data or settings are refused, naming the field.
+    update_checkpoint(one[1], split="test")
+    with pytest.raises(ValueError, match="split differs"):
+        run_ensemble(one, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="already an ensemble"):
+        run_ensemble([tmp_path / "m2.pt", one[0]], tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="at least two"):
+        run_ensemble(one[:1], tmp_path / "bad.pt")
