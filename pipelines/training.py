@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import typer
@@ -133,7 +133,8 @@ def run_ensemble(models: list[Path], out: Path, data: Path | None = None) -> Pat
                     f"{ck.path}: {key} differs from {first.path}'s; ensemble members must be "
                     "trained on the same data with the same settings (only the seed differs)"
                 )
-    tcfg = TrainConfig(**first.meta["train_config"])
+    known = {f.name for f in fields(TrainConfig)}  # checkpoints of other versions
+    tcfg = TrainConfig(**{k: v for k, v in first.meta["train_config"].items() if k in known})
     data = Path(first.meta["training_data"]) if data is None else data
     tr, va, val_clips = _windows(data, first.meta["split"], first.window_config, tcfg)
     if sorted(val_clips) != first.meta.get("validation_clips"):
