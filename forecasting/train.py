@@ -204,26 +204,22 @@ def train(
         raise ValueError("no training windows: tracks too short or no normal frames")
     if tcfg.members < 1:
         raise ValueError(f"members must be at least 1, not {tcfg.members}")
-    if tcfg.members == 1:
-        res = _train_once(train_w, val_w, mcfg, tcfg, flip_index, progress, on_epoch)
-        res.members = [
-            {"seed": tcfg.seed, "val_nll": res.best_val_nll, "best_epoch": res.best_epoch}
-        ]
-        _fit_scale(res.model, train_w, val_w, tcfg.seed)
-        return res
     t0 = time.perf_counter()
     runs: list[dict[str, float]] = []
     models: list[GRUNF] = []
     history: list[dict[str, float]] = []
     for r in range(tcfg.members):
-        seed = tcfg.seed * tcfg.members + r
+        seed = tcfg.seed * tcfg.members + r  # = tcfg.seed for a single model
         res = _train_once(
             train_w, val_w, mcfg, replace(tcfg, seed=seed), flip_index, progress, on_epoch
         )
-        runs.append({"seed": seed, "val_nll": res.best_val_nll, "best_epoch": res.best_epoch})
-        history.extend({**h, "member": r} for h in res.history)
         assert isinstance(res.model, GRUNF)
         _fit_scale(res.model, train_w, val_w, seed)  # each member is usable on its own
+        res.members = [{"seed": seed, "val_nll": res.best_val_nll, "best_epoch": res.best_epoch}]
+        if tcfg.members == 1:
+            return res
+        runs.extend(res.members)
+        history.extend({**h, "member": r} for h in res.history)
         models.append(res.model)
     ens, val_nll = make_ensemble(models, train_w, val_w, tcfg.seed)
     return TrainResult(
