@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
 from forecasting.scoring import SCORERS, ScorerConfig
 from forecasting.snf import GRU_NF, SNF_DEFAULT
 from forecasting.train import load_checkpoint
@@ -55,9 +56,12 @@ def main() -> None:
     ap.add_argument(
         "--members",
         type=int,
-        default=3,
+        default=DEFAULT_MEMBERS,
         help="ensemble members per seed (seeds seed*N+r), as `posewatch train --members N`; "
         "each member is cached as its own checkpoint and joined by `posewatch ensemble`",
+    )
+    ap.add_argument(
+        "--samples", type=int, default=DEFAULT_SAMPLES, help="K futures per window (all members)"
     )
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
@@ -92,7 +96,8 @@ def main() -> None:
         for sampler_or_none, names in scoring_passes(args.scorers, samplers):
             sampler = sampler_or_none or GRU_NF
             caches = {
-                k: ck_path.with_name(f"{ck_path.stem}.{k}.{sampler.name}.json") for k in names
+                k: ck_path.with_name(f"{ck_path.stem}.{k}.{sampler.name}.k{args.samples}.json")
+                for k in names
             }
             if all(
                 c.exists() and c.stat().st_mtime > ck_path.stat().st_mtime for c in caches.values()
@@ -103,7 +108,7 @@ def main() -> None:
                     rows.append(d)
                     print(f"seed {seed} {k}/{sampler.name}: cached ({c})", flush=True)
                 continue
-            cfg = ScorerConfig(name=names[0], sampler=sampler, seed=seed)  # type: ignore[arg-type]
+            cfg = ScorerConfig(name=names[0], num_samples=args.samples, sampler=sampler, seed=seed)  # type: ignore[arg-type]
             many, secs, nw = score_split_many(ck, clips, cfg, names, 1, progress=False)
             for scorer in names:
                 r = report(
@@ -179,6 +184,7 @@ def main() -> None:
             {
                 "training_regime": regime,
                 "members": args.members,
+                "samples": args.samples,
                 "sigma_offline": args.sigma,
                 "sigma_causal": args.causal_sigma,
                 "summary": summary,

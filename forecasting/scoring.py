@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from forecasting.defaults import DEFAULT_SAMPLES
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
@@ -68,7 +69,7 @@ class ScorerConfig:
     """
 
     name: ScorerName = "minhde"
-    num_samples: int = 20
+    num_samples: int = DEFAULT_SAMPLES
     sampler: SamplerConfig = field(default_factory=lambda: GRU_NF)
     use_weights: bool = False
     min_bandwidth: float = 0.01
@@ -290,7 +291,7 @@ def fit_error_scale(
     poses: np.ndarray,
     mask: np.ndarray,
     visible: np.ndarray,
-    num_samples: int = 20,
+    num_samples: int = DEFAULT_SAMPLES,
     sampler: SamplerConfig = GRU_NF,
     seed: int = 0,
 ) -> np.ndarray:

@@ -7,7 +7,8 @@ The module that trains is separate from the module that computes
 Checkpoint (``torch.save`` dict): ``format``, ``format_version``, ``code_version``,
 ``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or the size of an
 :class:`~forecasting.torch_model.Ensemble`), ``state_dict``, ``train_config``,
-``history``, ``sampler`` (default sampling configuration) and ``calibration`` (alert
+``history``, ``sampler`` (the checkpoint's default sampler, the GRU-SNF default unless given;
+``posewatch evaluate --sampler default``) and ``calibration`` (alert
 threshold, filled by the scorer's calibration).
 """
 
@@ -28,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from forecasting.scoring import fit_error_scale
-from forecasting.snf import SamplerConfig
+from forecasting.snf import SNF_DEFAULT, SamplerConfig
 from forecasting.torch_model import GRUNF, D, Ensemble, Forecaster, ModelConfig, to_tensor
 from forecasting.windows import (
     Standardizer,
@@ -394,7 +395,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_config": tcfg.to_dict() if tcfg else None,
         "history": history or [],
-        "sampler": (sampler or SamplerConfig()).to_dict(),
+        "sampler": (sampler or SNF_DEFAULT).to_dict(),
         "calibration": {},
     }
     if extra:

@@ -13,6 +13,7 @@ import typer
 
 from detector.datasets import DatasetError, load_split, splits, summarize
 from detector.posefiles import PoseFileError
+from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
 from pipelines import __version__
 
 app = typer.Typer(
@@ -89,7 +90,7 @@ def train(
             min=1,
             help="Ensemble members (seeds seed*N+r); sampling splits K across them.",
         ),
-    ] = 3,
+    ] = DEFAULT_MEMBERS,
 ) -> None:
     """Train a GRU-NF forecaster; writes the checkpoint and a loss-curve PNG beside it."""
     from pipelines.training import run_training
@@ -174,7 +175,9 @@ def evaluate(
     sigma: Annotated[float, typer.Option(help="Offline (symmetric) smoothing, frames.")] = 9.5,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
-    samples: Annotated[int, typer.Option("-k", "--samples", help="K futures per window.")] = 20,
+    samples: Annotated[
+        int, typer.Option("-k", "--samples", help="K futures per window.")
+    ] = DEFAULT_SAMPLES,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder (JSON, ROC, timelines).")] = Path(
         "runs/evaluate"
@@ -217,7 +220,9 @@ def calibrate(
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,
     fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
-    samples: Annotated[int, typer.Option("-k", "--samples", help="K futures per window.")] = 20,
+    samples: Annotated[
+        int, typer.Option("-k", "--samples", help="K futures per window.")
+    ] = DEFAULT_SAMPLES,
     stride: Annotated[int, typer.Option(help="Score every n-th frame.")] = 1,
 ) -> None:
     """Fit the alert threshold on normal validation footage for a target false-alert rate."""

@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from forecasting.defaults import DEFAULT_SAMPLES
+
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -134,7 +136,11 @@ class ForecasterConfig(Base):
         description="Model from `posewatch train`; none: learn each scene first (cold start).",
     )
     samples: int = Field(
-        20, ge=1, le=512, title="Samples (K)", description="Futures drawn per person."
+        DEFAULT_SAMPLES,
+        ge=1,
+        le=512,
+        title="Samples (K)",
+        description="Futures drawn per person (split across the members of an ensemble).",
     )
     sampler: str = Field(
         "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."

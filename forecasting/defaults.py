@@ -1,0 +1,15 @@
+"""Defaults shared by training, scoring, the CLI and the service config (no torch import).
+
+- ``DEFAULT_MEMBERS``: the default model is an ensemble of 7 GRU-NFs. On AIHub2 test (nine
+  single models, every subset scored offline) the seed spread of the frame AUC-ROC shrinks
+  with the ensemble size: 1 member 86.9 ± 3.6, 3 members 89.3 ± 1.2, 5 members 89.7 ± 0.7,
+  7 members 90.1 ± 0.4 (docs/DECISIONS.md, session 5).
+- ``DEFAULT_SAMPLES``: K = 42 futures per window, 6 from each of the 7 members. Best-of-K
+  scorers keep improving with K (7 members with 3 / 4 / 5 / 6 futures each: 89.7 / 89.9 /
+  90.0 / 90.1); 6 each costs about twice the K = 20 of a single model.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MEMBERS = 7
+DEFAULT_SAMPLES = 42
