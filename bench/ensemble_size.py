@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.datasets import load_split
 from forecasting.detection_metrics import roc_auc
-from forecasting.frame_scores import person_frame_scores, smooth, worst_person
+from forecasting.frame_scores import person_frame_scores, worst_person
 from forecasting.snf import GRU_NF
 from forecasting.torch_model import to_tensor
 from forecasting.train import load_checkpoint
 from forecasting.windows import cut_windows, fill_unseen
+from pipelines.evaluation import ClipScores, pooled
 
 POWER = 3.0  # ScorerConfig.horizon_power
 
@@ -120,7 +121,7 @@ def auc(
 ) -> tuple[float, float]:
     """Pooled ``minhde`` frame AUC-ROC (offline, causal) of one subset."""
     scale = fit_scale(runs, ks)
-    off, cau, labels = [], [], []
+    clips = []
     for ci, clip in enumerate(runs[0]["test"]):
         people = []
         for tid, p in clip["per"].items():
@@ -130,12 +131,10 @@ def auc(
             err = (A / scale).sum(-1) / np.maximum(p["den"], 1e-9)[:, None]
             score = np.log(np.maximum(err.min(1), 1e-6))
             people.append(person_frame_scores(p["end"], score, clip["n"]))
-        frame = worst_person(people, clip["n"])
-        off.append(smooth(frame, sigma))
-        cau.append(smooth(frame, causal_sigma, causal=True))
-        labels.append(clip["labels"])
-    y = np.concatenate(labels)
-    return 100 * roc_auc(y, np.concatenate(off)), 100 * roc_auc(y, np.concatenate(cau))
+        clips.append(ClipScores("", worst_person(people, clip["n"]), clip["labels"]))
+    s_off, y, _ = pooled(clips, sigma, False)
+    s_cau, _, _ = pooled(clips, causal_sigma, True)
+    return 100 * roc_auc(y, s_off), 100 * roc_auc(y, s_cau)
 
 
 def _sd(x: list[float]) -> float:
