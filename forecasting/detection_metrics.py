@@ -121,14 +121,18 @@ def recall_at_rates(
         fps: frame rate (for hours of normal footage).
         rates: false-alert budgets per camera-hour.
         min_duration: frames an alert episode must last.
-        grid: thresholds tried (score quantiles).
+        grid: thresholds tried: ``grid`` evenly spaced score quantiles plus ``grid`` quantiles
+            log-spaced toward the top (down to one frame), where low false-alert budgets put
+            the threshold. (An even grid alone skips the top 1/grid of the scores, where the
+            only thresholds without a false alert can lie: recall then reads 0.)
         spill: see :func:`alert_outcome` (default 2 seconds).
     """
     spill = int(2 * fps) if spill is None else spill
     normal_frames = sum(int((np.asarray(lab[: len(s)]) == 0).sum()) for s, lab in clips)
     hours = normal_frames / fps / 3600
     allv = np.concatenate([s for s, _ in clips])
-    qs = np.unique(np.quantile(allv, np.linspace(0.0, 1.0, grid)))
+    tail = 1.0 - np.logspace(np.log10(1.0 / max(len(allv), 2)), 0.0, grid)
+    qs = np.unique(np.quantile(allv, np.concatenate([np.linspace(0.0, 1.0, grid), tail])))
     qs = np.append(qs, qs[-1] + 1e-9)
     outcomes = [alert_outcome(clips, float(u), min_duration, spill) for u in qs]
     res = []

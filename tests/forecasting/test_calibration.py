@@ -110,3 +110,20 @@ def test_false_alerts_and_recall() -> None:
     hours = 900 / FPS / 3600
     assert r[1].event_recall == 1.0 and r[1].false_per_hour == pytest.approx(1 / hours)
     assert r[0].false_per_hour == 0.0 and r[0].event_recall == 0.0
+
+
+def test_recall_at_rates_searches_the_top_of_the_scores() -> None:
+    """Low budgets put the threshold among the very highest scores: a 300-step even grid of
+    quantiles has no point there and reported recall 0 on AIHub2 (session 6)."""
+    rng = np.random.default_rng(0)
+    n = 60_000
+    lab = np.zeros(n, int)
+    lab[30_000:30_300] = 1  # one anomaly event
+    s = rng.normal(size=n)
+    s[1000:1010] = 4.5  # the highest normal spike (a false alert above 4.5)
+    s[30_100:30_140] = 5.0  # the event's peak: 40 frames (0.07% of frames) above the spike
+    s[30_000:30_100] = 4.0
+    r = recall_at_rates([(s, lab)], FPS, rates=(1.0,))
+    assert r[0].false_per_hour == 0.0
+    assert r[0].event_recall == 1.0
+    assert 4.5 <= r[0].threshold < 5.0
