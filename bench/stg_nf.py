@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.detection_metrics import roc_auc
+from forecasting.frame_scores import person_frame_scores, worst_person
 
 SEG_LEN = 24
 TRAIN_STRIDE = 6
@@ -63,7 +64,7 @@ class Segments:
     normal: np.ndarray  # every frame of the window labelled normal
 
 
-def load_split(root: Path, split: str, stride: int) -> tuple[Segments, dict[str, np.ndarray]]:
+def load_segments(root: Path, split: str, stride: int) -> tuple[Segments, dict[str, np.ndarray]]:
     """Cut a split into STG-NF windows: 24 consecutive entries of a person's sorted frames,
     at most 2 frames missing, starts every ``stride`` entries (the last start excluded)."""
     data, clips, persons, starts, normal = [], [], [], [], []
@@ -228,26 +229,27 @@ def window_scores(model: STGNF, test: np.ndarray) -> np.ndarray:
 def frame_auc(
     seg: Segments, normality: np.ndarray, labels: dict[str, np.ndarray], smooth: bool = True
 ) -> float:
+    """Pooled frame AUC-ROC by STG-NF's rules: each window's score on its centre frame, the
+    worst person per frame, frames no window covers get the most normal score of the whole
+    split (not of the clip), then Gaussian sigma 1..6 in turn (scipy's default edges)."""
+    anomaly = -normality
     per_clip = []
     for clip, gt in labels.items():
         sel = seg.clip == clip
-        people = np.unique(seg.person[sel])
-        rows = np.full((max(len(people), 1), len(gt)), np.inf)
-        for r, p in enumerate(people):
+        people = []
+        for p in np.unique(seg.person[sel]):
             m = sel & (seg.person == p)
-            rows[r, seg.start[m] + SEG_LEN // 2] = normality[m]
-        per_clip.append(rows.min(axis=0))
-    allv = np.concatenate(per_clip)
-    top = allv[np.isfinite(allv)].max()
-    scores, gts = [], []
-    for s, gt in zip(per_clip, labels.values(), strict=True):
-        s = np.where(np.isfinite(s), s, top)
+            people.append(person_frame_scores(seg.start[m] + SEG_LEN // 2, anomaly[m], len(gt)))
+        per_clip.append(worst_person(people, len(gt), empty=np.nan))
+    lowest = np.nanmin(np.concatenate(per_clip))
+    scores = []
+    for s in per_clip:
+        s = np.where(np.isfinite(s), s, lowest)
         if smooth:
             for sig in range(1, 7):
                 s = gaussian_filter1d(s, sigma=sig)
         scores.append(s)
-        gts.append(gt)
-    return 100 * roc_auc(np.concatenate(gts) > 0.5, -np.concatenate(scores))
+    return 100 * roc_auc(np.concatenate(list(labels.values())) > 0.5, np.concatenate(scores))
 
 
 def main() -> None:
@@ -263,8 +265,8 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"no AIHub2 data at {args.data}: pass --data PATH")
     t0 = time.perf_counter()
-    train, _ = load_split(args.data, "train", TRAIN_STRIDE)
-    test, labels = load_split(args.data, "test", 1)
+    train, _ = load_segments(args.data, "train", TRAIN_STRIDE)
+    test, labels = load_segments(args.data, "test", 1)
     keep = train.normal if args.regime == "normal" else np.ones(len(train.data), dtype=bool)
     print(
         f"train windows {len(train.data)} (normal {int(train.normal.sum())}), using {int(keep.sum())};"

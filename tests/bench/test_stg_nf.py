@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data" / "aihub2"
 
 
-def _module():  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def stg() -> Any:
+    """``bench/stg_nf.py`` as a module (bench scripts are not a package)."""
     spec = importlib.util.spec_from_file_location("stg_nf", ROOT / "bench" / "stg_nf.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -23,13 +26,11 @@ def _module():  # type: ignore[no-untyped-def]
     return mod
 
 
-def test_parameter_count_matches_the_anchor() -> None:
-    stg = _module()
+def test_parameter_count_matches_the_anchor(stg: Any) -> None:
     assert sum(p.numel() for p in stg.STGNF().parameters()) == 616  # anchors.md
 
 
-def test_log_determinant_equals_the_jacobian() -> None:
-    stg = _module()
+def test_log_determinant_equals_the_jacobian(stg: Any) -> None:
     torch.manual_seed(0)
     model = stg.STGNF()
     model.train()
@@ -52,10 +53,9 @@ def test_log_determinant_equals_the_jacobian() -> None:
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/aihub2")
-def test_windows_match_the_anchor_counts() -> None:
-    stg = _module()
-    train, _ = stg.load_split(DATA, "train", stg.TRAIN_STRIDE)
-    test, labels = stg.load_split(DATA, "test", 1)
+def test_windows_match_the_anchor_counts(stg: Any) -> None:
+    train, _ = stg.load_segments(DATA, "train", stg.TRAIN_STRIDE)
+    test, labels = stg.load_segments(DATA, "test", 1)
     assert len(train.data) == 6086  # anchors.md: 6,086 training windows
     assert len(test.data) == 36015  # anchors.md: 36,015 test windows
     assert 0.5 < train.normal.mean() < 0.65  # ~43% of train frames are anomalous
