@@ -1,6 +1,7 @@
 """Anomaly detection on AIHub2: train N seeds, evaluate scorers x {GRU-NF, GRU-SNF default}.
 
-Each seed's model is the default ensemble of ``--members`` GRU-NFs (seeds ``seed * M + r``).
+Each seed's model is the default ensemble of ``--members`` GRU-NFs (seeds ``seed * M + r``)
+with the default posture flows (flow seeds ``seed * F + f``), added when missing.
 
 Prints a table of mean and sample std over seeds of frame AUC-ROC (offline and causal
 smoothing), AP, mean per-clip AUC and event recall at 1 and 5 false alerts per camera-hour,
@@ -26,11 +27,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
-from forecasting.scoring import SCORERS, ScorerConfig
+from forecasting.posture import PostureConfig
+from forecasting.scoring import (
+    POSTURE_SCORERS,
+    SAMPLE_SCORERS,
+    SCORERS,
+    ScorerConfig,
+    posture_of,
+)
 from forecasting.snf import GRU_NF, SNF_DEFAULT
 from forecasting.train import load_checkpoint
 from pipelines.evaluation import load_clips, report, score_split_many, scoring_passes
-from pipelines.training import run_ensemble, run_training
+from pipelines.training import run_ensemble, run_posture, run_training
 
 
 def main() -> None:
@@ -87,8 +95,11 @@ def main() -> None:
             newest = max(p.stat().st_mtime for p in paths)
             if not ck_path.exists() or ck_path.stat().st_mtime < newest:
                 run_ensemble(paths, ck_path, args.data)
-        train_s = time.perf_counter() - t0
         ck = load_checkpoint(ck_path)
+        if any(k in POSTURE_SCORERS for k in args.scorers) and posture_of(ck.model) is None:
+            run_posture(ck_path, PostureConfig(), seed)  # as `posewatch posture --seed SEED`
+            ck = load_checkpoint(ck_path)
+        train_s = time.perf_counter() - t0
         members = ck.meta.get("ensemble_members", [])
         # The sample-based scorers of one sampler share one draw of futures (same scores as
         # separate runs with the same seed); "seconds" is that shared pass's.
@@ -113,7 +124,7 @@ def main() -> None:
             for scorer in names:
                 r = report(
                     scorer,
-                    sampler.name if scorer != "nll" else "-",
+                    sampler.name if scorer in SAMPLE_SCORERS else "-",
                     many[scorer],
                     args.sigma,
                     args.causal_sigma,

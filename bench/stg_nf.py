@@ -6,10 +6,11 @@ keypoints (COCO 17 + neck), per-window normalisation (centre, divide by the y sp
 of K = 8 steps (ActNorm, channel reversal, affine coupling whose subnet is one ST-GCN unit,
 temporal kernel 13, uniform adjacency of hop distance <= 8), prior N(3, 1), 616 parameters;
 Adamax lr 5e-4, weight decay 5e-5, lr x 0.99 per epoch, batch 256, 8 epochs, last epoch kept,
-training stride 6 with a horizontal-flip copy, test stride 1. Scoring as the anchor: a window's
-log-likelihood goes to its centre frame, a frame takes the worst person, uncovered frames the
-most normal score, then Gaussian smoothing with sigma 1..6 in turn per clip, one AUC over all
-test frames.
+training stride 6 with a horizontal-flip copy, test stride 1 (the flow is
+``forecasting.posture.GraphGlow``, which posewatch's posture flows use too). Scoring as the
+anchor: a window's log-likelihood goes to its centre frame, a frame takes the worst person,
+uncovered frames the most normal score, then Gaussian smoothing with sigma 1..6 in turn per
+clip, one AUC over all test frames.
 
 ``--regime all`` trains on every train window (the anchor's unsupervised regime);
 ``--regime normal`` on the windows whose frames are all labelled normal (posewatch's regime).
@@ -34,16 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.detection_metrics import roc_auc
 from forecasting.frame_scores import person_frame_scores, worst_person
+from forecasting.posture import GraphGlow, train_glow
 
 SEG_LEN = 24
 TRAIN_STRIDE = 6
-R_PRIOR = 3.0
 VID_RES = np.array([856.0, 480.0])  # the code's default; AIHub2's 1920x1080 has the same aspect
 # COCO-17 + neck (mean of the shoulders, index 17) in OpenPose order.
 OPENPOSE_ORDER = [0, 17, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]
@@ -108,120 +108,22 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return (x / x[:, 1:2].std(axis=(2, 3), keepdims=True)).astype(np.float32)
 
 
-def adjacency(max_hop: int = 8) -> torch.Tensor:
-    """Uniform-strategy adjacency: 1 within ``max_hop`` hops, columns normalised."""
-    n = 18
-    a = np.eye(n)
-    for i, j in OPENPOSE_EDGES:
-        a[i, j] = a[j, i] = 1
-    reach = np.stack([np.linalg.matrix_power(a, d) > 0 for d in range(max_hop + 1)])
-    adj = reach.any(axis=0).astype(np.float64)
-    adj = adj / adj.sum(axis=0, keepdims=True)
-    return torch.tensor(adj[None], dtype=torch.float32)
-
-
-class ActNorm(nn.Module):
-    """Per-channel affine, initialised from the first training batch."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.register_buffer("ready", torch.tensor(False))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not bool(self.ready):
-            with torch.no_grad():
-                self.bias.copy_(-x.mean(dim=(0, 2, 3), keepdim=True))
-                std = ((x + self.bias) ** 2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
-                self.logs.copy_(torch.log(1.0 / (std + 1e-6)))
-                self.ready.fill_(True)
-        y = (x + self.bias) * torch.exp(self.logs)
-        return y, self.logs.sum() * x.shape[2] * x.shape[3]
-
-
-class STGCNUnit(nn.Module):
-    """One spatial-temporal graph convolution unit (1x1 conv, graph product, temporal conv)."""
-
-    def __init__(self, cin: int, cout: int, kt: int, residual: bool) -> None:
-        super().__init__()
-        self.gcn = nn.Conv2d(cin, cout, 1)
-        self.tcn = nn.Sequential(
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.Conv2d(cout, cout, (kt, 1), padding=((kt - 1) // 2, 0)),
-            nn.BatchNorm2d(cout),
-        )
-        self.res = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout)) if residual else None
-        )
-
-    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        h = torch.einsum("nctv,vw->nctw", self.gcn(x), adj[0])
-        h = self.tcn(h)
-        if self.res is not None:
-            h = h + self.res(x)
-        return torch.relu(h)
-
-
-class STGNF(nn.Module):
-    """Glow over (x, y) x 24 frames x 18 joints with ST-GCN coupling subnets."""
-
-    def __init__(self, steps: int = 8, frames: int = SEG_LEN) -> None:
-        super().__init__()
-        self.register_buffer("adj", adjacency())
-        self.norms = nn.ModuleList(ActNorm(2) for _ in range(steps))
-        self.nets = nn.ModuleList(
-            STGCNUnit(1, 2, frames // 2 + 1, residual=k > 0) for k in range(steps)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood in bits per dimension, one per window."""
-        z, logdet = self.transform(x)
-        prior = -0.5 * ((z - R_PRIOR) ** 2 + math.log(2 * math.pi))
-        objective = logdet + prior.sum(dim=(1, 2, 3))
-        return -objective / (math.log(2.0) * z[0].numel())
-
-    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent ``z`` (same shape as ``x``) and ``log |det dz/dx|`` per window."""
-        logdet = torch.zeros(x.shape[0], device=x.device)
-        z = x
-        for norm, net in zip(self.norms, self.nets, strict=True):
-            z, ld = norm(z)
-            logdet = logdet + ld
-            z = z.flip(1)  # reverse the channel order
-            z1, z2 = z[:, :1], z[:, 1:]
-            h = net(z1, self.adj)
-            shift, scale = h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0) + 1e-6
-            z2 = (z2 + shift) * scale
-            logdet = logdet + torch.log(scale).sum(dim=(1, 2, 3))
-            z = torch.cat([z1, z2], dim=1)
-        return z, logdet
-
-
-def train_model(train: np.ndarray, seed: int, epochs: int = 8) -> STGNF:
+def train_model(train: np.ndarray, seed: int, epochs: int = 8) -> GraphGlow:
     torch.manual_seed(seed)
     np.random.seed(0)
     flipped = train.copy()
     flipped[:, 0] *= -1.0  # the code's flip negates x (no left/right swap)
     x = torch.from_numpy(np.concatenate([normalise(train), normalise(flipped)]))
-    model = STGNF()
-    opt = torch.optim.Adamax(model.parameters(), lr=5e-4, weight_decay=5e-5)
-    model.train()
-    for epoch in range(epochs):
-        for idx in torch.randperm(len(x)).split(256):
-            loss = model(x[idx]).mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 100)
-            opt.step()
-        for g in opt.param_groups:
-            g["lr"] = 5e-4 * 0.99**epoch
-    return model.eval()
+    return train_glow(stgnf(), x, epochs)[0]
+
+
+def stgnf() -> GraphGlow:
+    """STG-NF's flow: K = 8 steps over 18 OpenPose joints, 24 frames, hop distance 8."""
+    return GraphGlow(len(OPENPOSE_ORDER), OPENPOSE_EDGES, SEG_LEN)
 
 
 @torch.no_grad()
-def window_scores(model: STGNF, test: np.ndarray) -> np.ndarray:
+def window_scores(model: GraphGlow, test: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(normalise(test))
     return -torch.cat([model(b) for b in x.split(4096)]).numpy()  # normality
 
@@ -273,7 +175,7 @@ def main() -> None:
         f" test windows {len(test.data)}; loaded in {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
-    params = sum(p.numel() for p in STGNF().parameters())
+    params = sum(p.numel() for p in stgnf().parameters())
     rows = []
     for seed in args.seeds:
         t1 = time.perf_counter()

@@ -13,3 +13,9 @@ from __future__ import annotations
 
 DEFAULT_MEMBERS = 7
 DEFAULT_SAMPLES = 42
+
+#: Posture flows of the fused scorer (:mod:`forecasting.posture`): flows averaged, epochs per
+#: flow, weight of the posture score.
+POSTURE_FLOWS = 8
+POSTURE_EPOCHS = 10
+POSTURE_WEIGHT = 1.0

@@ -4,7 +4,7 @@ For a person at time t the window is ``1 + t_obs + horizon`` frames ending at t:
 is conditioned on the ``t_obs`` frames before the last ``horizon`` frames and the last
 ``horizon`` observed frames are scored. Scorers (select by name):
 
-- ``kde`` (default): draw K futures (GRU-NF or GRU-SNF; importance weights optional) and
+- ``kde``: draw K futures (GRU-NF or GRU-SNF; importance weights optional) and
   score each observed future keypoint by its negative log-likelihood under a Gaussian kernel
   density over the K sampled positions of that keypoint in that frame; bandwidth by
   Silverman's rule from the samples' spread, floored at ``min_bandwidth`` (normalised units)
@@ -23,6 +23,12 @@ is conditioned on the ``t_obs`` frames before the last ``horizon`` frames and th
   far end of the horizon is where normal and abnormal motion part (the first future frames
   are nearly determined by the past), yet a short anomaly early in the horizon, which
   ``minfde`` cannot see, still counts.
+- ``posture``: how unlikely the window's body configuration is, whatever its motion: the
+  mean standardised NLL of the checkpoint's posture flows (:mod:`forecasting.posture`;
+  ``posewatch posture`` adds them). Per-joint: each joint's latent energy, 1 = typical.
+- ``fused``: ``minhde`` and ``posture`` together, each in units of its spread on held-out
+  normal windows (``z_motion + weight * z_posture``): motion the forecaster did not expect,
+  or a posture the flows have not seen. Per-joint: the sum of the two parts' contributions.
 
 Several scorers can be computed from one draw of futures (:func:`score_windows_many`); each
 gets exactly the scores it would get alone with the same seed.
@@ -43,13 +49,17 @@ import torch
 from torch import Tensor
 
 from forecasting.defaults import DEFAULT_SAMPLES
+from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
-ScorerName = Literal["kde", "nll", "minade", "minfde", "minhde"]
-SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "nll")
-SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde")  # from K futures
+ScorerName = Literal["kde", "nll", "minade", "minfde", "minhde", "posture", "fused"]
+SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "nll", "posture", "fused")
+#: Scorers that need K drawn futures.
+SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
+#: Scorers that need the checkpoint's posture flows (:mod:`forecasting.posture`).
+POSTURE_SCORERS: tuple[ScorerName, ...] = ("posture", "fused")
 
 
 @dataclass(frozen=True)
@@ -191,12 +201,18 @@ def score_windows_many(
         return {
             k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
         }
+    posture = posture_of(model)
+    if posture is None and any(k in POSTURE_SCORERS for k in names):
+        raise ValueError(
+            "this checkpoint has no posture flows, which the posture and fused scorers need: "
+            "add them with `posewatch posture --model CKPT`, or choose minhde"
+        )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
     torch.manual_seed(cfg.seed)
     scores: dict[str, list[Tensor]] = {k: [] for k in names}
     joints: dict[str, list[Tensor]] = {k: [] for k in names}
     forecast_s = 0.0
-    sampled = [k for k in names if k != "nll"]
+    sampled = [k for k in names if k in SAMPLE_SCORERS]
     grad_ok = cfg.sampler.kernel == "mala"
     ctx = torch.no_grad() if grad_ok else torch.inference_mode()
     with ctx:
@@ -207,19 +223,66 @@ def score_windows_many(
                 s, j = _nll_scores(model, p, m, v)
                 scores["nll"].append(s.float().cpu())
                 joints["nll"].append(j.float().cpu())
+            sp = jp = None
+            if posture is not None and any(k in POSTURE_SCORERS for k in names):
+                sp, jp = posture(p)
+                if "posture" in names:
+                    scores["posture"].append(sp.float().cpu())
+                    joints["posture"].append(jp.float().cpu())
             if not sampled:
                 continue
             t_fc = time.perf_counter()
             out = model.sample(p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler)
             forecast_s += time.perf_counter() - t_fc
             for name in sampled:
-                s, j = _sample_scores(name, model, cfg, out.poses, out.log_weights, truth, v)
+                motion = "minhde" if name == "fused" else name
+                s, j = _sample_scores(motion, model, cfg, out.poses, out.log_weights, truth, v)
+                if name == "fused":
+                    assert posture is not None and sp is not None and jp is not None
+                    s = posture.fuse(s, sp)
+                    j = j + posture.cfg.weight * jp
                 scores[name].append(s.float().cpu())
                 joints[name].append(j.float().cpu())
     return {
         k: WindowScores(torch.cat(scores[k]).numpy(), torch.cat(joints[k]).numpy(), forecast_s)
         for k in names
     }
+
+
+#: The scorer name that picks the best one the checkpoint supports (:func:`resolve_scorer`).
+AUTO = "auto"
+
+
+def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
+    """A scorer name for ``model``: ``auto`` is ``fused`` when the checkpoint has posture
+    flows, else ``minhde``; other names are checked.
+
+    Raises:
+        ValueError: an unknown name, or a posture scorer for a model without posture flows.
+    """
+    if name == AUTO:
+        return "fused" if posture_of(model) is not None else "minhde"
+    for known in SCORERS:
+        if name == known:
+            if known in POSTURE_SCORERS and posture_of(model) is None:
+                raise ValueError(
+                    f"scorer {name!r} needs posture flows, which this checkpoint lacks: add "
+                    "them with `posewatch posture --model CKPT`, or choose minhde"
+                )
+            return known
+    raise ValueError(f"unknown scorer {name!r}; choose from {AUTO}, {', '.join(SCORERS)}")
+
+
+def available_scorers(model: Forecaster) -> tuple[ScorerName, ...]:
+    """Every scorer ``model`` can run (the posture ones only with posture flows)."""
+    has = posture_of(model) is not None
+    return tuple(k for k in SCORERS if has or k not in POSTURE_SCORERS)
+
+
+def posture_of(model: Forecaster) -> PostureModel | None:
+    """The posture flows attached to a forecaster (``model.posture``), or None."""
+    posture = getattr(model, "posture", None)
+    return posture if isinstance(posture, PostureModel) else None
 
 
 def _inputs(

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from forecasting.scoring import fit_error_scale
+from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats, train_posture
+from forecasting.scoring import ScorerConfig, fit_error_scale, score_windows
 from forecasting.snf import SNF_DEFAULT, SamplerConfig
 from forecasting.torch_model import GRUNF, D, Ensemble, Forecaster, ModelConfig, to_tensor
 from forecasting.windows import (
@@ -398,6 +399,9 @@ def save_checkpoint(
         "sampler": (sampler or SNF_DEFAULT).to_dict(),
         "calibration": {},
     }
+    posture = getattr(model, "posture", None)
+    if isinstance(posture, PostureModel):
+        blob["posture"] = posture.cfg.to_dict()
     if extra:
         blob.update(extra)
     tmp = path.with_name(path.name + ".tmp")
@@ -431,6 +435,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model: Forecaster = (
         Ensemble([GRUNF(mcfg, std) for _ in range(members)]) if members > 1 else GRUNF(mcfg, std)
     )
+    if blob.get("posture"):
+        joints = model.error_scale.shape[0]
+        model.posture = PostureModel(PostureConfig.from_dict(blob["posture"]), joints)
     state = dict(blob["state_dict"])
     # Checkpoints written before the per-joint error scale existed score unscaled.
     state.setdefault("error_scale", torch.ones(model.error_scale.shape))
@@ -454,3 +461,53 @@ def update_checkpoint(path: str | Path, **fields: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
+
+
+def attach_posture(path: str | Path, posture: PostureModel) -> None:
+    """Add (or replace) the posture flows of a saved checkpoint
+    (:mod:`forecasting.posture`); the rest of the checkpoint is kept as it is."""
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k: v for k, v in blob["state_dict"].items() if not k.startswith("posture.")}
+    state.update({f"posture.{k}": v.detach().cpu() for k, v in posture.state_dict().items()})
+    blob["state_dict"] = state
+    blob["posture"] = posture.cfg.to_dict()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def fit_posture(
+    model: Forecaster,
+    train_w: Windows,
+    val_w: Windows,
+    cfg: PostureConfig,
+    seed: int,
+    flip_index: Sequence[int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PostureModel:
+    """Train posture flows for a trained forecaster and attach them (``model.posture``).
+
+    The flows train on the forecaster's (normal) training windows, flip-augmented when
+    ``flip_index`` is given, and keep their best epoch on the validation windows; the
+    flows' and the motion scorer's (``minhde``, default K, GRU-NF) normal statistics are
+    fitted on up to :data:`ERROR_SCALE_WINDOWS` validation windows (training windows when
+    there are none), as the error scale is.
+    """
+    std = model.standardizer()
+    if flip_index is not None:
+        train_w = Windows.concat([train_w, augment_flip(train_w, list(flip_index))])
+
+    def fill(w: Windows) -> np.ndarray:
+        return fill_unseen(w.poses, std.pose_mean)
+
+    posture = train_posture(fill(train_w), fill(val_w), cfg, seed, log)
+    ref = val_w if len(val_w) else train_w
+    take = np.random.default_rng(seed).permutation(len(ref))[:ERROR_SCALE_WINDOWS]
+    ref = ref.select(np.sort(take))
+    motion = score_windows(
+        model, ref.poses, ref.mask, ref.visible, ScorerConfig(name="minhde", seed=seed)
+    ).score
+    fit_normal_stats(posture, fill(ref), motion)
+    model.posture = posture
+    return posture

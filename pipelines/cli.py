@@ -13,7 +13,13 @@ import typer
 
 from detector.datasets import DatasetError, load_split, splits, summarize
 from detector.posefiles import PoseFileError
-from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
+from forecasting.defaults import (
+    DEFAULT_MEMBERS,
+    DEFAULT_SAMPLES,
+    POSTURE_EPOCHS,
+    POSTURE_FLOWS,
+    POSTURE_WEIGHT,
+)
 from pipelines import __version__
 
 app = typer.Typer(
@@ -91,8 +97,17 @@ def train(
             help="Ensemble members (seeds seed*N+r); sampling splits K across them.",
         ),
     ] = DEFAULT_MEMBERS,
+    posture_flows: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Posture flows added after training (the fused scorer's; 0: none, "
+            "`posewatch posture` adds them later).",
+        ),
+    ] = POSTURE_FLOWS,
 ) -> None:
-    """Train a GRU-NF forecaster; writes the checkpoint and a loss-curve PNG beside it."""
+    """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
+    loss-curve PNG beside it."""
     from pipelines.training import run_training
 
     try:
@@ -110,6 +125,7 @@ def train(
             max_minutes,
             split_seed,
             members,
+            posture_flows,
         )
     except (DatasetError, PoseFileError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -130,6 +146,33 @@ def ensemble(
 
     try:
         run_ensemble(model, out, data)
+    except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def posture(
+    model: Annotated[Path, typer.Option(help="Checkpoint to add posture flows to (in place).")],
+    flows: Annotated[int, typer.Option(min=1, help="Flows trained and averaged.")] = POSTURE_FLOWS,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per flow.")] = POSTURE_EPOCHS,
+    weight: Annotated[
+        float, typer.Option(help="Weight of the posture score in the fused score.")
+    ] = POSTURE_WEIGHT,
+    seed: Annotated[
+        int | None, typer.Option(help="Flow seeds seed*flows+f (default: the training seed).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: the checkpoint's training data).")
+    ] = None,
+) -> None:
+    """Train posture flows on the checkpoint's normal training windows and add them to it
+    (the posture and fused scorers need them)."""
+    from forecasting.posture import PostureConfig
+    from pipelines.training import run_posture
+
+    try:
+        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight)
+        run_posture(model, cfg, seed, data)
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -163,7 +206,10 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     scorer: Annotated[
         list[str] | None,
-        typer.Option(help="minhde, minfde, minade, kde, nll (repeatable; default: all)."),
+        typer.Option(
+            help="auto, fused, minhde, minfde, minade, kde, nll, posture (repeatable; default: "
+            "every one the checkpoint supports)."
+        ),
     ] = None,
     sampler: Annotated[
         list[str] | None,
@@ -191,7 +237,7 @@ def evaluate(
             model,
             data,
             split,
-            scorer or ["minhde", "minfde", "minade", "kde", "nll"],
+            scorer,
             sampler or ["gru-nf", "default"],
             stride,
             sigma,
@@ -215,7 +261,13 @@ def calibrate(
     target_rate: Annotated[
         float, typer.Option(help="False alerts per camera-hour the operator accepts.")
     ] = 1.0,
-    scorer: Annotated[str, typer.Option(help="minhde, minfde, minade, kde or nll.")] = "minhde",
+    scorer: Annotated[
+        str,
+        typer.Option(
+            help="auto (fused with posture flows, else minhde), fused, minhde, minfde, minade, "
+            "kde, nll or posture."
+        ),
+    ] = "auto",
     sampler: Annotated[str, typer.Option(help="Sampler name (see forecast-eval).")] = "default",
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,

@@ -145,8 +145,11 @@ class ForecasterConfig(Base):
     sampler: str = Field(
         "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."
     )
-    scorer: Literal["minhde", "minfde", "minade", "kde", "nll"] = Field(
-        "minhde", title="Scorer", description="How windows are scored."
+    scorer: Literal["auto", "fused", "minhde", "minfde", "minade", "kde", "nll", "posture"] = Field(
+        "auto",
+        title="Scorer",
+        description="How windows are scored; auto: fused (motion + posture) when the "
+        "checkpoint has posture flows (`posewatch posture`), else minhde.",
     )
     stride: int = Field(
         3, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."

@@ -29,7 +29,14 @@ from forecasting.detection_metrics import (
     roc_auc,
 )
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
-from forecasting.scoring import SAMPLE_SCORERS, SCORERS, ScorerConfig, score_windows_many
+from forecasting.scoring import (
+    SAMPLE_SCORERS,
+    SCORERS,
+    ScorerConfig,
+    available_scorers,
+    resolve_scorer,
+    score_windows_many,
+)
 from forecasting.torch_model import Forecaster
 from forecasting.train import Checkpoint
 from forecasting.windows import WindowConfig, cut_windows
@@ -195,8 +202,9 @@ def scoring_passes(
         raise ValueError(f"unknown scorer {unknown}; choose from {', '.join(SCORERS)}")
     sampled = tuple(k for k in SAMPLE_SCORERS if k in scorers)
     passes: list[tuple[T | None, tuple[str, ...]]] = [(s, sampled) for s in samplers if sampled]
-    if "nll" in scorers:
-        passes.append((None, ("nll",)))
+    unsampled = tuple(k for k in SCORERS if k in scorers and k not in SAMPLE_SCORERS)
+    if unsampled:
+        passes.append((None, unsampled))
     return passes
 
 
@@ -284,7 +292,7 @@ def run_evaluate(
     model_path: Path,
     data: Path,
     split: str,
-    scorers: Sequence[str],
+    scorers: Sequence[str] | None,
     samplers: Sequence[str],
     stride: int,
     sigma: float,
@@ -295,7 +303,9 @@ def run_evaluate(
     seed: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a labelled split with every (scorer, sampler) pair; write JSON, ROC and timelines."""
+    """Score a labelled split with every (scorer, sampler) pair; write JSON, ROC and timelines.
+
+    ``scorers`` None: every scorer the checkpoint supports; ``auto`` stands for the default."""
     import typer
 
     from forecasting.detection_metrics import roc_curve
@@ -303,6 +313,11 @@ def run_evaluate(
     from pipelines.plots import plot_roc, plot_timeline
 
     ckpt = load_checkpoint(model_path)
+    scorers = (
+        available_scorers(ckpt.model)
+        if scorers is None
+        else list(dict.fromkeys(resolve_scorer(k, ckpt.model) for k in scorers))
+    )
     clips = load_clips(data, split)
     cal = ckpt.calibration.get("threshold") if ckpt.calibration else None
     fields = Calibration.__dataclass_fields__
@@ -379,7 +394,6 @@ def run_calibrate(
     """Fit the alert threshold on the normal frames of the checkpoint's validation clips."""
     import typer
 
-    from forecasting.scoring import ScorerConfig
     from forecasting.train import load_checkpoint, update_checkpoint
 
     ckpt = load_checkpoint(model_path)
@@ -387,7 +401,11 @@ def run_calibrate(
     clips = [c for c in load_clips(data, split) if not val or c.name in val]
     if not clips:
         raise ValueError(f"no validation clips of the checkpoint found in {data}/pose/{split}")
-    cfg = ScorerConfig(name=scorer, num_samples=samples, sampler=sampler_by_name(ckpt, sampler))  # type: ignore[arg-type]
+    cfg = ScorerConfig(
+        name=resolve_scorer(scorer, ckpt.model),
+        num_samples=samples,
+        sampler=sampler_by_name(ckpt, sampler),
+    )
     cs, _, _ = score_split(ckpt, clips, cfg, stride, progress=True)
     cal = calibrate_on_clips(cs, causal_sigma, fps, target_per_hour, min_duration)
     update_checkpoint(

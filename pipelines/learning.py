@@ -36,7 +36,7 @@ from detector.pose import PoseFrame, tracks_from_frames
 from detector.skeleton import FLIP_INDEX
 from forecasting.calibration import Calibration
 from forecasting.frame_scores import smooth
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import ScorerConfig, resolve_scorer
 from forecasting.torch_model import ModelConfig
 from forecasting.train import (
     Checkpoint,
@@ -71,7 +71,7 @@ class LearnSettings:
     target_per_hour: float = 1.0
     min_duration_s: float = 0.5
     sigma: float = 6.0
-    scorer: str = "minhde"
+    scorer: str = "auto"  # a learned scene model has no posture flows: minhde
     samples: int = 20
     stride: int = 3
 
@@ -242,7 +242,7 @@ class SceneLearner:
             extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
         )
         ck = load_checkpoint(tmp)
-        scorer = ScorerConfig(name=s.scorer, num_samples=s.samples)  # type: ignore[arg-type]
+        scorer = ScorerConfig(name=resolve_scorer(s.scorer, ck.model), num_samples=s.samples)
         cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, progress=False)
         if n_win == 0:
             raise ValueError("no held-out windows to calibrate on; learn for longer")

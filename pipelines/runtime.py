@@ -25,7 +25,7 @@ from detector.pose import PoseFrame
 from detector.pose_model import PoseModel
 from detector.sources import CameraSource, SourceConfig
 from detector.tracking import CameraTracker
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import ScorerConfig, resolve_scorer
 from forecasting.train import Checkpoint, load_checkpoint
 from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.annotate import AnnotatedVideoWriter, draw_persons, snapshot_jpeg
@@ -120,10 +120,19 @@ def bound_heap_growth(threshold: int = 512 * 1024) -> bool:
 
 
 def resolve_threshold(cfg: PosewatchConfig, ckpt: Checkpoint) -> float:
-    """The alert threshold: the configured one, else the checkpoint's calibration."""
+    """The alert threshold: the configured one, else the checkpoint's calibration (which
+    must have been fitted for the scorer in use: thresholds of scorers are not comparable)."""
     thr = cfg.alerting.threshold
     if thr is None:
         thr = ckpt.calibration.get("threshold")
+        fitted = (ckpt.calibration.get("scorer") or {}).get("name")
+        name = resolve_scorer(cfg.forecaster.scorer, ckpt.model)
+        if thr is not None and fitted is not None and fitted != name:
+            raise RuntimeConfigError(
+                f"the checkpoint's threshold was calibrated for the {fitted} scorer, not "
+                f"{name}: run `posewatch calibrate --scorer {name}`, set forecaster.scorer: "
+                f"{fitted}, or set alerting.threshold"
+            )
     if thr is None:
         raise RuntimeConfigError(
             "no alert threshold: set alerting.threshold or calibrate the checkpoint "
@@ -258,7 +267,7 @@ class Service(Stoppable):
             return TrackScorer(
                 ckpt,
                 ScorerConfig(
-                    name=cfg.forecaster.scorer,
+                    name=resolve_scorer(cfg.forecaster.scorer, ckpt.model),
                     num_samples=cfg.forecaster.samples,
                     sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
                     batch=cfg.forecaster.batch,
@@ -269,7 +278,8 @@ class Service(Stoppable):
 
         def model_info(ckpt: Checkpoint) -> ModelInfo:
             return ModelInfo(
-                name=f"gru-nf/{cfg.forecaster.sampler}/{cfg.forecaster.scorer}",
+                name=f"gru-nf/{cfg.forecaster.sampler}/"
+                f"{resolve_scorer(cfg.forecaster.scorer, ckpt.model)}",
                 version=str(ckpt.meta.get("code_version")),
             )
 

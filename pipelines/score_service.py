@@ -37,7 +37,7 @@ from typing import Any
 
 from detector.pose import PoseFrame
 from detector.posefiles import PoseFileError, decode_poseframe
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import ScorerConfig, resolve_scorer
 from forecasting.train import load_checkpoint
 from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.config import PosewatchConfig
@@ -109,8 +109,9 @@ class ScoreService(Stoppable):
         self.threshold = resolve_threshold(cfg, ckpt)
         from pipelines.evaluation import sampler_by_name
 
+        scorer = resolve_scorer(cfg.forecaster.scorer, ckpt.model)
         self._base_cfg = ScorerConfig(
-            name=cfg.forecaster.scorer,
+            name=scorer,
             num_samples=cfg.forecaster.samples,
             sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
             batch=cfg.forecaster.batch,
@@ -119,7 +120,7 @@ class ScoreService(Stoppable):
             ckpt, self._base_cfg, cfg.forecaster.stride, cfg.forecaster.smoothing_sigma
         )
         self.model_info = ModelInfo(
-            name=f"gru-nf/{cfg.forecaster.sampler}/{cfg.forecaster.scorer}",
+            name=f"gru-nf/{cfg.forecaster.sampler}/{scorer}",
             version=str(ckpt.meta.get("code_version")),
         )
         self.lifecycles: dict[str, AlertLifecycle] = {}

@@ -10,10 +10,13 @@ import typer
 
 from detector.skeleton import FLIP_INDEX
 from forecasting.evaluate import default_samplers, evaluate_forecasts, format_table, rows_as_dicts
+from forecasting.posture import PostureConfig
 from forecasting.torch_model import GRUNF, ModelConfig, count_parameters
 from forecasting.train import (
     TrainConfig,
+    attach_posture,
     build_windows,
+    fit_posture,
     load_checkpoint,
     make_ensemble,
     save_checkpoint,
@@ -39,11 +42,13 @@ def run_training(
     max_minutes: float,
     split_seed: int = 0,
     members: int = 1,
+    posture_flows: int = 0,
 ) -> Path:
     """Train on one split, validate on held-out clips, save checkpoint + loss curve.
 
     With ``members`` > 1, that many models are trained (seeds ``seed * members + r``) and
-    saved as one ensemble.
+    saved as one ensemble; with ``posture_flows`` > 0 that many posture flows are added
+    (seeds ``seed * posture_flows + f``, :func:`run_posture`).
     """
     wcfg = WindowConfig(t_obs=t_obs, horizon=horizon, frame_step=frame_step)
     tcfg = TrainConfig(
@@ -82,6 +87,8 @@ def run_training(
     )
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"loss curve: {png}")
+    if posture_flows > 0:
+        run_posture(path, PostureConfig(flows=posture_flows), seed, data)
     return path
 
 
@@ -205,3 +212,31 @@ def run_forecast_eval(
         out.write_text(json.dumps(payload, indent=2))
         typer.echo(f"wrote {out}")
     return result
+
+
+def run_posture(
+    model_path: Path, cfg: PostureConfig, seed: int | None = None, data: Path | None = None
+) -> Path:
+    """Train posture flows for a checkpoint on its own training windows and add them to it
+    (the ``posture`` and ``fused`` scorers need them).
+
+    Arguments:
+        model_path: checkpoint written by ``posewatch train`` (rewritten in place).
+        cfg: posture settings.
+        seed: flow seeds ``seed * flows + f`` (default: the checkpoint's training seed).
+        data: dataset folder (default: the one recorded in the checkpoint).
+    """
+    ckpt = load_checkpoint(model_path)
+    known = {f.name for f in fields(TrainConfig)}
+    tcfg = TrainConfig(**{k: v for k, v in ckpt.meta["train_config"].items() if k in known})
+    data = Path(ckpt.meta["training_data"]) if data is None else data
+    tr, va, val_clips = _windows(data, ckpt.meta["split"], ckpt.window_config, tcfg)
+    if sorted(val_clips) != ckpt.meta.get("validation_clips"):
+        raise ValueError(f"{data}: its validation clips are not the checkpoint's; wrong --data?")
+    seed = tcfg.seed if seed is None else seed
+    posture = fit_posture(ckpt.model, tr, va, cfg, seed, FLIP_INDEX, log=typer.echo)
+    attach_posture(model_path, posture)
+    typer.echo(
+        f"{cfg.flows} posture flows ({count_parameters(posture):,} parameters) added to {model_path}"
+    )
+    return model_path

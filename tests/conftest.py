@@ -49,15 +49,24 @@ def random_keypoints(rng: np.random.Generator, n: int) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small GRU-NF trained on AIHub2 train normal windows (a few minutes on 2 cores).
+    """A small GRU-NF trained on AIHub2 train normal windows (a few minutes on 2 cores), with
+    one small posture flow (so every scorer can run on it).
 
     Validation clips (held out from training) are recorded in the checkpoint.
     """
     import torch
 
     from detector.skeleton import FLIP_INDEX
+    from forecasting.posture import PostureConfig
     from forecasting.torch_model import ModelConfig
-    from forecasting.train import TrainConfig, build_windows, save_checkpoint, split_clips, train
+    from forecasting.train import (
+        TrainConfig,
+        build_windows,
+        fit_posture,
+        save_checkpoint,
+        split_clips,
+        train,
+    )
     from forecasting.windows import WindowConfig
     from pipelines.tracks import load_tracks
 
@@ -70,6 +79,7 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     tr = build_windows([t for t in tracks if t.clip in tr_clips], wcfg, tcfg.stride, True)
     va = build_windows([t for t in tracks if t.clip in va_clips], wcfg, tcfg.stride, True)
     res = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+    fit_posture(res.model, tr, va, PostureConfig(flows=1, epochs=2), 0, FLIP_INDEX)
     path = tmp_path_factory.mktemp("model") / "small.pt"
     save_checkpoint(
         path, res.model, wcfg, tcfg, res.history, extra={"validation_clips": sorted(va_clips)}
@@ -79,7 +89,8 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model's first three members, trained as ``bench/anomaly_eval.py`` trains them.
+    """The default model's first three members and first three posture flows, trained as
+    ``bench/anomaly_eval.py`` trains them.
 
     Default architecture and optimisation, AIHub2 train normal windows, members of seeds 0,
     1, 2: the first three of the benchmark's seed-0 ensemble (``DEFAULT_MEMBERS`` = 7, seeds
@@ -90,11 +101,14 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     """
     import torch
 
-    from pipelines.training import run_training
+    from forecasting.posture import PostureConfig
+    from pipelines.training import run_posture, run_training
 
     given = os.environ.get("POSEWATCH_DEFAULT_MODEL")
     if given:
         return Path(given)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("default_model") / "seed0-m3.pt"
-    return run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0, 0, 3)
+    run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0, 0, 3)
+    # The default posture flows' first three (seeds 0, 1, 2 of the default 8): ~5 minutes.
+    return run_posture(out, PostureConfig(flows=3), seed=0)

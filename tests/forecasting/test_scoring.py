@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from forecasting.detection_metrics import roc_auc
-from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, score_windows
+from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, resolve_scorer, score_windows
 from forecasting.train import build_windows, load_checkpoint
 from forecasting.windows import Windows
 from pipelines.tracks import load_tracks
@@ -81,7 +81,8 @@ def test_default_scorer_separates_injected_anomalies(
         w = w.select(speed > np.median(speed))
     rng = np.random.default_rng(0)
     bad = _inject(w, kind, ck.window_config.t_obs, rng)
-    cfg = ScorerConfig()
+    cfg = ScorerConfig(name=resolve_scorer("auto", ck.model))  # the service's default
+    assert cfg.name == "fused"
     normal = score_windows(ck.model, w.poses, w.mask, w.visible, cfg).score
     anomal = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
     labels = np.r_[np.zeros(len(normal)), np.ones(len(anomal))]

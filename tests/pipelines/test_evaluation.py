@@ -14,6 +14,11 @@ def test_sample_scorers_share_a_pass_per_sampler_and_nll_runs_once() -> None:
     ]
     assert scoring_passes(["nll"], ["gru-nf", "gru-snf"]) == [(None, ("nll",))]
     assert scoring_passes(["minfde"], []) == []
+    # fused needs futures (its motion part); posture alone needs none and runs with nll.
+    assert scoring_passes(["posture", "fused", "nll"], ["gru-nf"]) == [
+        ("gru-nf", ("fused",)),
+        (None, ("nll", "posture")),
+    ]
 
 
 def test_an_unknown_scorer_is_named_before_anything_is_scored() -> None:

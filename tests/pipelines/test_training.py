@@ -1,13 +1,16 @@
-"""`posewatch train --members` and `posewatch ensemble` on real AIHub2 poses."""
+"""`posewatch train --members`, `posewatch ensemble` and `posewatch posture` on real AIHub2 poses."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from forecasting.posture import PostureConfig
+from forecasting.scoring import resolve_scorer
 from forecasting.torch_model import Ensemble
 from forecasting.train import load_checkpoint, update_checkpoint
-from pipelines.training import run_ensemble, run_training
+from pipelines.training import run_ensemble, run_posture, run_training
 
 
 @pytest.mark.slow
@@ -39,3 +42,25 @@ def test_ensemble_of_separate_trainings_equals_training_the_members_together(
         run_ensemble([tmp_path / "m2.pt", one[0]], tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="at least two"):
         run_ensemble(one[:1], tmp_path / "bad.pt")
+
+
+@pytest.mark.slow
+def test_posture_flows_added_to_a_checkpoint_are_deterministic(
+    aihub2: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(2)
+    base = run_training(aihub2, "train", tmp_path / "m.pt", True, 1, 0, 12, 12, 1, "cpu", 5.0)
+    copies = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for c in copies:
+        shutil.copy(base, c)
+        run_posture(c, PostureConfig(flows=2, epochs=1), seed=0)
+    a, b = (load_checkpoint(c) for c in copies)
+    assert a.meta["posture"]["flows"] == 2 and resolve_scorer("auto", a.model) == "fused"
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sum(k.startswith("posture.flows.1.") for k in sa) > 10
+    for k in sa:  # deterministic on the CPU: flows and their normal statistics
+        assert torch.equal(sa[k], sb[k]), k
+    # Data whose validation clips are not the checkpoint's is refused.
+    update_checkpoint(copies[0], validation_clips=["elsewhere"])
+    with pytest.raises(ValueError, match="validation clips are not the checkpoint's"):
+        run_posture(copies[0], PostureConfig(flows=1, epochs=1))
