@@ -11,8 +11,17 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 DEFAULT_MEMBERS = 7
 DEFAULT_SAMPLES = 42
+
+#: The default scorer: ``minhde``, not ``fused``. ``fused`` (motion + posture) is 5.8 AUC
+#: points better on AIHub2 test (96.0 +- 0.5 vs 90.2 +- 0.8, 3 seeds) but blind to a person
+#: freezing: a still body is *more* likely under the posture flows, so the posture part
+#: cancels the motion part (injected freezes: AUC 0.47 fused, 0.91 minhde; docs/DECISIONS.md,
+#: session 7). Operators who want it set ``scorer: fused``.
+DEFAULT_SCORER: Final = "minhde"
 
 #: Posture flows of the fused scorer (:mod:`forecasting.posture`): flows averaged, epochs per
 #: flow, weight of the posture score.

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from forecasting.defaults import DEFAULT_SAMPLES
+from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
@@ -249,19 +249,19 @@ def score_windows_many(
     }
 
 
-#: The scorer name that picks the best one the checkpoint supports (:func:`resolve_scorer`).
+#: The default scorer's alias (:func:`resolve_scorer`).
 AUTO = "auto"
 
 
 def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
-    """A scorer name for ``model``: ``auto`` is ``fused`` when the checkpoint has posture
-    flows, else ``minhde``; other names are checked.
+    """A scorer name for ``model``: ``auto`` is :data:`DEFAULT_SCORER`; other names are
+    checked (the posture ones need the checkpoint's posture flows).
 
     Raises:
         ValueError: an unknown name, or a posture scorer for a model without posture flows.
     """
     if name == AUTO:
-        return "fused" if posture_of(model) is not None else "minhde"
+        return DEFAULT_SCORER
     for known in SCORERS:
         if name == known:
             if known in POSTURE_SCORERS and posture_of(model) is None:

@@ -101,10 +101,10 @@ def train(
         int,
         typer.Option(
             min=0,
-            help="Posture flows added after training (the fused scorer's; 0: none, "
-            "`posewatch posture` adds them later).",
+            help="Posture flows added after training, for the fused scorer (8 is its "
+            "default; `posewatch posture` adds them later).",
         ),
-    ] = POSTURE_FLOWS,
+    ] = 0,
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
     loss-curve PNG beside it."""
@@ -264,10 +264,9 @@ def calibrate(
     scorer: Annotated[
         str,
         typer.Option(
-            help="auto (fused with posture flows, else minhde), fused, minhde, minfde, minade, "
-            "kde, nll or posture."
+            help="minhde (default), fused (needs posture flows), minfde, minade, kde, nll or posture."
         ),
-    ] = "auto",
+    ] = "minhde",
     sampler: Annotated[str, typer.Option(help="Sampler name (see forecast-eval).")] = "default",
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,

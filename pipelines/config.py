@@ -146,10 +146,10 @@ class ForecasterConfig(Base):
         "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."
     )
     scorer: Literal["auto", "fused", "minhde", "minfde", "minade", "kde", "nll", "posture"] = Field(
-        "auto",
+        "minhde",
         title="Scorer",
-        description="How windows are scored; auto: fused (motion + posture) when the "
-        "checkpoint has posture flows (`posewatch posture`), else minhde.",
+        description="How windows are scored (auto = minhde, the default); fused (motion + "
+        "posture) needs the checkpoint's posture flows (`posewatch posture`).",
     )
     stride: int = Field(
         3, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."

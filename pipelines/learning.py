@@ -71,7 +71,7 @@ class LearnSettings:
     target_per_hour: float = 1.0
     min_duration_s: float = 0.5
     sigma: float = 6.0
-    scorer: str = "auto"  # a learned scene model has no posture flows: minhde
+    scorer: str = "minhde"
     samples: int = 20
     stride: int = 3
 

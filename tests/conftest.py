@@ -89,8 +89,7 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model's first three members and first three posture flows, trained as
-    ``bench/anomaly_eval.py`` trains them.
+    """The default model's first three members, trained as ``bench/anomaly_eval.py`` trains them.
 
     Default architecture and optimisation, AIHub2 train normal windows, members of seeds 0,
     1, 2: the first three of the benchmark's seed-0 ensemble (``DEFAULT_MEMBERS`` = 7, seeds
@@ -101,14 +100,11 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     """
     import torch
 
-    from forecasting.posture import PostureConfig
-    from pipelines.training import run_posture, run_training
+    from pipelines.training import run_training
 
     given = os.environ.get("POSEWATCH_DEFAULT_MODEL")
     if given:
         return Path(given)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("default_model") / "seed0-m3.pt"
-    run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0, 0, 3)
-    # The default posture flows' first three (seeds 0, 1, 2 of the default 8): ~5 minutes.
-    return run_posture(out, PostureConfig(flows=3), seed=0)
+    return run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0, 0, 3)

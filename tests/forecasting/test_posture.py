@@ -105,7 +105,7 @@ def test_posture_flows_find_lying_bodies_and_standardise(
         normal, joints = model(torch.as_tensor(normal_poses))
         lying, _ = model(torch.as_tensor(_rotate(normal_poses, np.pi / 2)))
         fused = model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal)
-    z = (model.flow_nll(model.inputs(torch.as_tensor(normal_poses)))[0]).numpy()
+        z = (model.flow_nll(model.inputs(torch.as_tensor(normal_poses)))[0]).numpy()
     z = (z - model.nll_mean.numpy()[:, None]) / model.nll_std.numpy()[:, None]
     np.testing.assert_allclose(z.mean(1), 0, atol=1e-3)
     np.testing.assert_allclose(z.std(1), 1, atol=1e-2)
@@ -141,17 +141,20 @@ def test_checkpoint_keeps_posture_flows_and_scorers_need_them(tmp_path: Path) ->
     fit_normal_stats(posture, poses, rng.normal(0, 1, 40))
     attach_posture(path, posture)
     ck = load_checkpoint(path)
-    assert resolve_scorer("auto", ck.model) == "fused"
+    assert resolve_scorer("auto", ck.model) == "minhde"
     assert available_scorers(ck.model)[-2:] == ("posture", "fused")
     # A threshold calibrated for minhde is not used for fused scores (different units).
     update_checkpoint(path, calibration={"threshold": 1.0, "scorer": {"name": "minhde"}})
-    cfg_auto = PosewatchConfig.model_validate(
-        {"cameras": {"gate": {"source": "gate.mp4"}}, "forecaster": {"checkpoint": str(path)}}
+    cfg_fused = PosewatchConfig.model_validate(
+        {
+            "cameras": {"gate": {"source": "gate.mp4"}},
+            "forecaster": {"checkpoint": str(path), "scorer": "fused"},
+        }
     )
     with pytest.raises(RuntimeConfigError, match=r"calibrated for the minhde scorer, not fused"):
-        resolve_threshold(cfg_auto, load_checkpoint(path))
-    cfg_minhde = cfg_auto.model_copy(
-        update={"forecaster": cfg_auto.forecaster.model_copy(update={"scorer": "minhde"})}
+        resolve_threshold(cfg_fused, load_checkpoint(path))
+    cfg_minhde = cfg_fused.model_copy(
+        update={"forecaster": cfg_fused.forecaster.model_copy(update={"scorer": "minhde"})}
     )
     assert resolve_threshold(cfg_minhde, load_checkpoint(path)) == 1.0
     cfg = ScorerConfig(num_samples=4)

@@ -82,7 +82,6 @@ def test_default_scorer_separates_injected_anomalies(
     rng = np.random.default_rng(0)
     bad = _inject(w, kind, ck.window_config.t_obs, rng)
     cfg = ScorerConfig(name=resolve_scorer("auto", ck.model))  # the service's default
-    assert cfg.name == "fused"
     normal = score_windows(ck.model, w.poses, w.mask, w.visible, cfg).score
     anomal = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
     labels = np.r_[np.zeros(len(normal)), np.ones(len(anomal))]
