@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data" / "aihub2"
@@ -27,29 +26,9 @@ def stg() -> Any:
 
 
 def test_parameter_count_matches_the_anchor(stg: Any) -> None:
+    # The flow is forecasting.posture.GraphGlow (its log-det is checked against the
+    # Jacobian in tests/forecasting/test_posture.py) on STG-NF's 18-joint graph.
     assert sum(p.numel() for p in stg.stgnf().parameters()) == 616  # anchors.md
-
-
-def test_log_determinant_equals_the_jacobian(stg: Any) -> None:
-    torch.manual_seed(0)
-    model = stg.stgnf()
-    model.train()
-    model(torch.randn(64, 2, 24, 18))  # data-dependent ActNorm initialisation
-    model.eval()
-    # A random trained-looking state: perturb every parameter so couplings are non-trivial.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(1, 2, 24, 18)
-    _, logdet = model.transform(x)
-    jac = torch.autograd.functional.jacobian(
-        lambda v: model.transform(v.reshape(1, 2, 24, 18))[0].reshape(-1), x.reshape(-1)
-    )
-    sign, ref = torch.linalg.slogdet(jac.double())
-    assert float(sign) > 0
-    assert float(logdet[0].detach()) == pytest.approx(
-        float(ref), abs=1e-3 * max(1.0, abs(float(ref)))
-    )
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/aihub2")

@@ -55,7 +55,7 @@ def test_posture_flows_added_to_a_checkpoint_are_deterministic(
         shutil.copy(base, c)
         run_posture(c, PostureConfig(flows=2, epochs=1), seed=0)
     a, b = (load_checkpoint(c) for c in copies)
-    assert a.meta["posture"]["flows"] == 2 and resolve_scorer("auto", a.model) == "fused"
+    assert a.meta["posture"]["flows"] == 2 and resolve_scorer("fused", a.model) == "fused"
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sum(k.startswith("posture.flows.1.") for k in sa) > 10
     for k in sa:  # deterministic on the CPU: flows and their normal statistics
