@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
 from forecasting.posture import PostureConfig
 from forecasting.scoring import (
@@ -36,7 +37,6 @@ from forecasting.scoring import (
     posture_of,
 )
 from forecasting.snf import GRU_NF, SNF_DEFAULT
-from forecasting.train import load_checkpoint
 from pipelines.evaluation import load_clips, report, score_split_many, scoring_passes
 from pipelines.training import run_ensemble, run_posture, run_training
 

@@ -38,11 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.datasets import load_split
+from forecasting.checkpoint import load_checkpoint
 from forecasting.detection_metrics import roc_auc
 from forecasting.frame_scores import person_frame_scores, worst_person
 from forecasting.snf import GRU_NF
 from forecasting.torch_model import to_tensor
-from forecasting.train import load_checkpoint
 from forecasting.windows import cut_windows, fill_unseen
 from pipelines.evaluation import ClipScores, pooled
 

@@ -28,10 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from forecasting.checkpoint import load_checkpoint
 from forecasting.evaluate import default_samplers
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.train import load_checkpoint
 from forecasting.windows import Standardizer
 
 

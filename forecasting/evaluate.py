@@ -11,13 +11,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from forecasting import metrics
-from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
+from forecasting.snf import SamplerConfig
 from forecasting.torch_model import D, Forecaster, to_tensor
 from forecasting.windows import Windows, fill_unseen
 
@@ -39,67 +38,6 @@ class ForecastRow:
     acceptance: float
     ess: float
     seconds: float
-
-
-def default_samplers(L: int = 7) -> list[SamplerConfig]:
-    """GRU-NF, the authors' mean-feedback decoding, and the GRU-SNF variants kept in tables.
-
-    Arguments:
-        L: layers of the model's flow (couplings + the final affine; 7 by default).
-    """
-    latent: dict[str, Any] = {"blocks": (0,), "interpolate": False, "step_size": 0.5}
-    return [
-        GRU_NF,
-        GRU_NF.with_(name="gru-nf-meanfb", mean_feedback=True),
-        SNF_DEFAULT,
-        SNF_DEFAULT.with_(name="gru-snf-weighted", weights=True),
-        SamplerConfig(name="snf-latent-point", kernel="rwm", target="point", steps=2, **latent),  # type: ignore[arg-type]
-        SamplerConfig(name="snf-latent-model", kernel="rwm", target="model", steps=1, **latent),  # type: ignore[arg-type]
-        SamplerConfig(
-            name="snf-latent-tempered0.7",
-            kernel="rwm",
-            target="tempered",
-            beta=0.7,
-            steps=1,
-            **latent,
-        ),  # type: ignore[arg-type]
-        SamplerConfig(
-            name="snf-latent-tempered0.5",
-            kernel="rwm",
-            target="tempered",
-            beta=0.5,
-            steps=2,
-            **latent,
-        ),  # type: ignore[arg-type]
-        SamplerConfig(
-            name="snf-latent-mala-tempered0.5",
-            kernel="mala",
-            target="tempered",
-            beta=0.5,
-            steps=1,
-            blocks=(0,),
-            interpolate=False,
-            step_size=0.6,
-        ),
-        SamplerConfig(
-            name="snf-paper-point-all",
-            kernel="rwm",
-            target="point",
-            steps=2,
-            adapt=True,
-            target_accept=0.4,
-        ),
-        SamplerConfig(
-            name="snf-interp-tempered0.5-L",
-            kernel="rwm",
-            target="tempered",
-            beta=0.5,
-            steps=2,
-            blocks=(L,),
-            adapt=True,
-            target_accept=0.4,
-        ),
-    ]
 
 
 def evaluate_forecasts(

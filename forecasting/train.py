@@ -1,27 +1,19 @@
-"""Training GRU-NF on pose windows, and the checkpoint format.
+"""Training GRU-NF on pose windows.
 
 The module that trains is separate from the module that computes
-(:mod:`forecasting.torch_model`). Inputs are plain arrays (:class:`TrackArrays`); callers
-(``pipelines``) turn pose files into them.
-
-Checkpoint (``torch.save`` dict): ``format``, ``format_version``, ``code_version``,
-``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or the size of an
-:class:`~forecasting.torch_model.Ensemble`), ``state_dict``, ``train_config``,
-``history``, ``sampler`` (the checkpoint's default sampler, the GRU-SNF default unless given;
-``posewatch evaluate --sampler default``) and ``calibration`` (alert
-threshold, filled by the scorer's calibration).
+(:mod:`forecasting.torch_model`) and from the checkpoint format
+(:mod:`forecasting.checkpoint`, which serving code reads without importing the trainer).
+Inputs are plain arrays (:class:`TrackArrays`); callers (``pipelines``) turn pose files into
+them.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +22,6 @@ from tqdm import tqdm
 
 from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats, train_posture
 from forecasting.scoring import ScorerConfig, fit_error_scale, score_windows
-from forecasting.snf import SNF_DEFAULT, SamplerConfig
 from forecasting.torch_model import GRUNF, D, Ensemble, Forecaster, ModelConfig, to_tensor
 from forecasting.windows import (
     Standardizer,
@@ -42,8 +33,6 @@ from forecasting.windows import (
     normal_starts,
 )
 
-CHECKPOINT_FORMAT = "posewatch-grunf"
-CHECKPOINT_VERSION = 1
 ERROR_SCALE_WINDOWS = 4096  # held-out windows the per-joint error scale is fitted on
 
 
@@ -335,146 +324,6 @@ def _train_once(
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        version = metadata.version("posewatch")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{version}+g{sha}" if sha else version
-
-
-@dataclass(slots=True)
-class Checkpoint:
-    """A loaded model with everything needed to use it."""
-
-    model: Forecaster
-    window_config: WindowConfig
-    sampler: SamplerConfig
-    meta: dict[str, Any]
-    path: Path | None = None
-
-    @property
-    def calibration(self) -> dict[str, Any]:
-        cal: dict[str, Any] = self.meta.setdefault("calibration", {})
-        return cal
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: Forecaster,
-    wcfg: WindowConfig,
-    tcfg: TrainConfig | None = None,
-    history: list[dict[str, float]] | None = None,
-    sampler: SamplerConfig | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write a checkpoint (see the module docstring for its content)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "code_version": code_version(),
-        "model_config": model.cfg.to_dict(),
-        "window_config": wcfg.to_dict(),
-        "standardizer": model.standardizer().to_dict(),
-        "members": len(model.member_list()) if isinstance(model, Ensemble) else 1,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "train_config": tcfg.to_dict() if tcfg else None,
-        "history": history or [],
-        "sampler": (sampler or SNF_DEFAULT).to_dict(),
-        "calibration": {},
-    }
-    posture = getattr(model, "posture", None)
-    if isinstance(posture, PostureModel):
-        blob["posture"] = posture.cfg.to_dict()
-    if extra:
-        blob.update(extra)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint written by :func:`save_checkpoint`.
-
-    Raises:
-        ValueError: not a posewatch checkpoint, or from an incompatible format version.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint (train one with `posewatch train`)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a posewatch GRU-NF checkpoint")
-    if blob.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format {blob.get('format_version')} is not {CHECKPOINT_VERSION}; retrain"
-        )
-    mcfg = ModelConfig(**blob["model_config"])
-    std = Standardizer.from_dict(blob["standardizer"])
-    members = int(blob.get("members", 1))
-    model: Forecaster = (
-        Ensemble([GRUNF(mcfg, std) for _ in range(members)]) if members > 1 else GRUNF(mcfg, std)
-    )
-    if blob.get("posture"):
-        joints = model.error_scale.shape[0]
-        model.posture = PostureModel(PostureConfig.from_dict(blob["posture"]), joints)
-    state = dict(blob["state_dict"])
-    # Checkpoints written before the per-joint error scale existed score unscaled.
-    state.setdefault("error_scale", torch.ones(model.error_scale.shape))
-    model.load_state_dict(state)
-    model.to(device).eval()
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    return Checkpoint(
-        model=model,
-        window_config=WindowConfig(**blob["window_config"]),
-        sampler=SamplerConfig.from_dict(blob["sampler"]),
-        meta=meta,
-        path=path,
-    )
-
-
-def update_checkpoint(path: str | Path, **fields: Any) -> None:
-    """Set top-level fields of a saved checkpoint (e.g. ``calibration``, ``sampler``)."""
-    path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    blob.update(fields)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-
-
-def attach_posture(path: str | Path, posture: PostureModel) -> None:
-    """Add (or replace) the posture flows of a saved checkpoint
-    (:mod:`forecasting.posture`); the rest of the checkpoint is kept as it is."""
-    path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = {k: v for k, v in blob["state_dict"].items() if not k.startswith("posture.")}
-    state.update({f"posture.{k}": v.detach().cpu() for k, v in posture.state_dict().items()})
-    blob["state_dict"] = state
-    blob["posture"] = posture.cfg.to_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
 
 
 def fit_posture(

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from detector.datasets import Clip, load_split
 from forecasting.calibration import Calibration, calibrate_threshold, normal_segments
+from forecasting.checkpoint import Checkpoint
 from forecasting.detection_metrics import (
     alert_outcome,
     average_precision,
@@ -38,7 +39,6 @@ from forecasting.scoring import (
     score_windows_many,
 )
 from forecasting.torch_model import Forecaster
-from forecasting.train import Checkpoint
 from forecasting.windows import WindowConfig, cut_windows
 
 T = TypeVar("T")
@@ -308,8 +308,8 @@ def run_evaluate(
     ``scorers`` None: every scorer the checkpoint supports; ``auto`` stands for the default."""
     import typer
 
+    from forecasting.checkpoint import load_checkpoint
     from forecasting.detection_metrics import roc_curve
-    from forecasting.train import load_checkpoint
     from pipelines.plots import plot_roc, plot_timeline
 
     ckpt = load_checkpoint(model_path)
@@ -394,7 +394,7 @@ def run_calibrate(
     """Fit the alert threshold on the normal frames of the checkpoint's validation clips."""
     import typer
 
-    from forecasting.train import load_checkpoint, update_checkpoint
+    from forecasting.checkpoint import load_checkpoint, update_checkpoint
 
     ckpt = load_checkpoint(model_path)
     val = set(ckpt.meta.get("validation_clips") or [])

@@ -35,18 +35,11 @@ from detector.datasets import Clip
 from detector.pose import PoseFrame, tracks_from_frames
 from detector.skeleton import FLIP_INDEX
 from forecasting.calibration import Calibration
+from forecasting.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, update_checkpoint
 from forecasting.frame_scores import smooth
 from forecasting.scoring import ScorerConfig, resolve_scorer
 from forecasting.torch_model import ModelConfig
-from forecasting.train import (
-    Checkpoint,
-    TrainConfig,
-    build_windows,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-    update_checkpoint,
-)
+from forecasting.train import TrainConfig, build_windows, train
 from forecasting.windows import WindowConfig
 from pipelines.evaluation import calibrate_on_clips, score_split
 from pipelines.tracks import clip_tracks

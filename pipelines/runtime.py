@@ -25,8 +25,8 @@ from detector.pose import PoseFrame
 from detector.pose_model import PoseModel
 from detector.sources import CameraSource, SourceConfig
 from detector.tracking import CameraTracker
+from forecasting.checkpoint import Checkpoint, load_checkpoint
 from forecasting.scoring import ScorerConfig, resolve_scorer
-from forecasting.train import Checkpoint, load_checkpoint
 from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.annotate import AnnotatedVideoWriter, draw_persons, snapshot_jpeg
 from pipelines.broker import EmbeddedBroker

@@ -37,8 +37,8 @@ from typing import Any
 
 from detector.pose import PoseFrame
 from detector.posefiles import PoseFileError, decode_poseframe
+from forecasting.checkpoint import load_checkpoint
 from forecasting.scoring import ScorerConfig, resolve_scorer
-from forecasting.train import load_checkpoint
 from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
 from pipelines.config import PosewatchConfig
 from pipelines.kafka_sink import KafkaAlertSink

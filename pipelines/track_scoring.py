@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.pose import PoseFrame
+from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
-from forecasting.train import Checkpoint
 from forecasting.windows import Windows, cut_windows
 
 

@@ -9,17 +9,15 @@ from pathlib import Path
 import typer
 
 from detector.skeleton import FLIP_INDEX
+from forecasting.checkpoint import attach_posture, load_checkpoint, save_checkpoint
 from forecasting.evaluate import default_samplers, evaluate_forecasts, format_table, rows_as_dicts
 from forecasting.posture import PostureConfig
 from forecasting.torch_model import GRUNF, ModelConfig, count_parameters
 from forecasting.train import (
     TrainConfig,
-    attach_posture,
     build_windows,
     fit_posture,
-    load_checkpoint,
     make_ensemble,
-    save_checkpoint,
     split_clips,
     train,
 )

@@ -57,16 +57,10 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     import torch
 
     from detector.skeleton import FLIP_INDEX
+    from forecasting.checkpoint import save_checkpoint
     from forecasting.posture import PostureConfig
     from forecasting.torch_model import ModelConfig
-    from forecasting.train import (
-        TrainConfig,
-        build_windows,
-        fit_posture,
-        save_checkpoint,
-        split_clips,
-        train,
-    )
+    from forecasting.train import TrainConfig, build_windows, fit_posture, split_clips, train
     from forecasting.windows import WindowConfig
     from pipelines.tracks import load_tracks
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forecasting.checkpoint import load_checkpoint, save_checkpoint
 from forecasting.scoring import (
     POSTURE_SCORERS,
     SAMPLE_SCORERS,
@@ -16,7 +17,6 @@ from forecasting.scoring import (
     score_windows_many,
 )
 from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.train import load_checkpoint, save_checkpoint
 from forecasting.windows import Standardizer, WindowConfig, Windows, cut_windows, fill_unseen
 from tests.forecasting.test_flow import randomize
 

@@ -9,6 +9,12 @@ import pytest
 import torch
 
 from detector.skeleton import FLIP_INDEX
+from forecasting.checkpoint import (
+    attach_posture,
+    load_checkpoint,
+    save_checkpoint,
+    update_checkpoint,
+)
 from forecasting.detection_metrics import roc_auc
 from forecasting.posture import (
     COCO_EDGES,
@@ -25,14 +31,7 @@ from forecasting.scoring import (
     score_windows_many,
 )
 from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.train import (
-    attach_posture,
-    build_windows,
-    load_checkpoint,
-    save_checkpoint,
-    split_clips,
-    update_checkpoint,
-)
+from forecasting.train import build_windows, split_clips
 from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
 from pipelines.config import PosewatchConfig
 from pipelines.runtime import RuntimeConfigError, resolve_threshold

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from forecasting.checkpoint import load_checkpoint
 from forecasting.detection_metrics import roc_auc
 from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, resolve_scorer, score_windows
-from forecasting.train import build_windows, load_checkpoint
+from forecasting.train import build_windows
 from forecasting.windows import Windows
 from pipelines.tracks import load_tracks
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from forecasting.checkpoint import load_checkpoint, save_checkpoint
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, ModelConfig, to_tensor
-from forecasting.train import load_checkpoint, save_checkpoint
 from forecasting.windows import Standardizer, WindowConfig, cut_windows, fill_unseen
 from tests.forecasting.test_flow import randomize
 

@@ -6,17 +6,10 @@ import pytest
 import torch
 
 from detector.skeleton import FLIP_INDEX
+from forecasting.checkpoint import load_checkpoint, save_checkpoint
 from forecasting.snf import SNF_DEFAULT
 from forecasting.torch_model import GRUNF, Ensemble, ModelConfig, to_tensor
-from forecasting.train import (
-    TrainConfig,
-    build_windows,
-    evaluate_nll,
-    load_checkpoint,
-    save_checkpoint,
-    split_clips,
-    train,
-)
+from forecasting.train import TrainConfig, build_windows, evaluate_nll, split_clips, train
 from forecasting.windows import Standardizer, WindowConfig, fill_unseen
 from pipelines.tracks import load_tracks
 

@@ -7,8 +7,8 @@ import pytest
 
 from detector.datasets import load_split
 from detector.pose import frames_from_tracks
+from forecasting.checkpoint import load_checkpoint
 from forecasting.scoring import ScorerConfig
-from forecasting.train import load_checkpoint
 from pipelines.evaluation import score_clip
 from pipelines.track_scoring import TrackScorer
 

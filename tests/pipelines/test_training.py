@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from forecasting.checkpoint import load_checkpoint, update_checkpoint
 from forecasting.posture import PostureConfig
 from forecasting.scoring import resolve_scorer
 from forecasting.torch_model import Ensemble
-from forecasting.train import load_checkpoint, update_checkpoint
 from pipelines.training import run_ensemble, run_posture, run_training
 
 

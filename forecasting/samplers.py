@@ -1,0 +1,119 @@
+"""The sampler registry: every named way of drawing futures, and lookup by name.
+
+``default_samplers(L)`` lists GRU-NF, the authors' mean-feedback decoding and the GRU-SNF
+variants kept in tables; variants that place MCMC blocks by layer position need the model's
+flow layer count ``L`` (a cold-start model has fewer layers than a trained one).
+``sampler_by_name`` resolves a name for a given model: ``default`` is the checkpoint's own
+sampler (the GRU-SNF default for every trained model).
+
+Example:
+    >>> [s.name for s in default_samplers()][:3]
+    ['gru-nf', 'gru-nf-meanfb', 'gru-snf']
+    >>> sampler_by_name("gru-nf", num_layers=5).name
+    'gru-nf'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
+
+#: The sampler ``calibrate``, cold start and the service use unless told otherwise: the
+#: checkpoint's own (``default``), so a threshold is always served with the sampler it was
+#: calibrated with.
+DEFAULT_SAMPLER: Final = "default"
+
+
+def default_samplers(L: int = 7) -> list[SamplerConfig]:
+    """GRU-NF, the authors' mean-feedback decoding, and the GRU-SNF variants kept in tables.
+
+    Arguments:
+        L: layers of the model's flow (couplings + the final affine; 7 by default).
+    """
+    latent: dict[str, Any] = {"blocks": (0,), "interpolate": False, "step_size": 0.5}
+    return [
+        GRU_NF,
+        GRU_NF.with_(name="gru-nf-meanfb", mean_feedback=True),
+        SNF_DEFAULT,
+        SNF_DEFAULT.with_(name="gru-snf-weighted", weights=True),
+        SamplerConfig(name="snf-latent-point", kernel="rwm", target="point", steps=2, **latent),  # type: ignore[arg-type]
+        SamplerConfig(name="snf-latent-model", kernel="rwm", target="model", steps=1, **latent),  # type: ignore[arg-type]
+        SamplerConfig(
+            name="snf-latent-tempered0.7",
+            kernel="rwm",
+            target="tempered",
+            beta=0.7,
+            steps=1,
+            **latent,
+        ),  # type: ignore[arg-type]
+        SamplerConfig(
+            name="snf-latent-tempered0.5",
+            kernel="rwm",
+            target="tempered",
+            beta=0.5,
+            steps=2,
+            **latent,
+        ),  # type: ignore[arg-type]
+        SamplerConfig(
+            name="snf-latent-mala-tempered0.5",
+            kernel="mala",
+            target="tempered",
+            beta=0.5,
+            steps=1,
+            blocks=(0,),
+            interpolate=False,
+            step_size=0.6,
+        ),
+        SamplerConfig(
+            name="snf-paper-point-all",
+            kernel="rwm",
+            target="point",
+            steps=2,
+            adapt=True,
+            target_accept=0.4,
+        ),
+        SamplerConfig(
+            name="snf-interp-tempered0.5-L",
+            kernel="rwm",
+            target="tempered",
+            beta=0.5,
+            steps=2,
+            blocks=(L,),
+            adapt=True,
+            target_accept=0.4,
+        ),
+    ]
+
+
+def sampler_names(num_layers: int = 7) -> list[str]:
+    """Every name :func:`sampler_by_name` accepts (``default`` first)."""
+    return [DEFAULT_SAMPLER, *(s.name for s in default_samplers(num_layers))]
+
+
+def sampler_by_name(
+    name: str, num_layers: int = 7, own: SamplerConfig | None = None
+) -> SamplerConfig:
+    """The sampler called ``name`` for a model whose flow has ``num_layers`` layers.
+
+    Arguments:
+        name: ``default`` (``own``, the checkpoint's sampler) or a name of
+            :func:`default_samplers`.
+        num_layers: the model's flow layers (``model.flow.num_layers``).
+        own: the checkpoint's own sampler (``Checkpoint.sampler``); ``default`` without it is
+            the GRU-SNF default.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if name == DEFAULT_SAMPLER:
+        return own if own is not None else SNF_DEFAULT
+    for s in default_samplers(num_layers):
+        if s.name == name:
+            return s
+    raise ValueError(
+        f"unknown sampler {name!r}; choose from {', '.join(sampler_names(num_layers))}"
+    )
+
+
+__all__ = ["DEFAULT_SAMPLER", "default_samplers", "sampler_by_name", "sampler_names"]
