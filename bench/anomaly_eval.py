@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -37,8 +38,16 @@ from forecasting.scoring import (
     posture_of,
 )
 from forecasting.snf import GRU_NF, SNF_DEFAULT
-from pipelines.evaluation import load_clips, report, score_split_many, scoring_passes
-from pipelines.training import run_ensemble, run_posture, run_training
+from pipelines.clip_scoring import score_split_many
+from pipelines.offline.evaluation import load_clips, report, scoring_passes
+from pipelines.offline.training import (
+    EnsembleRequest,
+    PostureRequest,
+    TrainRequest,
+    run_ensemble,
+    run_posture,
+    run_training,
+)
 
 
 def main() -> None:
@@ -75,6 +84,7 @@ def main() -> None:
     ap.add_argument("--causal-sigma", type=float, default=6.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/anomaly_aihub2.json"))
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress
     torch.set_num_threads(2)
     clips = load_clips(args.data, "test")
     rows = []
@@ -86,7 +96,14 @@ def main() -> None:
             path = args.models / f"seed{run}{suffix}.pt"
             if not path.exists():
                 run_training(
-                    args.data, "train", path, not args.all_windows, 40, run, 12, 12, 1, "cpu", 18.0
+                    TrainRequest(
+                        args.data,
+                        path,
+                        normal_only=not args.all_windows,
+                        seed=run,
+                        device="cpu",
+                        members=1,
+                    )
                 )
             paths.append(path)
         ck_path = paths[0]
@@ -94,10 +111,10 @@ def main() -> None:
             ck_path = args.models / f"seed{seed}{suffix}-m{args.members}.pt"
             newest = max(p.stat().st_mtime for p in paths)
             if not ck_path.exists() or ck_path.stat().st_mtime < newest:
-                run_ensemble(paths, ck_path, args.data)
+                run_ensemble(EnsembleRequest(tuple(paths), ck_path, args.data))
         ck = load_checkpoint(ck_path)
         if any(k in POSTURE_SCORERS for k in args.scorers) and posture_of(ck.model) is None:
-            run_posture(ck_path, PostureConfig(), seed)  # as `posewatch posture --seed SEED`
+            run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)
         train_s = time.perf_counter() - t0
         members = ck.meta.get("ensemble_members", [])

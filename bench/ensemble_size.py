@@ -44,7 +44,7 @@ from forecasting.frame_scores import person_frame_scores, worst_person
 from forecasting.snf import GRU_NF
 from forecasting.torch_model import to_tensor
 from forecasting.windows import cut_windows, fill_unseen
-from pipelines.evaluation import ClipScores, pooled
+from pipelines.clip_scoring import ClipScores, pooled
 
 POWER = 3.0  # ScorerConfig.horizon_power
 

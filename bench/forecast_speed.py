@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.checkpoint import load_checkpoint
-from forecasting.evaluate import default_samplers
+from forecasting.samplers import default_samplers
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, ModelConfig
 from forecasting.windows import Standardizer

@@ -35,7 +35,7 @@ from detector.datasets import load_split
 from detector.pose import frames_from_tracks
 from pipelines.broker import EmbeddedBroker
 from pipelines.detect_service import encode_poseframe
-from pipelines.runtime import ensure_topic
+from pipelines.kafka_util import ensure_topic
 
 POSES = "posewatch.poses"
 

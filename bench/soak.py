@@ -26,7 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.broker import EmbeddedBroker
-from pipelines.runtime import ensure_topic
+from pipelines.kafka_util import ensure_topic
 
 VIDEO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "video" / "vtest.avi"
 

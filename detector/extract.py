@@ -15,10 +15,10 @@ from typing import Literal
 
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame, tracks_from_frames
-from detector.pose_model import PoseModel
 from detector.posefiles import write_jsonl, write_stgnf
 from detector.sources import CameraSource, Frame, SourceConfig, SourceError, SourceStatus
-from detector.tracking import CameraTracker, TrackerName
+from detector.stage import DetectStage, Predictor
+from detector.tracking import TrackerName
 
 
 @dataclass(slots=True)
@@ -36,7 +36,7 @@ class ExtractSummary:
 
 
 def track_video(
-    model: PoseModel,
+    model: Predictor,
     video: str | Path,
     camera: str = "video",
     batch_size: int = 4,
@@ -45,12 +45,25 @@ def track_video(
 ) -> Iterator[PoseFrame]:
     """Yield one tracked :class:`PoseFrame` per frame of a video file, in order.
 
+    Frames are read as fast as they are consumed (none dropped) and go through a
+    :class:`~detector.stage.DetectStage` (no ROI) in batches of up to ``batch_size``.
+
+    Arguments:
+        model: the pose model (a :class:`~detector.pose_model.PoseModel` or any
+            :class:`~detector.stage.Predictor`).
+        video: path of the video file.
+        camera: camera name stamped on every PoseFrame.
+        batch_size: most frames per inference call.
+        tracker: ``bytetrack`` or ``botsort``.
+        on_frame: called with each decoded frame and its PoseFrame before it is yielded.
+
     Raises:
-        SourceError: the file is missing, not a video, or ends early (truncated).
+        SourceError: the file is missing, not a video, or ends early (truncated); raised
+            after the frames read before the problem were yielded.
     """
     src = CameraSource(camera, SourceConfig(uri=str(video), queue_size=2 * batch_size)).start()
     mux = FrameMuxer([src], batch_size=batch_size, timeout=0.05)
-    trk = CameraTracker(camera, tracker)
+    stage = DetectStage(model, tracker)
     try:
         while True:
             batch = mux.next_batch()
@@ -58,11 +71,10 @@ def track_video(
                 if src.done or src.status == SourceStatus.OFFLINE:
                     break
                 continue
-            for frame, det in zip(batch, model.predict([f.image for f in batch]), strict=True):
-                pf = trk.update(det, frame.index, frame.timestamp, frame.image)
+            for d in stage.process(batch):
                 if on_frame is not None:
-                    on_frame(frame, pf)
-                yield pf
+                    on_frame(d.frame, d.poses)
+                yield d.poses
     finally:
         src.stop()
     if src.error:
@@ -70,7 +82,7 @@ def track_video(
 
 
 def extract_video(
-    model: PoseModel,
+    model: Predictor,
     video: str | Path,
     out_dir: str | Path,
     fmt: Literal["stgnf", "jsonl"] = "stgnf",

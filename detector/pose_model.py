@@ -9,6 +9,8 @@
 - Several frames (from several cameras) go through one inference call.
 
 Example:
+    >>> BACKENDS
+    ('auto', 'torch', 'openvino', 'onnx')
     >>> model = PoseModel(imgsz=960)  # doctest: +SKIP
     >>> dets = model.predict([frame_a, frame_b])  # doctest: +SKIP
 """
@@ -22,7 +24,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -30,7 +32,10 @@ from detector.weights import cache_dir, file_hash, resolve_weights
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "openvino", "onnx"]
+BackendName = Literal["auto", "torch", "openvino", "onnx"]
+#: Every backend name, in :data:`BackendName` order (for config and CLI choices).
+BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+Backend = BackendName  # the former name
 
 #: Default inference size. On vtest.avi (768x576, small people) yolo11n-pose at conf 0.25
 #: finds 3.6 persons per frame at 960, 4.75 at 1088 and 5.5 at 1280 (measured here, every
@@ -94,7 +99,7 @@ class PoseModel:
         self,
         weights: str | os.PathLike[str] | None = None,
         imgsz: int = DEFAULT_IMGSZ,
-        backend: Backend = "auto",
+        backend: BackendName = "auto",
         device: str | None = None,
         conf: float = 0.1,
         kpt_conf: float = 0.3,
@@ -109,7 +114,7 @@ class PoseModel:
         on_cuda = self.device.startswith("cuda")
         if backend == "auto":
             backend = "openvino" if not on_cuda and _has_module("openvino") else "torch"
-        self.backend: Backend = backend
+        self.backend: BackendName = backend
         self.half = on_cuda and backend == "torch" if half is None else half
         self.conf = conf
         self.kpt_conf = kpt_conf

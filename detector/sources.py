@@ -7,11 +7,20 @@ webcams, files paced at their fps) keep only the newest ``queue_size`` frames an
 they drop; files read as fast as possible (batch work) block instead, so no frame is lost.
 A stream that fails to open, stops delivering (``read`` fails, or no frame arrives for
 ``no_frame_timeout`` seconds) is reopened after ``retry_interval`` seconds, doubling up to
-``max_backoff``. Credentials in URLs never leave :func:`redact`.
+``max_backoff``; every reopen attempt counts in ``reconnects``. Credentials in URLs never leave
+:func:`redact`.
+
+One class per kind of source (:class:`FileSource`, :class:`StreamSource`,
+:class:`WebcamSource`, :class:`FolderSource`), named in :data:`SOURCE_KINDS`;
+``CameraSource(name, cfg)`` (or :func:`make_source`) builds the one that ``cfg.uri`` needs.
 
 Example:
     >>> redact("rtsp://admin:secret@10.0.0.5:554/stream1")
     'rtsp://***@10.0.0.5:554/stream1'
+    >>> type(CameraSource("gate", SourceConfig(uri="rtsp://10.0.0.5/stream1"))).__name__
+    'StreamSource'
+    >>> sorted(SOURCE_KINDS)
+    ['file', 'folder', 'stream', 'webcam']
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -95,7 +104,21 @@ class Frame:
 
 @dataclass(slots=True)
 class SourceStats:
-    """Counters and state of one source (a snapshot)."""
+    """Counters and state of one source (a snapshot).
+
+    Attributes:
+        camera: camera name.
+        kind: the source's kind (see :data:`SOURCE_KINDS`).
+        uri: the source URI with credentials redacted.
+        status: lifecycle state; ``reason`` says why (empty when online).
+        frames_read: frames decoded and queued since start.
+        frames_dropped: frames discarded: the oldest queued ones of a live source the consumer
+            did not take in time, and unreadable images of a folder.
+        reconnects: reopen attempts of a stream or webcam since start (each counted when it
+            starts, whether it then succeeds or not); 0 for files and folders.
+        fps: the source's frame rate (frames/s; 0 until known).
+        expected_frames: frames a file or folder announces, None when unknown or live.
+    """
 
     camera: str
     kind: SourceKind
@@ -144,17 +167,42 @@ class SourceError(RuntimeError):
 class CameraSource:
     """Reads one camera in a background thread; :meth:`read` returns its frames.
 
+    ``CameraSource(name, cfg)`` returns the subclass that ``cfg.uri`` needs
+    (``SOURCE_KINDS[source_kind(cfg.uri)]``); a subclass called directly is that kind
+    whatever the URI looks like. The base class holds what every kind shares: the reader
+    thread, the frame queue (blocking or dropping, see :attr:`live`), status, counters,
+    :meth:`read`, :meth:`stop`, :meth:`stats`, :attr:`done`. A kind implements
+    :meth:`_produce`, run in the thread (an exception there sets the source ``offline``
+    with :attr:`error`).
+
     Arguments:
         name: camera name.
         cfg: source configuration.
+
+    Attributes:
+        kind: ``file``, ``stream``, ``webcam`` or ``folder`` (a class attribute).
+        live: keeps only the newest ``cfg.queue_size`` frames and counts the rest as dropped
+            (streams, webcams, and files or folders with ``cfg.pace``); otherwise the reader
+            blocks until the consumer takes a frame, so none is lost.
+        error: why the source ended in error (camera name and redacted URI), else None.
     """
+
+    kind: ClassVar[SourceKind]
+    #: Always live (streams, webcams); files and folders are live only when paced.
+    always_live: ClassVar[bool] = False
+    #: :meth:`stats` reports ``reconnecting`` once no frame came for ``no_frame_timeout`` s.
+    watch_idle: ClassVar[bool] = False
+
+    def __new__(cls, name: str, cfg: SourceConfig) -> Self:
+        if cls is CameraSource:
+            return cast(Self, object.__new__(SOURCE_KINDS[source_kind(cfg.uri)]))
+        return object.__new__(cls)
 
     def __init__(self, name: str, cfg: SourceConfig):
         self.name = name
         self.cfg = cfg
-        self.kind = source_kind(cfg.uri)
         self.safe_uri = redact(cfg.uri)
-        self.live = self.kind in ("stream", "webcam") or cfg.pace
+        self.live = self.always_live or cfg.pace
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=max(1, cfg.queue_size))
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -170,12 +218,14 @@ class CameraSource:
         self.error: str | None = None
 
     # -- public ---------------------------------------------------------------------------------
-    def start(self) -> CameraSource:
+    def start(self) -> Self:
+        """Start the reader thread; returns the source itself."""
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the reader thread to end and wait up to ``timeout`` seconds for it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -197,9 +247,10 @@ class CameraSource:
         return self._status
 
     def stats(self) -> SourceStats:
+        """A snapshot of status and counters (thread-safe)."""
         with self._lock:
             status, reason = self._status, self._reason
-            if status == SourceStatus.ONLINE and self.kind == "stream":
+            if status == SourceStatus.ONLINE and self.watch_idle:
                 idle = time.monotonic() - self._last_frame
                 if idle > self.cfg.no_frame_timeout:
                     status, reason = SourceStatus.RECONNECTING, f"no frame for {idle:.0f} s"
@@ -216,7 +267,11 @@ class CameraSource:
                 self._expected,
             )
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- for the kinds --------------------------------------------------------------------------
+    def _produce(self) -> None:
+        """Read the source until it ends or :meth:`stop` is called (runs in the thread)."""
+        raise NotImplementedError
+
     def _set(self, status: SourceStatus, reason: str) -> None:
         with self._lock:
             changed = status != self._status or reason != self._reason
@@ -260,87 +315,39 @@ class CameraSource:
             self._read += 1
             self._last_frame = time.monotonic()
 
-    def _run(self) -> None:
-        try:
-            if self.kind == "folder":
-                self._run_folder()
-            else:
-                self._run_capture()
-        except Exception as exc:  # a broken camera must never take the process down
-            self.error = f"camera {self.name!r} ({self.safe_uri}): {redact(str(exc))}"
-            self._set(SourceStatus.OFFLINE, redact(str(exc)))
-
-    def _open(self) -> cv2.VideoCapture:
-        if self.kind == "webcam":
-            return cv2.VideoCapture(int(self.cfg.uri))
-        if self.kind == "stream":
-            params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                int(1000 * min(self.cfg.no_frame_timeout, 30)),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                int(1000 * self.cfg.no_frame_timeout),
-            ]
-            return cv2.VideoCapture(self.cfg.uri, cv2.CAP_FFMPEG, params)
-        return cv2.VideoCapture(self.cfg.uri)
+    def _count_reconnect(self) -> None:
+        with self._lock:
+            self._reconnects += 1
 
     def _wait(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
-    def _run_capture(self) -> None:
-        index = 0
-        failures = 0
-        backoff = self.cfg.retry_interval
-        if self.kind == "file" and not os.path.exists(self.cfg.uri):
-            self.error = f"camera {self.name!r}: video file {self.cfg.uri} does not exist"
-            self._set(SourceStatus.OFFLINE, "file does not exist")
-            return
-        while not self._stop.is_set():
-            cap = self._open()
-            if not cap.isOpened():
-                cap.release()
-                failures += 1
-                if self.kind == "file":
-                    self.error = f"camera {self.name!r}: cannot open video file {self.cfg.uri} (not a video, or truncated)"
-                    self._set(SourceStatus.OFFLINE, "cannot open file (not a video, or truncated)")
-                    return
-                if self.cfg.max_retries is not None and failures > self.cfg.max_retries:
-                    self._set(SourceStatus.OFFLINE, f"cannot open after {failures} attempts")
-                    return
-                self._set(
-                    SourceStatus.RECONNECTING,
-                    f"cannot open {self.safe_uri}; retrying in {backoff:.0f} s",
-                )
-                with self._lock:
-                    self._reconnects += 1
-                self._wait(backoff)
-                backoff = min(backoff * 2, self.cfg.max_backoff)
-                continue
-            failures = 0
-            backoff = self.cfg.retry_interval
-            fps = self.cfg.fps or cap.get(cv2.CAP_PROP_FPS) or 0.0
-            self._fps = float(fps) if fps and math.isfinite(fps) and fps < 1000 else 10.0
-            if self.kind == "file":
-                n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-                self._expected = n if n > 0 else None
-            self._set(SourceStatus.ONLINE, "")
-            index, ended = self._read_loop(cap, index)
-            cap.release()
-            if self._stop.is_set():
-                break
-            if self.kind == "file":
-                if ended == "truncated":
-                    return
-                if self.cfg.loop:
-                    continue
-                self._set(SourceStatus.FINISHED, "end of file")
-                return
-            with self._lock:
-                self._reconnects += 1
-            self._set(SourceStatus.RECONNECTING, f"{ended}; reopening in {backoff:.0f} s")
-            self._wait(backoff)
-            backoff = min(backoff * 2, self.cfg.max_backoff)
-        if self._status not in (SourceStatus.OFFLINE, SourceStatus.FINISHED):
-            self._set(SourceStatus.FINISHED, "stopped")
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except Exception as exc:  # a broken camera must never take the process down
+            self.error = f"camera {self.name!r} ({self.safe_uri}): {redact(str(exc))}"
+            self._set(SourceStatus.OFFLINE, redact(str(exc)))
+
+
+class _CaptureSource(CameraSource):
+    """A source read through ``cv2.VideoCapture`` (files, streams, webcams)."""
+
+    def _open(self) -> cv2.VideoCapture:
+        return cv2.VideoCapture(self.cfg.uri)
+
+    def _opened(self, cap: cv2.VideoCapture) -> None:
+        """Called once ``cap`` is open, before the first read: takes its frame rate."""
+        fps = self.cfg.fps or cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self._fps = float(fps) if fps and math.isfinite(fps) and fps < 1000 else 10.0
+
+    def _input_ended(self, got: int) -> str:
+        """``read`` failed after ``got`` frames of this opening: why (``truncated`` ends it)."""
+        raise NotImplementedError
+
+    def _stamp(self, index: int, start_index: int, t0: float, period: float) -> float:
+        """Timestamp of frame ``index`` (s); may wait to pace the source."""
+        raise NotImplementedError
 
     def _read_loop(self, cap: cv2.VideoCapture, index: int) -> tuple[int, str]:
         start_index = index
@@ -351,34 +358,160 @@ class CameraSource:
             ok, image = cap.read()
             decode_s = time.monotonic() - t_read
             if not ok or image is None:
-                if self.kind == "file":
-                    got = index - start_index
-                    exp = self._expected
-                    if exp is not None and got < exp - max(2, int(0.01 * exp)):
-                        self.error = (
-                            f"camera {self.name!r}: video file {self.cfg.uri} ended after {got} of "
-                            f"{exp} frames (truncated or corrupt)"
-                        )
-                        self._set(
-                            SourceStatus.OFFLINE,
-                            f"ended after {got} of {exp} frames (truncated or corrupt)",
-                        )
-                        return index, "truncated"
-                    return index, "end of file"
-                return index, "stream stopped delivering frames"
-            if self.kind == "file":
-                ts = index * period if period else float(index)
-                if self.cfg.pace and period:
-                    delay = t0 + (index - start_index + 1) * period - time.monotonic()
-                    if delay > 0:
-                        self._wait(delay)
-            else:
-                ts = time.time()
+                return index, self._input_ended(index - start_index)
+            ts = self._stamp(index, start_index, t0, period)
             self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s))
             index += 1
         return index, "stopped"
 
-    def _run_folder(self) -> None:
+    def _finish(self) -> None:
+        if self._status not in (SourceStatus.OFFLINE, SourceStatus.FINISHED):
+            self._set(SourceStatus.FINISHED, "stopped")
+
+
+class FileSource(_CaptureSource):
+    """A video file: read as fast as the consumer takes frames, or paced at its fps
+    (``cfg.pace``), looped with ``cfg.loop``. A missing, unreadable or truncated file (fewer
+    frames than its header announces, beyond 1% or 2 frames) ends ``offline`` with
+    :attr:`error` naming the file."""
+
+    kind = "file"
+
+    def _produce(self) -> None:
+        if not os.path.exists(self.cfg.uri):
+            self.error = f"camera {self.name!r}: video file {self.cfg.uri} does not exist"
+            self._set(SourceStatus.OFFLINE, "file does not exist")
+            return
+        index = 0
+        while not self._stop.is_set():
+            cap = self._open()
+            if not cap.isOpened():
+                cap.release()
+                self.error = f"camera {self.name!r}: cannot open video file {self.cfg.uri} (not a video, or truncated)"
+                self._set(SourceStatus.OFFLINE, "cannot open file (not a video, or truncated)")
+                return
+            self._opened(cap)
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            self._expected = n if n > 0 else None
+            self._set(SourceStatus.ONLINE, "")
+            index, ended = self._read_loop(cap, index)
+            cap.release()
+            if self._stop.is_set():
+                break
+            if ended == "truncated":
+                return
+            if self.cfg.loop:
+                continue
+            self._set(SourceStatus.FINISHED, "end of file")
+            return
+        self._finish()
+
+    def _input_ended(self, got: int) -> str:
+        exp = self._expected
+        if exp is not None and got < exp - max(2, int(0.01 * exp)):
+            self.error = (
+                f"camera {self.name!r}: video file {self.cfg.uri} ended after {got} of "
+                f"{exp} frames (truncated or corrupt)"
+            )
+            self._set(
+                SourceStatus.OFFLINE,
+                f"ended after {got} of {exp} frames (truncated or corrupt)",
+            )
+            return "truncated"
+        return "end of file"
+
+    def _stamp(self, index: int, start_index: int, t0: float, period: float) -> float:
+        if self.cfg.pace and period:
+            delay = t0 + (index - start_index + 1) * period - time.monotonic()
+            if delay > 0:
+                self._wait(delay)
+        return index * period if period else float(index)
+
+
+class _LiveCaptureSource(_CaptureSource):
+    """A live capture (stream, webcam): reopened with backoff whenever it fails to open or
+    stops delivering; every reopen attempt counts in ``reconnects``."""
+
+    always_live = True
+
+    def _produce(self) -> None:
+        index = 0
+        failures = 0
+        backoff = self.cfg.retry_interval
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self._count_reconnect()
+            first = False
+            cap = self._open()
+            if not cap.isOpened():
+                cap.release()
+                failures += 1
+                if self.cfg.max_retries is not None and failures > self.cfg.max_retries:
+                    self._set(SourceStatus.OFFLINE, f"cannot open after {failures} attempts")
+                    return
+                self._set(
+                    SourceStatus.RECONNECTING,
+                    f"cannot open {self.safe_uri}; retrying in {backoff:.0f} s",
+                )
+                self._wait(backoff)
+                backoff = min(backoff * 2, self.cfg.max_backoff)
+                continue
+            failures = 0
+            backoff = self.cfg.retry_interval
+            self._opened(cap)
+            self._set(SourceStatus.ONLINE, "")
+            index, ended = self._read_loop(cap, index)
+            cap.release()
+            if self._stop.is_set():
+                break
+            self._set(SourceStatus.RECONNECTING, f"{ended}; reopening in {backoff:.0f} s")
+            self._wait(backoff)
+            backoff = min(backoff * 2, self.cfg.max_backoff)
+        self._finish()
+
+    def _input_ended(self, got: int) -> str:
+        return "stream stopped delivering frames"
+
+    def _stamp(self, index: int, start_index: int, t0: float, period: float) -> float:
+        return time.time()
+
+
+class StreamSource(_LiveCaptureSource):
+    """An RTSP/HTTP stream through FFmpeg, with open and read timeouts from
+    ``cfg.no_frame_timeout`` (open: at most 30 s); :meth:`stats` reports ``reconnecting``
+    once no frame came for ``no_frame_timeout`` seconds."""
+
+    kind = "stream"
+    watch_idle = True
+
+    def _open(self) -> cv2.VideoCapture:
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(1000 * min(self.cfg.no_frame_timeout, 30)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(1000 * self.cfg.no_frame_timeout),
+        ]
+        return cv2.VideoCapture(self.cfg.uri, cv2.CAP_FFMPEG, params)
+
+
+class WebcamSource(_LiveCaptureSource):
+    """A local camera by index (``cfg.uri`` is its number, e.g. ``"0"``)."""
+
+    kind = "webcam"
+
+    def _open(self) -> cv2.VideoCapture:
+        return cv2.VideoCapture(int(self.cfg.uri))
+
+
+class FolderSource(CameraSource):
+    """A folder of images (sorted by name; suffixes in ``IMAGE_SUFFIXES``) played at
+    ``cfg.fps`` (10 by default); unreadable images are skipped and counted as dropped, an
+    empty folder ends ``offline``."""
+
+    kind = "folder"
+
+    def _produce(self) -> None:
         folder = Path(self.cfg.uri)
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -410,3 +543,21 @@ class CameraSource:
                 break
         if not self._stop.is_set():
             self._set(SourceStatus.FINISHED, "end of folder")
+
+
+#: The source class of each kind (what :func:`source_kind` names).
+SOURCE_KINDS: dict[SourceKind, type[CameraSource]] = {
+    "file": FileSource,
+    "stream": StreamSource,
+    "webcam": WebcamSource,
+    "folder": FolderSource,
+}
+
+
+def make_source(name: str, cfg: SourceConfig, kind: SourceKind | None = None) -> CameraSource:
+    """A new (not started) source of ``kind`` (default: :func:`source_kind` of ``cfg.uri``).
+
+    Raises:
+        KeyError: ``kind`` is not in :data:`SOURCE_KINDS`.
+    """
+    return SOURCE_KINDS[kind or source_kind(cfg.uri)](name, cfg)

@@ -4,13 +4,15 @@ One tracker per camera, never shared: track ids are per camera. Detections of se
 cameras come from one batched inference call; each camera's tracker then sees only its own.
 
 Example:
+    >>> TRACKERS
+    ('bytetrack', 'botsort')
     >>> tracker = CameraTracker("gate")  # doctest: +SKIP
     >>> frame = tracker.update(detections, frame_index=0, timestamp=0.0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from detector.pose import Person, PoseFrame
 from detector.pose_model import Detections
 
 TrackerName = Literal["bytetrack", "botsort"]
+#: Every tracker name, in :data:`TrackerName` order (for config and CLI choices).
+TRACKERS: tuple[TrackerName, ...] = get_args(TrackerName)
 
 
 def _tracker_args(

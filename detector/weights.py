@@ -7,7 +7,7 @@ passed a model name and Ultralytics is online.
 
 Example:
     >>> path = resolve_weights(None)  # doctest: +SKIP
-    >>> path.name
+    >>> path.name  # doctest: +SKIP
     'yolo11n-pose.pt'
 """
 

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
 DEFAULT_MEMBERS = 7
 DEFAULT_SAMPLES = 42
@@ -22,6 +22,16 @@ DEFAULT_SAMPLES = 42
 #: cancels the motion part (injected freezes: AUC 0.47 fused, 0.91 minhde; docs/DECISIONS.md,
 #: session 7). Operators who want it set ``scorer: fused``.
 DEFAULT_SCORER: Final = "minhde"
+
+#: Every scorer (:mod:`forecasting.scoring`); the config, the CLI and the registry derive
+#: their lists from this one.
+ScorerName = Literal["minhde", "minfde", "minade", "kde", "nll", "posture", "fused"]
+SCORERS: tuple[ScorerName, ...] = get_args(ScorerName)
+
+#: The sampler ``calibrate``, cold start and the service use unless told otherwise: the
+#: checkpoint's own (``default``, the GRU-SNF default for every trained model), so a
+#: threshold is served with the sampler it was calibrated with.
+DEFAULT_SAMPLER: Final = "default"
 
 #: Posture flows of the fused scorer (:mod:`forecasting.posture`): flows averaged, epochs per
 #: flow, weight of the posture score.

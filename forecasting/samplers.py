@@ -15,14 +15,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
+from forecasting.defaults import DEFAULT_SAMPLER
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
-
-#: The sampler ``calibrate``, cold start and the service use unless told otherwise: the
-#: checkpoint's own (``default``), so a threshold is always served with the sampler it was
-#: calibrated with.
-DEFAULT_SAMPLER: Final = "default"
 
 
 def default_samplers(L: int = 7) -> list[SamplerConfig]:

@@ -42,20 +42,20 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer registry
+from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
-ScorerName = Literal["kde", "nll", "minade", "minfde", "minhde", "posture", "fused"]
-SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "nll", "posture", "fused")
 #: Scorers that need K drawn futures.
 SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
 #: Scorers that need the checkpoint's posture flows (:mod:`forecasting.posture`).

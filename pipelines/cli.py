@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,10 +16,13 @@ from detector.datasets import DatasetError, load_split, splits, summarize
 from detector.posefiles import PoseFileError
 from forecasting.defaults import (
     DEFAULT_MEMBERS,
+    DEFAULT_SAMPLER,
     DEFAULT_SAMPLES,
+    DEFAULT_SCORER,
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
     POSTURE_WEIGHT,
+    SCORERS,
 )
 from pipelines import __version__
 
@@ -37,6 +41,34 @@ app.add_typer(config_app, name="config")
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+class _EchoHandler(logging.Handler):
+    """Prints each record's message as a plain line with ``typer.echo`` (stdout looked up at
+    each record, so typer's test runner captures it; warnings and errors to stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            typer.echo(record.getMessage(), err=record.levelno >= logging.WARNING)
+        except Exception:
+            self.handleError(record)
+
+
+def _offline_logging() -> None:
+    """Print the offline commands' messages (loggers under ``pipelines.offline``, INFO and
+    up) as plain lines; installed once."""
+    logger = logging.getLogger("pipelines.offline")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+#: Help of the sampler options (the names need torch to list; an unknown name lists them).
+_SAMPLER_HELP = (
+    f"{DEFAULT_SAMPLER} (the checkpoint's own: GRU-SNF for every trained model), gru-nf, "
+    "gru-snf, or any sampler of `posewatch forecast-eval` (an unknown name lists them all)"
+)
 
 
 @app.command()
@@ -108,24 +140,27 @@ def train(
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
     loss-curve PNG beside it."""
-    from pipelines.training import run_training
+    from pipelines.offline.training import TrainRequest, run_training
 
+    _offline_logging()
     try:
         run_training(
-            data,
-            split,
-            out,
-            normal_only,
-            epochs,
-            seed,
-            t_obs,
-            horizon,
-            frame_step,
-            device,
-            max_minutes,
-            split_seed,
-            members,
-            posture_flows,
+            TrainRequest(
+                data=data,
+                out=out,
+                split=split,
+                normal_only=normal_only,
+                epochs=epochs,
+                seed=seed,
+                t_obs=t_obs,
+                horizon=horizon,
+                frame_step=frame_step,
+                device=device,
+                max_minutes=max_minutes,
+                split_seed=split_seed,
+                members=members,
+                posture_flows=posture_flows,
+            )
         )
     except (DatasetError, PoseFileError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -142,10 +177,11 @@ def ensemble(
     ] = None,
 ) -> None:
     """Join models trained separately (e.g. in parallel, different seeds) into one ensemble."""
-    from pipelines.training import run_ensemble
+    from pipelines.offline.training import EnsembleRequest, run_ensemble
 
+    _offline_logging()
     try:
-        run_ensemble(model, out, data)
+        run_ensemble(EnsembleRequest(tuple(model), out, data))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -168,11 +204,12 @@ def posture(
     """Train posture flows on the checkpoint's normal training windows and add them to it
     (the posture and fused scorers need them)."""
     from forecasting.posture import PostureConfig
-    from pipelines.training import run_posture
+    from pipelines.offline.training import PostureRequest, run_posture
 
+    _offline_logging()
     try:
         cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight)
-        run_posture(model, cfg, seed, data)
+        run_posture(PostureRequest(model, cfg, seed, data))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -186,15 +223,28 @@ def forecast_eval(
     stride: Annotated[int, typer.Option(help="Distance between window starts.")] = 4,
     out: Annotated[Path | None, typer.Option(help="JSON file for the results.")] = None,
     sampler: Annotated[
-        list[str] | None, typer.Option(help="Only these sampler names (repeatable).")
+        list[str] | None,
+        typer.Option(help=f"Only these samplers (repeatable; default: all): {_SAMPLER_HELP}."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Forecast metrics (minADE/minFDE@K, ADE of mean, APD, energy, NLL) per sampler."""
-    from pipelines.training import run_forecast_eval
+    from pipelines.offline.training import ForecastEvalRequest, run_forecast_eval
 
+    _offline_logging()
     try:
-        run_forecast_eval(model, data, split, samples, stride, out, sampler, seed)
+        run_forecast_eval(
+            ForecastEvalRequest(
+                model=model,
+                data=data,
+                split=split,
+                samples=samples,
+                stride=stride,
+                out=out,
+                samplers=tuple(sampler or ()),
+                seed=seed,
+            )
+        )
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -207,14 +257,15 @@ def evaluate(
     scorer: Annotated[
         list[str] | None,
         typer.Option(
-            help="auto, fused, minhde, minfde, minade, kde, nll, posture (repeatable; default: "
-            "every one the checkpoint supports)."
+            help=f"auto, {', '.join(SCORERS)} (repeatable; default: every one the checkpoint "
+            "supports)."
         ),
     ] = None,
     sampler: Annotated[
         list[str] | None,
         typer.Option(
-            help="Sampler names for the sample-based scorers (repeatable; default: gru-nf, default)."
+            help=f"Samplers of the sample-based scorers (repeatable; default: gru-nf and "
+            f"{DEFAULT_SAMPLER}): {_SAMPLER_HELP}."
         ),
     ] = None,
     stride: Annotated[int, typer.Option(help="Score every n-th frame of each track.")] = 1,
@@ -230,23 +281,24 @@ def evaluate(
     ),
 ) -> None:
     """Frame AUC-ROC, AP, per-clip AUC and recall at 1 and 5 false alerts per camera-hour."""
-    from pipelines.evaluation import run_evaluate
+    from pipelines.offline.evaluation import EvaluateRequest, run_evaluate
 
+    _offline_logging()
     try:
-        run_evaluate(
-            model,
-            data,
-            split,
-            scorer,
-            sampler or ["gru-nf", "default"],
-            stride,
-            sigma,
-            causal_sigma,
-            fps,
-            out,
-            samples,
-            seed,
+        req = EvaluateRequest(
+            model=model,
+            data=data,
+            split=split,
+            scorers=tuple(scorer) if scorer else None,
+            stride=stride,
+            sigma=sigma,
+            causal_sigma=causal_sigma,
+            fps=fps,
+            samples=samples,
+            seed=seed,
+            out=out,
         )
+        run_evaluate(replace(req, samplers=tuple(sampler)) if sampler else req)
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -264,10 +316,17 @@ def calibrate(
     scorer: Annotated[
         str,
         typer.Option(
-            help="minhde (default), fused (needs posture flows), minfde, minade, kde, nll or posture."
+            help=f"auto (= {DEFAULT_SCORER}), {', '.join(SCORERS)}; posture and fused need "
+            "posture flows (`posewatch posture`)."
         ),
-    ] = "minhde",
-    sampler: Annotated[str, typer.Option(help="Sampler name (see forecast-eval).")] = "default",
+    ] = DEFAULT_SCORER,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="Sampler; calibrate for the one the service serves (forecaster.sampler): "
+            f"{_SAMPLER_HELP}."
+        ),
+    ] = DEFAULT_SAMPLER,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,
     fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
@@ -277,21 +336,24 @@ def calibrate(
     stride: Annotated[int, typer.Option(help="Score every n-th frame.")] = 1,
 ) -> None:
     """Fit the alert threshold on normal validation footage for a target false-alert rate."""
-    from pipelines.evaluation import run_calibrate
+    from pipelines.offline.evaluation import CalibrateRequest, run_calibrate
 
+    _offline_logging()
     try:
         run_calibrate(
-            model,
-            data,
-            split,
-            scorer,
-            sampler,
-            target_rate,
-            causal_sigma,
-            min_duration,
-            fps,
-            samples,
-            stride,
+            CalibrateRequest(
+                model=model,
+                data=data,
+                split=split,
+                target_rate=target_rate,
+                scorer=scorer,
+                sampler=sampler,
+                causal_sigma=causal_sigma,
+                min_duration=min_duration,
+                fps=fps,
+                samples=samples,
+                stride=stride,
+            )
         )
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
@@ -388,7 +450,8 @@ def run(
     import logging
 
     from pipelines.config import ConfigError, load_config
-    from pipelines.runtime import RuntimeConfigError, Service
+    from pipelines.run_service import Service
+    from pipelines.serving import RuntimeConfigError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -434,7 +497,7 @@ def _start_service(factory: Callable[[Any], Any], config: Path) -> Any:
     import logging
 
     from pipelines.config import ConfigError, load_config
-    from pipelines.runtime import RuntimeConfigError
+    from pipelines.serving import RuntimeConfigError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -23,7 +23,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from forecasting.defaults import DEFAULT_SAMPLES
+from detector.pose_model import BackendName
+from detector.tracking import TrackerName
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, ScorerName
 
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -109,7 +111,7 @@ class DetectorConfig(Base):
     imgsz: int = Field(
         1088, ge=32, le=4096, title="Image size", description="Inference size (long side)."
     )
-    backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
+    backend: BackendName = Field(
         "auto", title="Backend", description="auto: OpenVINO on CPU, torch on CUDA."
     )
     device: str | None = Field(
@@ -124,9 +126,7 @@ class DetectorConfig(Base):
     batch_timeout_ms: float = Field(
         20.0, ge=0, title="Batch timeout", description="Longest wait (ms) for a batch to fill."
     )
-    tracker: Literal["bytetrack", "botsort"] = Field(
-        "bytetrack", title="Tracker", description="Per-camera tracker."
-    )
+    tracker: TrackerName = Field("bytetrack", title="Tracker", description="Per-camera tracker.")
 
 
 class ForecasterConfig(Base):
@@ -143,9 +143,22 @@ class ForecasterConfig(Base):
         description="Futures drawn per person (split across the members of an ensemble).",
     )
     sampler: str = Field(
-        "gru-nf", title="Sampler", description="gru-nf, gru-snf, or any name of `forecast-eval`."
+        DEFAULT_SAMPLER,
+        title="Sampler",
+        description="default (the checkpoint's own: GRU-SNF for every trained model, the one "
+        "`posewatch calibrate` and cold start calibrate with), gru-nf, gru-snf, or any name of "
+        "`forecast-eval`. A threshold is only served with the sampler and K it was "
+        "calibrated for.",
     )
-    scorer: Literal["auto", "fused", "minhde", "minfde", "minade", "kde", "nll", "posture"] = Field(
+    seeding: Literal["frame", "batch"] = Field(
+        "frame",
+        title="Seeding",
+        description="frame: each camera frame's persons are scored with a seed drawn from "
+        "(camera, frame index), so `run` and `score` give identical scores and alert ids for "
+        "the same poses (one model call per frame); batch: frames of every camera share one "
+        "model call and one seed (more throughput with many cameras, not reproducible).",
+    )
+    scorer: Literal["auto"] | ScorerName = Field(
         "minhde",
         title="Scorer",
         description="How windows are scored (auto = minhde, the default); fused (motion + "
@@ -291,17 +304,20 @@ class OutputsConfig(Base):
     annotated_video: Path | None = Field(
         None,
         title="Annotated video",
-        description="Folder for one MP4 per camera with skeletons and scores.",
+        description="Folder for one MP4 per camera with skeletons and scores (on a blank "
+        "canvas in `posewatch score`).",
     )
     scores_jsonl: Path | None = Field(
         None,
         title="Scores JSONL",
-        description="`posewatch score`: append every person score (camera, track, frame).",
+        description="Append every person score (camera, track, frame, raw and smoothed) as a "
+        "JSON line (`run` and `score`).",
     )
     snapshots: Path | None = Field(
         None,
         title="Snapshots",
-        description="Folder for one JPEG per `new` alert with the skeleton drawn.",
+        description="Folder for one JPEG per `new` alert with the skeleton drawn (on a blank "
+        "canvas in `posewatch score`, which has no images).",
     )
 
 

@@ -1,6 +1,7 @@
-"""``posewatch detect``: cameras -> batched YOLO-pose -> per-camera tracking -> one
-``PoseFrame`` JSON message per camera frame on ``posewatch.poses``, keyed by camera id (the
-scale-out half of ``posewatch run`` that runs next to the cameras / GPUs).
+"""``posewatch detect``: cameras -> detect stage (batched YOLO-pose, per-camera tracking, ROI)
+-> one ``PoseFrame`` JSON message per camera frame on ``posewatch.poses``, keyed by camera id
+(the scale-out half of ``posewatch run`` that runs next to the cameras / GPUs; the same
+detect stage as ``run`` and ``extract``).
 
 Per-camera order is kept: messages are keyed by camera (one partition per camera) and the
 producer has one request in flight. Poses are live data: while the broker is unreachable the
@@ -12,24 +13,26 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
-from detector.tracking import CameraTracker
-from pipelines.config import PosewatchConfig
-from pipelines.metrics import Metrics
-from pipelines.runtime import (
+from detector.sources import CameraSource
+from detector.stage import DetectedFrame, DetectStage
+from pipelines.cameras import (
     CameraMonitor,
-    RuntimeConfigError,
-    Stoppable,
-    bound_heap_growth,
-    inside_roi,
-    kafka_client_config,
+    camera_rois,
+    observe_detected,
     open_sources,
     pose_model,
 )
+from pipelines.config import PosewatchConfig
+from pipelines.kafka_util import kafka_client_config
+from pipelines.metrics import Metrics
+from pipelines.service_base import RuntimeConfigError, ServiceBase
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,15 @@ def encode_poseframe(pf: PoseFrame) -> bytes:
     return json.dumps(pf.to_dict(), separators=(",", ":")).encode()
 
 
-class DetectService(Stoppable):
+class DetectService(ServiceBase):
     """Detect and track on every camera, publish PoseFrames.
 
     Arguments:
         cfg: configuration (``kafka.bootstrap_servers`` is required).
         metrics: metrics registry (a new one by default).
+
+    Raises:
+        RuntimeConfigError: no ``kafka.bootstrap_servers``.
     """
 
     def __init__(self, cfg: PosewatchConfig, metrics: Metrics | None = None):
@@ -65,24 +71,27 @@ class DetectService(Stoppable):
                 "posewatch detect needs kafka.bootstrap_servers: the cluster the "
                 "`posewatch score` members consume from"
             )
-        self.cfg = cfg
-        self.metrics = metrics or Metrics()
-        self._stop = threading.Event()
-        self.metrics_port: int | None = None
+        super().__init__(cfg, metrics)
+        self.summary = DetectSummary()
+        self.producer: Any = None
+        self.detecting: DetectStage | None = None
+        self.sources: dict[str, CameraSource] = {}
+        self.monitor: CameraMonitor | None = None
 
-    def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> DetectSummary:
+    def start_steps(self) -> Sequence[Callable[[], None]]:
+        return (
+            self.init_process,
+            self.init_metrics,
+            self.init_producer,
+            self.init_detector,
+            self.init_cameras,
+        )
+
+    def init_producer(self) -> None:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaError
-
-        from detector.muxer import FrameMuxer
 
         cfg = self.cfg
-        bound_heap_growth()
-        t0 = time.monotonic()
-        summary = DetectSummary()
-        if cfg.metrics.enabled:
-            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
-        producer = KafkaProducer(
+        self.producer = KafkaProducer(
             bootstrap_servers=cfg.kafka.bootstrap_servers,
             client_id=f"{cfg.kafka.client_id}-detect",
             acks="all",
@@ -92,73 +101,89 @@ class DetectService(Stoppable):
             max_block_ms=2000,
             **kafka_client_config(cfg),
         )
-        pose = pose_model(cfg)
-        sources = open_sources(cfg)
-        monitor = CameraMonitor(sources, self.metrics)
-        trackers = {n: CameraTracker(n, cfg.detector.tracker) for n in sources}
-        mux = FrameMuxer(
-            list(sources.values()), cfg.detector.batch_size, cfg.detector.batch_timeout_ms / 1000
+
+    def init_detector(self) -> None:
+        self.detecting = DetectStage(
+            pose_model(self.cfg), self.cfg.detector.tracker, camera_rois(self.cfg)
         )
-        m = self.metrics
 
-        def delivered(camera: str, ok: bool) -> None:
-            if ok:
-                summary.published += 1
-                m.poses_published.labels(camera=camera).inc()
-            else:
-                summary.dropped += 1
-                m.poses_dropped.labels(camera=camera).inc()
+    def init_cameras(self) -> None:
+        self.sources = open_sources(self.cfg)
+        self.monitor = CameraMonitor(self.sources, self.metrics)
 
+    def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> DetectSummary:
+        """Detect and publish until stopped, every source finished, ``max_seconds`` passed or
+        ``max_frames`` frames (all cameras) were processed."""
+        t0 = time.monotonic()
         try:
-            while not self._stop.is_set():
+            self.start()
+            d = self.cfg.detector
+            mux = FrameMuxer(list(self.sources.values()), d.batch_size, d.batch_timeout_ms / 1000)
+            while not self.stopping:
                 if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                     break
-                if max_frames is not None and sum(summary.frames.values()) >= max_frames:
+                if max_frames is not None and sum(self.summary.frames.values()) >= max_frames:
                     break
-                monitor.update()
+                assert self.monitor is not None and self.detecting is not None
+                self.monitor.update()
                 batch = mux.next_batch(idle_timeout=0.5)
                 if not batch:
                     if mux.done:
                         break
                     continue
-                t_det = time.perf_counter()
-                dets = pose.predict([f.image for f in batch])
-                det_s = (time.perf_counter() - t_det) / len(batch)
-                for f, d in zip(batch, dets, strict=True):
-                    pf = trackers[f.camera].update(d, f.index, f.timestamp, f.image)
-                    roi = cfg.cameras[f.camera].roi
-                    if roi is not None:
-                        pf.persons = [p for p in pf.persons if inside_roi(p.bbox, roi)]
-                    m.stage_latency.labels(camera=f.camera, stage="decode").observe(f.decode_s)
-                    m.stage_latency.labels(camera=f.camera, stage="detect").observe(det_s)
-                    m.frames_processed.labels(camera=f.camera).inc()
-                    m.persons_tracked.labels(camera=f.camera).set(len(pf.persons))
-                    summary.frames[f.camera] = summary.frames.get(f.camera, 0) + 1
-                    summary.persons += len(pf.persons)
-                    t_pub = time.perf_counter()
-                    try:
-                        fut = producer.send(
-                            cfg.kafka.poses_topic,
-                            key=f.camera.encode(),
-                            value=encode_poseframe(pf),
-                        )
-                        fut.add_callback(lambda _md, c=f.camera: delivered(c, True))
-                        fut.add_errback(lambda _e, c=f.camera: delivered(c, False))
-                    except KafkaError as exc:  # buffer full / broker unreachable: drop, count
-                        delivered(f.camera, False)
-                        log.warning("pose of %s frame %d dropped: %s", f.camera, f.index, exc)
-                    m.stage_latency.labels(camera=f.camera, stage="publish").observe(
-                        time.perf_counter() - t_pub
-                    )
+                detected = self.detecting.process(batch)
+                observe_detected(self.metrics, detected)
+                self.publish(detected)
         finally:
-            for src in sources.values():
-                src.stop()
-            monitor.update()
-            summary.camera_errors = dict(monitor.errors)
-            producer.flush(timeout=30)
-            producer.close(timeout=10)
-        summary.seconds = time.monotonic() - t0
-        return summary
+            self.shutdown()
+        self.summary.seconds = time.monotonic() - t0
+        return self.summary
+
+    def _delivered(self, camera: str, ok: bool) -> None:
+        if ok:
+            self.summary.published += 1
+            self.metrics.poses_published.labels(camera=camera).inc()
+        else:
+            self.summary.dropped += 1
+            self.metrics.poses_dropped.labels(camera=camera).inc()
+
+    def publish(self, detected: Sequence[DetectedFrame]) -> None:
+        """One message per frame; while the broker is unreachable poses are dropped and
+        counted (they are live data, not spooled)."""
+        from kafka.errors import KafkaError
+
+        for d in detected:
+            cam, pf = d.frame.camera, d.poses
+            self.summary.frames[cam] = self.summary.frames.get(cam, 0) + 1
+            self.summary.persons += len(pf.persons)
+            t_pub = time.perf_counter()
+            try:
+                fut = self.producer.send(
+                    self.cfg.kafka.poses_topic, key=cam.encode(), value=encode_poseframe(pf)
+                )
+                fut.add_callback(lambda _md, c=cam: self._delivered(c, True))
+                fut.add_errback(lambda _e, c=cam: self._delivered(c, False))
+            except KafkaError as exc:  # buffer full / broker unreachable: drop, count
+                self._delivered(cam, False)
+                log.warning("pose of %s frame %d dropped: %s", cam, pf.frame_index, exc)
+            self.metrics.stage_latency.labels(camera=cam, stage="publish").observe(
+                time.perf_counter() - t_pub
+            )
+
+    def stop_steps(self) -> Sequence[Callable[[], None]]:
+        return (self.stop_cameras, self.close_producer)
+
+    def stop_cameras(self) -> None:
+        for src in self.sources.values():
+            src.stop()
+        if self.monitor is not None:
+            self.monitor.update()
+            self.summary.camera_errors = dict(self.monitor.errors)
+
+    def close_producer(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(timeout=30)
+            self.producer.close(timeout=10)
 
 
 __all__ = ["DetectService", "DetectSummary", "encode_poseframe"]

@@ -67,6 +67,7 @@ class KafkaAlertSink:
         self.delivered = 0
         self.failed = 0
         self.connected = False
+        self._warned = False  # the outage in progress was logged
         self._producer: Any = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -153,9 +154,6 @@ class KafkaAlertSink:
                 self._producer = self._make_producer()
             if self._stop.is_set():
                 return 0
-                if not self.connected:
-                    log.info("kafka: connected to %s", ",".join(self.bootstrap_servers))
-                self.connected = True
             futures = [self._producer.send(self.topic, key=k.encode(), value=v) for k, v in batch]
             self._producer.flush(timeout=10)
         except Exception as exc:  # broker unreachable, metadata timeout, ...
@@ -168,6 +166,9 @@ class KafkaAlertSink:
             else:
                 break
         if done:
+            if not self.connected:
+                log.info("kafka: connected to %s", ",".join(self.bootstrap_servers))
+            self.connected = True
             self.spool.ack(done)
             self.delivered += done
             if self.on_delivery is not None:
@@ -185,11 +186,13 @@ class KafkaAlertSink:
         self.failed += n
         if self.on_delivery is not None:
             self.on_delivery(False, n)
-        if self.connected:
+        if self.connected or not self._warned:
+            # Once per outage: when a connection is lost, or the first failed round at start.
             log.warning(
                 "kafka: delivery to %s failed (%s); %d alerts wait in the spool",
                 ",".join(self.bootstrap_servers),
                 exc,
                 self.spool.pending(),
             )
+            self._warned = True
         self._drop_producer()

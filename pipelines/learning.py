@@ -26,8 +26,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,13 +38,25 @@ from detector.pose import PoseFrame, tracks_from_frames
 from detector.skeleton import FLIP_INDEX
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, update_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER
 from forecasting.frame_scores import smooth
-from forecasting.scoring import ScorerConfig, resolve_scorer
+from forecasting.scoring import ScorerConfig
 from forecasting.torch_model import ModelConfig
 from forecasting.train import TrainConfig, build_windows, train
 from forecasting.windows import WindowConfig
-from pipelines.evaluation import calibrate_on_clips, score_split
+from pipelines.clip_scoring import calibrate_on_clips, score_split
+from pipelines.model_provider import ServedModel, served_model
+from pipelines.serving import (
+    RuntimeConfigError,
+    ServingSpec,
+    calibration_record,
+    configured_scorer,
+    scorer_config,
+)
 from pipelines.tracks import clip_tracks
+
+if TYPE_CHECKING:
+    from pipelines.config import PosewatchConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +79,27 @@ class LearnSettings:
     min_duration_s: float = 0.5
     sigma: float = 6.0
     scorer: str = "minhde"
+    sampler: str = DEFAULT_SAMPLER
     samples: int = 20
     stride: int = 3
+    batch: int = 256
+
+    @classmethod
+    def from_config(cls, cfg: PosewatchConfig) -> LearnSettings:
+        """The settings of ``cfg``: ``cold_start`` fields by name, scoring from
+        ``forecaster``, the calibration target and minimum duration from ``alerting``."""
+        own = {f.name for f in fields(cls)}
+        cs = cfg.cold_start.model_dump()
+        fc = cfg.forecaster.model_dump()
+        values = {k: v for k, v in {**fc, **cs}.items() if k in own}
+        return cls(
+            **values,
+            seconds=cfg.cold_start.learn_minutes * 60,
+            target_per_hour=cfg.cold_start.target_false_alerts_per_hour
+            or cfg.alerting.target_false_alerts_per_hour,
+            min_duration_s=cfg.alerting.min_duration_s,
+            sigma=cfg.forecaster.smoothing_sigma,
+        )
 
 
 @dataclass(slots=True)
@@ -86,11 +119,24 @@ class SceneLearner:
     Arguments:
         camera: camera name.
         settings: learning settings.
+        scorer_for: the scorer configuration the learned model will be served with (its
+            threshold is calibrated with exactly that); default: ``settings``' scorer,
+            sampler and K.
     """
 
-    def __init__(self, camera: str, settings: LearnSettings):
+    def __init__(
+        self,
+        camera: str,
+        settings: LearnSettings,
+        scorer_for: Callable[[Checkpoint], ScorerConfig] | None = None,
+    ):
         self.camera = camera
         self.s = settings
+        self._scorer_for = scorer_for or (
+            lambda ck: scorer_config(
+                ck, settings.scorer, settings.sampler, settings.samples, settings.batch
+            )
+        )
         self.phase = "learning"
         self.error: str | None = None
         self._frames: list[PoseFrame] = []
@@ -103,7 +149,17 @@ class SceneLearner:
             try:
                 ck = load_checkpoint(saved)
                 thr = ck.calibration.get("threshold")
-                if thr is not None:
+                fitted = ServingSpec.from_calibration(ck.calibration)
+                serving = ServingSpec.of(ck, self._scorer_for(ck))
+                diff = serving.differences(fitted) if fitted is not None else ["unknown"]
+                if diff:
+                    log.warning(
+                        "%s: %s was calibrated for another configuration (%s); learning again",
+                        camera,
+                        saved,
+                        "; ".join(diff),
+                    )
+                elif thr is not None:
                     self._result = LearnedModel(ck, float(thr), saved, 0.0)
                     self.phase = "training"  # handed over at the first poll
                     log.info("%s: reusing the scene model learned before (%s)", camera, saved)
@@ -158,6 +214,12 @@ class SceneLearner:
         self.phase = "scoring"
         return self._result
 
+    def fail(self, error: str) -> None:
+        """Mark learning failed (detection goes on, the camera does not alert)."""
+        self.error = error
+        self.phase = "failed"
+        log.error("%s", error)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for background training; True when it is no longer running."""
         if self._thread is not None:
@@ -183,9 +245,7 @@ class SceneLearner:
                 self._result.threshold,
             )
         except Exception as exc:
-            self.error = f"learning the scene of camera {self.camera!r} failed: {exc}"
-            self.phase = "failed"
-            log.error("%s", self.error)
+            self.fail(f"learning the scene of camera {self.camera!r} failed: {exc}")
 
     def _learn(self, frames: list[PoseFrame], t0: float) -> LearnedModel:
         s = self.s
@@ -235,7 +295,7 @@ class SceneLearner:
             extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
         )
         ck = load_checkpoint(tmp)
-        scorer = ScorerConfig(name=resolve_scorer(s.scorer, ck.model), num_samples=s.samples)
+        scorer = self._scorer_for(ck)
         cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, progress=False)
         if n_win == 0:
             raise ValueError("no held-out windows to calibrate on; learn for longer")
@@ -249,7 +309,15 @@ class SceneLearner:
             log.warning("%s: %s; threshold = highest held-out score %.3f", self.camera, exc, top)
             hours = sum(len(c.frames) for c in cs) / fps / 3600
             cal = Calibration(top, s.target_per_hour, "holdout-max", fps, min_dur, hours)
-        update_checkpoint(tmp, calibration={**cal.to_dict(), "scorer": scorer.to_dict()})
+        update_checkpoint(
+            tmp,
+            calibration={
+                **cal.to_dict(),
+                **calibration_record(ck, scorer),
+                "sigma_causal": s.sigma,
+                "stride": s.stride,
+            },
+        )
         ck = load_checkpoint(tmp)
         info = {
             "train_windows": float(len(tr)),
@@ -259,10 +327,63 @@ class SceneLearner:
         return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
 
 
+class ColdStartProvider:
+    """Each camera learns its scene, then serves its own model (cold start).
+
+    Arguments:
+        cfg: configuration (``cold_start``, ``forecaster``, ``alerting``).
+        cameras: the cameras to learn.
+    """
+
+    def __init__(self, cfg: PosewatchConfig, cameras: Iterable[str]):
+        self.cfg = cfg
+        settings = LearnSettings.from_config(cfg)
+
+        def scorer_for(ckpt: Checkpoint) -> ScorerConfig:
+            return configured_scorer(ckpt, cfg.forecaster)
+
+        self.learners = {n: SceneLearner(n, settings, scorer_for) for n in cameras}
+        self.models: dict[str, ServedModel] = {}
+        log.info(
+            "no forecaster.checkpoint: each camera learns its scene from %.1f min of footage "
+            "first (cold start)",
+            cfg.cold_start.learn_minutes,
+        )
+
+    def model_for(self, camera: str) -> ServedModel | None:
+        return self.models.get(camera)
+
+    def phase(self, camera: str) -> str:
+        learner = self.learners.get(camera)
+        return learner.phase if learner is not None else "failed"
+
+    def observe(self, frame: PoseFrame, fps: float | None = None) -> None:
+        learner = self.learners.get(frame.camera)
+        if learner is not None:
+            learner.add(frame, fps)
+
+    def input_ended(self, camera: str) -> None:
+        learner = self.learners.get(camera)
+        if learner is not None:
+            learner.input_ended()
+
+    def poll(self) -> dict[str, ServedModel]:
+        ready: dict[str, ServedModel] = {}
+        for n, learner in self.learners.items():
+            learned = learner.poll()
+            if learned is None:
+                continue
+            try:
+                ready[n] = self.models[n] = served_model(learned.checkpoint, self.cfg)
+            except RuntimeConfigError as exc:
+                learner.fail(f"the learned model of camera {n!r} cannot be served: {exc}")
+        return ready
+
+
 def _tmpdir() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="posewatch-learn-")
 
 
-__all__ = ["PHASES", "LearnSettings", "LearnedModel", "SceneLearner"]
+__all__ = ["PHASES", "ColdStartProvider", "LearnSettings", "LearnedModel", "SceneLearner"]

@@ -37,9 +37,15 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
-        cam = ["camera"]
         self.build_info = Info("posewatch_build", "posewatch version", registry=r)
         self.build_info.info({"version": __version__})
+        self._camera_metrics(r)
+        self._alert_metrics(r)
+        self._scale_out_metrics(r)
+
+    def _camera_metrics(self, r: CollectorRegistry) -> None:
+        """Cameras, detection and per-stage latency."""
+        cam = ["camera"]
         self.frames_read = Counter(
             "posewatch_frames_read_total", "Frames decoded per camera", cam, registry=r
         )
@@ -97,6 +103,9 @@ class Metrics:
             buckets=(-10, -8, -6, -5, -4, -3, -2, -1, 0, 1, 2, 4, 8, 16),
             registry=r,
         )
+
+    def _alert_metrics(self, r: CollectorRegistry) -> None:
+        """Alerts, sinks and the Kafka spool."""
         self.alerts = Counter(
             "posewatch_alerts_total", "Alerts by type", ["camera", "type"], registry=r
         )
@@ -120,6 +129,26 @@ class Metrics:
             registry=r,
         )
 
+        self.sink_alerts = Counter(
+            "posewatch_sink_alerts_total", "Alerts a sink accepted", ["sink"], registry=r
+        )
+        self.sink_errors = Counter(
+            "posewatch_sink_errors_total",
+            "Alerts or frames a sink failed to take (the other sinks still got them)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_latency = Histogram(
+            "posewatch_sink_publish_seconds",
+            "Time a sink took to accept an alert",
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _scale_out_metrics(self, r: CollectorRegistry) -> None:
+        """The split services: scoring, consuming, dead letters, lag, pose publishing."""
+        cam = ["camera"]
         self.windows_scored = Counter(
             "posewatch_windows_scored_total", "Person windows scored", cam, registry=r
         )

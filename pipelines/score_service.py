@@ -1,5 +1,6 @@
 """``posewatch score``: a Kafka consumer group that scores the ``PoseFrame``s on
-``posewatch.poses`` and publishes alerts (the scale-out half of ``posewatch run``).
+``posewatch.poses`` and publishes alerts (the scale-out half of ``posewatch run``):
+Kafka -> score stage -> alert router, the same stage and router as ``posewatch run``.
 
 Delivery is at-least-once and alert ids are reproducible, so subscribers deduplicate by id:
 
@@ -11,7 +12,8 @@ Delivery is at-least-once and alert ids are reproducible, so subscribers dedupli
   there and rebuilds exactly the track buffers, smoothing and alert episodes the previous
   owner had, so it scores every window and re-derives the same alert ids.
 - **Deterministic scoring.** Each frame's persons are scored as one batch with a seed drawn
-  from ``(camera, frame index)``: the same input gives the same scores in any member.
+  from ``(camera, frame index)`` (``forecaster.seeding: frame``, the score stage's default):
+  the same input gives the same scores in any member, and in ``posewatch run``.
 - **Rebalances.** Partitions kept across a rebalance continue from this member's position;
   cameras of lost partitions are dropped (their new owner replays them); gained ones warm up.
 - **Bad messages** (not JSON, not a valid PoseFrame) are counted and forwarded to the
@@ -23,34 +25,26 @@ Episodes still open when a member stops are not ended: the next owner continues 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import socket
-import threading
 import time
-import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detector.pose import PoseFrame
 from detector.posefiles import PoseFileError, decode_poseframe
-from forecasting.checkpoint import load_checkpoint
-from forecasting.scoring import ScorerConfig, resolve_scorer
-from pipelines.alerts import Alert, AlertLifecycle, ModelInfo
+from pipelines.alerts import Alert
 from pipelines.config import PosewatchConfig
-from pipelines.kafka_sink import KafkaAlertSink
+from pipelines.kafka_util import kafka_client_config
 from pipelines.metrics import Metrics
-from pipelines.runtime import (
-    RuntimeConfigError,
-    Stoppable,
-    bound_heap_growth,
-    kafka_client_config,
-    resolve_threshold,
-)
-from pipelines.track_scoring import TrackScorer
+from pipelines.model_provider import CheckpointProvider
+from pipelines.score_stage import ScoredFrame, ScoreStage, frame_seed
+from pipelines.service_base import RuntimeConfigError, ServiceBase
+from pipelines.sinks import AlertRouter, FrameView, build_sinks
+from pipelines.sinks.kafka import KafkaSink
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +62,7 @@ class ScoreSummary:
     seconds: float = 0.0
 
 
-def frame_seed(camera: str, frame_index: int) -> int:
-    """The sampling seed of one camera frame (identical in every member)."""
-    return zlib.crc32(f"{camera}/{frame_index}".encode())
-
-
-class ScoreService(Stoppable):
+class ScoreService(ServiceBase):
     """One member of the ``posewatch score`` consumer group.
 
     Arguments:
@@ -81,6 +70,10 @@ class ScoreService(Stoppable):
             must name the cluster the detectors publish to).
         metrics: metrics registry (a new one by default).
         group_id: consumer group (default ``kafka.score_group``).
+
+    Raises:
+        RuntimeConfigError: no checkpoint or bootstrap servers, or a checkpoint that cannot
+            be served as configured.
     """
 
     def __init__(
@@ -96,66 +89,31 @@ class ScoreService(Stoppable):
                 "posewatch score needs kafka.bootstrap_servers: the cluster that "
                 "`posewatch detect` publishes poses to"
             )
-        self.cfg = cfg
+        super().__init__(cfg, metrics)
         if cfg.forecaster.threads is not None:
             import torch
 
             torch.set_num_threads(cfg.forecaster.threads)
-        self.metrics = metrics or Metrics()
         self.group_id = group_id or cfg.kafka.score_group
-        self._stop = threading.Event()
-        self.metrics_port: int | None = None
-        ckpt = load_checkpoint(cfg.forecaster.checkpoint)
-        self.threshold = resolve_threshold(cfg, ckpt)
-        from pipelines.evaluation import sampler_by_name
-
-        scorer = resolve_scorer(cfg.forecaster.scorer, ckpt.model)
-        self._base_cfg = ScorerConfig(
-            name=scorer,
-            num_samples=cfg.forecaster.samples,
-            sampler=sampler_by_name(ckpt, cfg.forecaster.sampler),
-            batch=cfg.forecaster.batch,
-        )
-        self.scorer = TrackScorer(
-            ckpt, self._base_cfg, cfg.forecaster.stride, cfg.forecaster.smoothing_sigma
-        )
-        self.model_info = ModelInfo(
-            name=f"gru-nf/{cfg.forecaster.sampler}/{scorer}",
-            version=str(ckpt.meta.get("code_version")),
-        )
-        self.lifecycles: dict[str, AlertLifecycle] = {}
+        self.provider = CheckpointProvider(cfg)
+        self.threshold = self.provider.model.threshold
+        self.scoring = ScoreStage(self.provider, cfg.alerting, cfg.forecaster.seeding)
         self.camera_tp: dict[str, Any] = {}  # camera -> TopicPartition
         self.track_start: dict[tuple[str, int], int] = {}  # (camera, track) -> first offset
         self.position: dict[Any, int] = {}  # TopicPartition -> next offset to process
         self.windows = 0
         self.consumed = 0  # messages taken from the poses topic (valid or not)
-        self._scores_fh = None
-        if cfg.outputs.scores_jsonl is not None:
-            cfg.outputs.scores_jsonl.parent.mkdir(parents=True, exist_ok=True)
-            self._scores_fh = open(cfg.outputs.scores_jsonl, "a", buffering=1)  # noqa: SIM115
+        self.summary = ScoreSummary()
+        self.router: AlertRouter | None = None
+        self.consumer: Any = None
+        self.dlq: Any = None
+        self._t0 = time.monotonic()
 
     # -- state ---------------------------------------------------------------------------
-    def _lifecycle(self, camera: str) -> AlertLifecycle:
-        life = self.lifecycles.get(camera)
-        if life is None:
-            a = self.cfg.alerting
-            life = self.lifecycles[camera] = AlertLifecycle(
-                camera,
-                self.threshold,
-                a.min_duration_s,
-                a.hysteresis,
-                a.update_interval_s,
-                a.cooldown_s,
-                a.top_joints,
-                self.model_info,
-            )
-        return life
-
     def drop_partition(self, tp: Any) -> None:
         """Forget every camera of a partition this member no longer owns."""
         for cam in [c for c, p in self.camera_tp.items() if p == tp]:
-            self.scorer.drop_camera(cam)
-            self.lifecycles.pop(cam, None)
+            self.scoring.drop_camera(cam)
             del self.camera_tp[cam]
             for key in [k for k in self.track_start if k[0] == cam]:
                 del self.track_start[key]
@@ -169,71 +127,74 @@ class ScoreService(Stoppable):
         pos = self.position.get(tp, 0)
         return min([pos, *starts])
 
-    def process(self, frame: PoseFrame, tp: Any, offset: int) -> list[Alert]:
-        """Score one PoseFrame (message ``offset`` of ``tp``); returns the alerts it causes."""
+    def score_frame(self, frame: PoseFrame, tp: Any, offset: int) -> ScoredFrame:
+        """Score one PoseFrame (message ``offset`` of ``tp``) through the score stage."""
         cam = frame.camera
         self.camera_tp[cam] = tp
         for p in frame.persons:
             self.track_start.setdefault((cam, p.track_id), offset)
-        self.scorer.cfg = dataclasses.replace(
-            self._base_cfg, seed=frame_seed(cam, frame.frame_index)
+        t0 = time.perf_counter()
+        (scored,) = self.scoring.process([frame])
+        self.metrics.stage_latency.labels(camera=cam, stage="score").observe(
+            time.perf_counter() - t0
         )
-        scores = self.scorer.add([frame])
-        self.metrics.windows_scored.labels(camera=cam).inc(len(scores))
-        self.windows += len(scores)
-        if self._scores_fh is not None:
-            for s in scores:
-                self._scores_fh.write(
-                    f'{{"camera":{json.dumps(cam)},"track_id":{s.track_id},'
-                    f'"frame_index":{s.frame_index},"score":{s.score:.6g},'
-                    f'"smoothed":{s.smoothed:.6g}}}\n'
-                )
-        life = self._lifecycle(cam)
-        alerts: list[Alert] = []
-        for s in scores:
+        self.metrics.windows_scored.labels(camera=cam).inc(len(scored.scores))
+        self.windows += len(scored.scores)
+        for s in scored.scores:
             self.metrics.anomaly_score.labels(camera=cam).observe(s.smoothed)
-            alerts += life.update(
-                s.track_id,
-                s.timestamp,
-                s.frame_index,
-                s.smoothed,
-                s.bbox.tolist(),
-                s.keypoints,
-                s.joints,
-            )
-        for tid in self.scorer.forget_stale(cam, frame.frame_index):
+        for tid in scored.lost:
             self.track_start.pop((cam, tid), None)
-            alerts += life.lost(tid, frame.timestamp)
-        return alerts
+        return scored
 
-    # -- main loop -----------------------------------------------------------------------
-    def run(self, max_seconds: float | None = None) -> ScoreSummary:
-        from kafka import KafkaConsumer, KafkaProducer
-        from kafka.consumer.subscription_state import ConsumerRebalanceListener
-        from kafka.structs import OffsetAndMetadata
+    def process(self, frame: PoseFrame, tp: Any, offset: int) -> list[Alert]:
+        """Score one PoseFrame and route what it causes; returns its alerts."""
+        scored = self.score_frame(frame, tp, offset)
+        if self.router is not None:
+            pf = scored.poses
+            view = FrameView(
+                pf.camera,
+                pf.frame_index,
+                pf.timestamp,
+                pf.image_size,
+                pf.persons,
+                None,
+                scored.scores,
+                scored.threshold,
+                scored.alerting,
+            )
+            self.router.publish(scored.alerts, view)
+            self.router.frame(view)
+        return scored.alerts
 
-        cfg = self.cfg
-        k = cfg.kafka
-        bound_heap_growth()
-        t0 = time.monotonic()
-        summary = ScoreSummary()
-        if cfg.metrics.enabled:
-            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
-            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self.metrics_port)
-        client = kafka_client_config(cfg)
+    # -- start-up -------------------------------------------------------------------------
+    def start_steps(self) -> Sequence[Callable[[], None]]:
+        return (self.init_process, self.init_metrics, self.init_sinks, self.init_consumer)
+
+    def init_sinks(self) -> None:
+        k = self.cfg.kafka
         member = f"{socket.gethostname()}-{os.getpid()}"
-        spool = Path(k.spool_dir) / f"score-{member}"
-        sink = KafkaAlertSink(
+        kafka = KafkaSink(
             k.bootstrap_servers,
             k.topic,
-            spool,
+            Path(k.spool_dir) / f"score-{member}",
+            self.metrics,
+            remove_empty_spool=True,
             client_id=f"{k.client_id}-score",
             spool_max_bytes=int(k.spool_max_mb * 2**20),
-            producer_config=client,
-            on_delivery=self.metrics.on_delivery,
+            producer_config=kafka_client_config(self.cfg),
         )
-        dlq = KafkaProducer(bootstrap_servers=k.bootstrap_servers, acks="all", retries=5, **client)
-        consumer = KafkaConsumer(
+        self.router = AlertRouter(build_sinks(self.cfg, kafka), self.metrics)
+
+    def init_consumer(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        k = self.cfg.kafka
+        client = kafka_client_config(self.cfg)
+        member = f"{socket.gethostname()}-{os.getpid()}"
+        self.dlq = KafkaProducer(
+            bootstrap_servers=k.bootstrap_servers, acks="all", retries=5, **client
+        )
+        self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers,
             group_id=self.group_id,
             client_id=f"{k.client_id}-score-{member}",
@@ -244,120 +205,136 @@ class ScoreService(Stoppable):
             heartbeat_interval_ms=max(100, int(k.session_timeout_s * 1000 / 4)),
             **client,
         )
-        service = self
+        self.consumer.subscribe([k.poses_topic], listener=_rebalance_listener(self))
 
-        def flush_and_commit() -> bool:
-            if not sink.flush(timeout=k.ack_timeout_s):
-                log.warning("alerts not acknowledged yet; offsets not committed")
-                return False
-            offsets = {
-                tp: OffsetAndMetadata(service.replay_point(tp), "", -1) for tp in service.position
-            }
-            if offsets:
-                consumer.commit(offsets)
-                summary.commits += 1
-            return True
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            # Runs on kafka-python's IO thread: nothing blocking here (no commit, no flush).
-            # Offsets were committed after the last acknowledged poll; a new owner replays
-            # from that replay point.
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                summary.rebalances += 1
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                keep = set(assigned)
-                for tp in [tp for tp in service.position if tp not in keep]:
-                    service.drop_partition(tp)
-                for tp in assigned:
-                    if tp in service.position:  # kept: continue where this member was
-                        consumer.seek(tp, service.position[tp])
-                log.info(
-                    "partitions now %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
-                )
-
-        consumer.subscribe([k.poses_topic], listener=Listener())
+    # -- main loop -----------------------------------------------------------------------
+    def run(self, max_seconds: float | None = None) -> ScoreSummary:
+        """Consume, score and publish until stopped or ``max_seconds`` passed."""
+        self._t0 = time.monotonic()
         last_lag = 0.0
         try:
-            while not self._stop.is_set():
-                if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+            self.start()
+            while not self.stopping:
+                if max_seconds is not None and time.monotonic() - self._t0 > max_seconds:
                     break
-                polled = consumer.poll(timeout_ms=500)
-                alerts: list[Alert] = []
+                polled = self.consumer.poll(timeout_ms=500)
                 for tp, records in polled.items():
                     for rec in records:
-                        summary.messages += 1
-                        self.consumed += 1
-                        self.metrics.messages_consumed.labels(partition=str(tp.partition)).inc()
-                        where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
-                        try:
-                            frame = decode_poseframe(rec.value, where)
-                        except PoseFileError as exc:
-                            summary.invalid += 1
-                            self.metrics.messages_invalid.labels(topic=tp.topic).inc()
-                            log.warning("dead-lettered %s", exc)
-                            dlq.send(
-                                k.dead_letter_topic,
-                                key=rec.key,
-                                value=rec.value,
-                                headers=[
-                                    ("error", str(exc).encode()[:1000]),
-                                    ("source", where.encode()),
-                                ],
-                            )
-                            self.position[tp] = rec.offset + 1
-                            continue
-                        t_sc = time.perf_counter()
-                        out = self.process(frame, tp, rec.offset)
-                        self.metrics.stage_latency.labels(
-                            camera=frame.camera, stage="score"
-                        ).observe(time.perf_counter() - t_sc)
-                        self.position[tp] = rec.offset + 1
-                        alerts += out
-                for a in alerts:
-                    self.metrics.alerts.labels(camera=a.camera, type=a.type).inc()
-                    summary.alerts[a.type] = summary.alerts.get(a.type, 0) + 1
-                    sink.publish(a.camera, a.model_dump_json().encode())
+                        self.handle_record(tp, rec)
                 if polled:
-                    dlq.flush(timeout=k.ack_timeout_s)
-                    flush_and_commit()
-                self.metrics.spool_messages.set(sink.pending())
+                    self.dlq.flush(timeout=self.cfg.kafka.ack_timeout_s)
+                    self.flush_and_commit()
+                assert self.router is not None
+                self.router.tick()
                 if time.monotonic() - last_lag > 2.0:
                     last_lag = time.monotonic()
-                    self._export_lag(consumer)
+                    self._export_lag()
         finally:
-            try:
-                flush_and_commit()
-            except Exception as exc:
-                log.warning("final commit failed: %s", exc)
-            consumer.close()
-            dlq.close(timeout=5)
-            sink.close(timeout=15.0)
-            if sink.pending() == 0:
-                import shutil
+            self.shutdown()
+        self.summary.windows = self.windows
+        self.summary.seconds = time.monotonic() - self._t0
+        return self.summary
 
-                shutil.rmtree(spool, ignore_errors=True)
-        summary.windows = self.windows
-        summary.seconds = time.monotonic() - t0
-        if self._scores_fh is not None:
-            self._scores_fh.close()
-        return summary
-
-    def _export_lag(self, consumer: Any) -> None:
+    def handle_record(self, tp: Any, rec: Any) -> None:
+        """One pose message: decode (bad ones to the dead-letter topic), score, route."""
+        self.summary.messages += 1
+        self.consumed += 1
+        self.metrics.messages_consumed.labels(partition=str(tp.partition)).inc()
+        where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
         try:
-            tps = list(consumer.assignment())
+            frame = decode_poseframe(rec.value, where)
+        except PoseFileError as exc:
+            self.dead_letter(tp, rec, where, exc)
+        else:
+            self.process(frame, tp, rec.offset)
+        self.position[tp] = rec.offset + 1
+
+    def dead_letter(self, tp: Any, rec: Any, where: str, exc: Exception) -> None:
+        self.summary.invalid += 1
+        self.metrics.messages_invalid.labels(topic=tp.topic).inc()
+        log.warning("dead-lettered %s", exc)
+        self.dlq.send(
+            self.cfg.kafka.dead_letter_topic,
+            key=rec.key,
+            value=rec.value,
+            headers=[("error", str(exc).encode()[:1000]), ("source", where.encode())],
+        )
+
+    def flush_and_commit(self) -> bool:
+        """Commit replay points once every sink has the alerts so far."""
+        from kafka.structs import OffsetAndMetadata
+
+        assert self.router is not None
+        if not self.router.flush(timeout=self.cfg.kafka.ack_timeout_s):
+            log.warning("alerts not acknowledged yet; offsets not committed")
+            return False
+        offsets = {tp: OffsetAndMetadata(self.replay_point(tp), "", -1) for tp in self.position}
+        if offsets:
+            self.consumer.commit(offsets)
+            self.summary.commits += 1
+        return True
+
+    def _export_lag(self) -> None:
+        try:
+            tps = list(self.consumer.assignment())
             if not tps:
                 return
-            ends = consumer.end_offsets(tps)
+            ends = self.consumer.end_offsets(tps)
             for tp in tps:
                 pos = self.position.get(tp)
                 if pos is None:
-                    pos = consumer.position(tp)
+                    pos = self.consumer.position(tp)
                 self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
                     max(0, ends[tp] - pos)
                 )
         except Exception as exc:  # metrics must not stop scoring
             log.debug("lag not exported: %s", exc)
+
+    # -- shutdown -------------------------------------------------------------------------
+    def stop_steps(self) -> Sequence[Callable[[], None]]:
+        # Episodes still open are not ended: the partition's next owner continues them.
+        return (self.final_commit, self.close_consumer, self.close_sinks)
+
+    def final_commit(self) -> None:
+        if self.consumer is not None and self.router is not None:
+            try:
+                self.flush_and_commit()
+            except Exception as exc:
+                log.warning("final commit failed: %s", exc)
+
+    def close_consumer(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.dlq is not None:
+            self.dlq.close(timeout=5)
+
+    def close_sinks(self) -> None:
+        if self.router is not None:
+            self.router.close(timeout=15.0)
+            self.summary.alerts = dict(self.router.counts)
+
+
+def _rebalance_listener(service: ScoreService) -> Any:
+    """A kafka-python rebalance listener for ``service``."""
+    from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        # Runs on kafka-python's IO thread: nothing blocking here (no commit, no flush).
+        # Offsets were committed after the last acknowledged poll; a new owner replays from
+        # that replay point.
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            service.summary.rebalances += 1
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            keep = set(assigned)
+            for tp in [tp for tp in service.position if tp not in keep]:
+                service.drop_partition(tp)
+            for tp in assigned:
+                if tp in service.position:  # kept: continue where this member was
+                    service.consumer.seek(tp, service.position[tp])
+            log.info("partitions now %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    return Listener()
 
 
 __all__ = ["ScoreService", "ScoreSummary", "frame_seed"]

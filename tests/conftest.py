@@ -94,11 +94,11 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     """
     import torch
 
-    from pipelines.training import run_training
+    from pipelines.offline.training import TrainRequest, run_training
 
     given = os.environ.get("POSEWATCH_DEFAULT_MODEL")
     if given:
         return Path(given)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("default_model") / "seed0-m3.pt"
-    return run_training(aihub2, "train", out, True, 40, 0, 12, 12, 1, "cpu", 18.0, 0, 3)
+    return run_training(TrainRequest(aihub2, out, device="cpu", members=3, progress=False))

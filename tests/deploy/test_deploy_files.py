@@ -67,7 +67,7 @@ def test_rules_and_dashboard_cover_what_operators_need() -> None:
 def test_every_promql_metric_is_exported_by_a_live_service(
     videos: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from pipelines.runtime import Service
+    from pipelines.run_service import Service
 
     cfg = load_config(
         data={

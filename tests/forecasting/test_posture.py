@@ -34,7 +34,7 @@ from forecasting.torch_model import GRUNF, ModelConfig
 from forecasting.train import build_windows, split_clips
 from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
 from pipelines.config import PosewatchConfig
-from pipelines.runtime import RuntimeConfigError, resolve_threshold
+from pipelines.serving import RuntimeConfigError, resolve_threshold
 from pipelines.tracks import load_tracks
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from detector.pose import Person
 from pipelines.alerts import Alert, AlertLifecycle
 from pipelines.annotate import AnnotatedVideoWriter, draw_persons, snapshot_jpeg
-from pipelines.jsonl_sink import JsonlAlertSink
+from pipelines.sinks.jsonl import JsonlSink
 
 
 def _person(tid: int = 5) -> Person:
@@ -49,10 +49,10 @@ def test_snapshot_and_video_writer(tmp_path: Path) -> None:
 
 
 def test_jsonl_sink_writes_one_valid_alert_per_line(tmp_path: Path) -> None:
-    sink = JsonlAlertSink(tmp_path / "out" / "alerts.jsonl")
+    sink = JsonlSink(tmp_path / "out" / "alerts.jsonl")
     life = AlertLifecycle("gate", threshold=1.0, min_duration_s=0.0)
     for a in life.update(1, 0.0, 0, 3.0) + life.update(1, 0.1, 1, 0.0):
-        sink.write(a)
+        sink.publish(a)
     sink.close()
     lines = (tmp_path / "out" / "alerts.jsonl").read_text().splitlines()
     assert [Alert.model_validate(json.loads(x)).type for x in lines] == ["new", "end"]

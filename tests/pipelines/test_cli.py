@@ -1,6 +1,8 @@
 import json
+import math
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -24,3 +26,99 @@ def test_data_summary_table_and_errors(aihub2: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["data", "summary", str(tmp_path)])
     assert bad.exit_code == 1
     assert "not a pose dataset" in bad.output
+
+
+def test_offline_requests_default_to_the_command_line_defaults() -> None:
+    from dataclasses import MISSING, fields
+
+    import typer
+
+    from pipelines.offline.evaluation import CalibrateRequest, EvaluateRequest
+    from pipelines.offline.training import ForecastEvalRequest, TrainRequest
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name, request in (
+        ("train", TrainRequest),
+        ("forecast-eval", ForecastEvalRequest),
+        ("evaluate", EvaluateRequest),
+        ("calibrate", CalibrateRequest),
+    ):
+        cli = {p.name: p.default for p in commands[name].params}
+        compared = 0
+        for f in fields(request):
+            if f.name in cli and f.default is not MISSING:
+                assert cli[f.name] == f.default, (name, f.name)
+                compared += 1
+        assert compared >= 4, name
+
+
+@pytest.fixture(scope="module")
+def cold_start_sized(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A one-clip dataset (a real AIHub2 test clip) and an untrained model of cold start's
+    size (4 flow layers, so 5 in the generative path: fewer than the 7 of a trained one)."""
+    import torch
+
+    from forecasting.checkpoint import save_checkpoint
+    from forecasting.torch_model import GRUNF, ModelConfig
+    from forecasting.train import build_windows
+    from forecasting.windows import Standardizer, WindowConfig
+    from pipelines.tracks import load_tracks
+
+    root = tmp_path_factory.mktemp("one_clip")
+    clip = sorted((aihub2 / "pose" / "test").glob("*.json"))[0]
+    (root / "pose" / "test").mkdir(parents=True)
+    (root / "pose" / "test" / clip.name).symlink_to(clip)
+    (root / "gt").symlink_to(aihub2 / "gt")
+    wcfg = WindowConfig()
+    windows = build_windows(load_tracks(root, "test"), wcfg, 8, normal_only=True)
+    torch.manual_seed(0)
+    mcfg = ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8)
+    model = GRUNF(mcfg, Standardizer.fit(windows))
+    return root, save_checkpoint(root / "tiny.pt", model, wcfg)
+
+
+def test_forecast_eval_on_a_cold_start_sized_model(
+    cold_start_sized: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, model = cold_start_sized
+    out = tmp_path / "forecast.json"
+    args = ["forecast-eval", "--model", str(model), "--data", str(data), "-k", "2"]
+    res = runner.invoke(app, [*args, "--stride", "64", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "normal windows of test (stride 64), K = 2" in res.output
+    samplers = json.loads(out.read_text())["samplers"]
+    assert samplers["snf-interp-tempered0.5-L"]["blocks"] == [5]  # the model's layer count
+    assert len(samplers) == 11
+    bad = runner.invoke(app, [*args, "--sampler", "nope"])
+    assert bad.exit_code == 1 and "choose from default, gru-nf" in bad.output
+
+
+def test_calibrate_stores_what_the_threshold_is_valid_for(
+    cold_start_sized: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from forecasting.checkpoint import load_checkpoint
+
+    data, original = cold_start_sized
+    model = shutil.copy(original, tmp_path / "m.pt")
+    common = ["--model", str(model), "--data", str(data), "--split", "test", "-k", "2"]
+    res = runner.invoke(app, ["calibrate", *common, "--stride", "8"])
+    assert res.exit_code == 0, res.output
+    assert "false alerts per camera-hour" in res.output and f"stored in {model}" in res.output
+    ck = load_checkpoint(model)
+    cal = ck.calibration
+    assert cal["model"] == ck.model_id(posture=False) and cal["stride"] == 8
+    assert cal["scorer"]["name"] == "minhde" and cal["scorer"]["num_samples"] == 2
+    assert cal["scorer"]["sampler"] == ck.sampler.to_dict()  # default: the checkpoint's own
+    assert cal["sigma_causal"] == 6.0 and math.isfinite(cal["threshold"])
+    # evaluate reports the stored threshold for exactly that configuration, not for gru-nf
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app, ["evaluate", *common, "--stride", "8", "--scorer", "minhde", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and "AUC off" in res.output
+    reports = json.loads((out / "evaluation.json").read_text())["reports"]
+    calibrated = {r["sampler"]: r["calibrated"] is not None for r in reports}
+    assert calibrated == {"gru-nf": False, "default": True}

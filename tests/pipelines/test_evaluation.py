@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.evaluation import scoring_passes
+from pipelines.offline.evaluation import scoring_passes
 
 
 def test_sample_scorers_share_a_pass_per_sampler_and_nll_runs_once() -> None:

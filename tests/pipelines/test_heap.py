@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from pipelines.runtime import bound_heap_growth
+from pipelines.service_base import bound_heap_growth
 
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="glibc mallopt")

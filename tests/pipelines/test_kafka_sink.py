@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.broker import EmbeddedBroker
 from pipelines.kafka_sink import KafkaAlertSink
-from pipelines.runtime import ensure_topic
+from pipelines.kafka_util import ensure_topic
 from pipelines.spool import DiskSpool
 
 pytestmark = pytest.mark.broker
@@ -87,3 +87,63 @@ def test_delivery_keys_order_and_broker_outage(tmp_path: Path) -> None:
         sink2.close()
     finally:
         broker.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()  # nothing listens: connections are refused
+    return port
+
+
+def test_broker_down_logs_delivery_failed_and_counts_publish_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pipelines.metrics import Metrics
+
+    caplog.set_level(logging.INFO, logger="pipelines.kafka_sink")
+    m = Metrics()
+    port = _free_port()
+    sink = KafkaAlertSink(
+        [f"127.0.0.1:{port}"], TOPIC, tmp_path / "spool", on_delivery=m.on_delivery,
+        retry_backoff_s=0.1, max_backoff_s=0.2,
+    )  # fmt: skip
+    try:
+        for i in range(3):
+            sink.publish("gate", json.dumps({"i": i}).encode())
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and m.publish_errors._value.get() < 1:
+            time.sleep(0.1)
+        # A failed round counts the alerts it tried (producer start-up against a refused
+        # port takes kafka-python's bootstrap timeout, so only the first round is awaited).
+        assert m.publish_errors._value.get() >= 1
+        assert m.published._value.get() == 0
+        warned = [r.getMessage() for r in caplog.records if "delivery to" in r.getMessage()]
+        assert len(warned) == 1
+        assert f"127.0.0.1:{port} failed" in warned[0] and "alerts wait in the spool" in warned[0]
+        assert not any("connected to" in r.getMessage() for r in caplog.records)
+        assert sink.pending() == 3
+    finally:
+        assert sink.close(timeout=0.5) is False  # still spooled: nothing was delivered
+    assert DiskSpool(tmp_path / "spool").pending() == 3
+
+
+def test_connected_is_logged_once_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pipelines.kafka_sink")
+    with EmbeddedBroker() as broker:
+        ensure_topic(broker.bootstrap, TOPIC)
+        sink = KafkaAlertSink([broker.bootstrap], TOPIC, tmp_path / "spool")
+        sink.publish("gate", b'{"i": 0}')
+        assert sink.flush(timeout=30)
+        sink.close()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs.count(f"kafka: connected to {broker.bootstrap}") == 1

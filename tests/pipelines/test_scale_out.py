@@ -21,7 +21,7 @@ from detector.pose import PoseFrame, frames_from_tracks
 from pipelines.broker import EmbeddedBroker
 from pipelines.config import load_config
 from pipelines.detect_service import encode_poseframe
-from pipelines.runtime import ensure_topic
+from pipelines.kafka_util import ensure_topic
 from pipelines.score_service import ScoreService
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ import pytest
 from pipelines.alerts import Alert
 from pipelines.broker import EmbeddedBroker
 from pipelines.config import load_config
-from pipelines.runtime import Service, ensure_topic
+from pipelines.kafka_util import ensure_topic
+from pipelines.run_service import Service
 
 
 def read_alerts(bootstrap: str, n: int, timeout: float = 30.0) -> list[Any]:

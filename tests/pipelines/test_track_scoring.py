@@ -9,7 +9,7 @@ from detector.datasets import load_split
 from detector.pose import frames_from_tracks
 from forecasting.checkpoint import load_checkpoint
 from forecasting.scoring import ScorerConfig
-from pipelines.evaluation import score_clip
+from pipelines.clip_scoring import score_clip
 from pipelines.track_scoring import TrackScorer
 
 

@@ -1,4 +1,5 @@
-"""PNG plots: loss curves, ROC curves, score timelines (matplotlib, headless)."""
+"""PNG plots of the offline commands: loss curves, ROC curves, score timelines (matplotlib,
+headless)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import matplotlib.pyplot as plt
 
 
 def plot_loss_curve(history: Sequence[dict[str, float]], path: Path) -> Path:
-    """Training loss, training NLL and validation NLL per epoch (per member of an ensemble)."""
+    """Training loss, training NLL and validation NLL per epoch (per member of an ensemble).
+
+    Arguments:
+        history: one row per epoch (and member) with ``epoch``, ``loss``, ``train_nll`` and
+            ``val_nll`` (nats per dimension) and, for an ensemble, ``member``.
+        path: PNG to write (folders are created).
+
+    Returns:
+        ``path``.
+    """
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     members = sorted({int(h.get("member", 0)) for h in history})
     for i, key, label in (
@@ -44,7 +54,8 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: Path) -> Path:
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
-    """ROC curves: ``{label: (fpr, tpr, auc)}``."""
+    """ROC curves: ``{label: (fpr (M,), tpr (M,), auc)}``, rates and AUC in 0..1; writes the
+    PNG ``path`` (folders are created) and returns it."""
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, lw=1.2, label=f"{label} (AUC {100 * auc:.1f})")
@@ -67,7 +78,18 @@ def plot_timeline(
     path: Path,
     threshold: float | None = None,
 ) -> Path:
-    """Score series of one clip over time with the anomalous frames shaded."""
+    """Score series of one clip over time with the anomalous frames shaded.
+
+    Arguments:
+        name: title (the clip's name).
+        series: label -> ``(N,)`` scores per frame.
+        labels: ``(N,)`` frame labels (> 0 = anomalous, shaded).
+        path: PNG to write (folders are created).
+        threshold: alert threshold drawn as a dashed line.
+
+    Returns:
+        ``path``.
+    """
     lab = np.asarray(labels)
     fig, ax = plt.subplots(figsize=(12, 2.6), dpi=90)
     lo, hi = np.inf, -np.inf

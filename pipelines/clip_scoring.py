@@ -1,0 +1,221 @@
+"""Scores of whole clips: every person window of a clip scored and turned into frame scores,
+and the alert threshold fitted on them.
+
+Used offline (``posewatch evaluate`` / ``calibrate``, :mod:`pipelines.offline`) and live
+(cold start fits its threshold on the held-out footage it learned from), so this module
+imports neither typer nor (unless a progress bar is asked for) tqdm.
+
+A clip's frame score is the worst person's score in that frame; each window's score is
+placed on the window's last frame (causal: the live service computes exactly these scores,
+see :mod:`pipelines.track_scoring`), and frames nobody is scored in get the clip's most
+normal score (:func:`forecasting.frame_scores.worst_person`).
+
+Example (holding sparse scores, as ``stride`` > 1 does):
+    >>> import numpy as np
+    >>> _hold(np.array([1.0, np.nan, np.nan, 2.0, np.nan]), 2).tolist()
+    [1.0, 1.0, nan, 2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector.datasets import Clip
+from forecasting.calibration import Calibration, calibrate_threshold, normal_segments
+from forecasting.checkpoint import Checkpoint
+from forecasting.frame_scores import person_frame_scores, smooth, worst_person
+from forecasting.scoring import ScorerConfig, score_windows_many
+from forecasting.torch_model import Forecaster
+from forecasting.windows import WindowConfig, cut_windows
+
+
+@dataclass(slots=True)
+class ClipScores:
+    """Raw (unsmoothed) frame scores of one clip, with its labels and per-person scores.
+
+    Attributes:
+        name: clip name.
+        frames: ``(N,)`` raw frame scores (worst person, empty frames filled), in the
+            scorer's units (higher = more anomalous).
+        labels: ``(N,)`` frame labels (1 = anomalous; zeros for an unlabelled clip).
+        persons: track id -> ``(N,)`` that person's scores, NaN where not scored.
+        windows: person windows scored.
+    """
+
+    name: str
+    frames: np.ndarray
+    labels: np.ndarray
+    persons: dict[int, np.ndarray] = field(default_factory=dict)
+    windows: int = 0
+
+
+def score_clip(
+    model: Forecaster,
+    wcfg: WindowConfig,
+    clip: Clip,
+    scorer: ScorerConfig,
+    stride: int = 1,
+) -> ClipScores:
+    """Score every window (stride ``stride``, in kept frames) of every track of a clip.
+
+    Each window's score is placed on its last frame and gaps are filled within each window
+    only (causal: the live service computes exactly these scores, see track_scoring).
+
+    Raises:
+        ValueError: an unknown scorer, or a posture scorer for a model without posture flows.
+    """
+    return score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride)[scorer.name]
+
+
+def score_clip_many(
+    model: Forecaster,
+    wcfg: WindowConfig,
+    clip: Clip,
+    scorer: ScorerConfig,
+    names: Sequence[str],
+    stride: int = 1,
+) -> dict[str, ClipScores]:
+    """:func:`score_clip` for several scorers ``names`` from one draw of futures per window
+    (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores."""
+    n = clip.num_frames
+    persons: dict[str, dict[int, np.ndarray]] = {k: {} for k in names}
+    n_windows = 0
+    for tid, tr in clip.tracks.items():
+        w = cut_windows(tr.keypoints, wcfg, stride=stride, fill="window")
+        if len(w):  # a window is scored at its last frame only if the person is there
+            w = w.select(tr.present[w.start + (wcfg.length - 1) * wcfg.frame_step])
+        if len(w) == 0:
+            continue
+        many = score_windows_many(model, w.poses, w.mask, w.visible, scorer, names)
+        n_windows += len(w)
+        end_rows = w.start + (wcfg.length - 1) * wcfg.frame_step
+        for k, s in many.items():
+            x = person_frame_scores(tr.frames[end_rows], s.score, n)
+            # with stride > 1, hold each score until the next scored frame
+            persons[k][tid] = _hold(x, stride * wcfg.frame_step) if stride > 1 else x
+    labels = clip.frame_labels()[:n]
+    return {
+        k: ClipScores(clip.name, worst_person(list(pp.values()), n), labels, pp, n_windows)
+        for k, pp in persons.items()
+    }
+
+
+def _hold(x: np.ndarray, span: int) -> np.ndarray:
+    """Copy of ``x`` (``(N,)``) with each finite value repeated over up to ``span - 1``
+    following NaN frames."""
+    out = x.copy()
+    last = np.nan
+    left = 0
+    for i in range(len(out)):
+        if np.isfinite(out[i]):
+            last, left = out[i], span - 1
+        elif left > 0:
+            out[i], left = last, left - 1
+    return out
+
+
+def pooled(
+    clips: Sequence[ClipScores], sigma: float, causal: bool
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Smoothed scores and labels of all clips concatenated, plus per-clip pairs.
+
+    Arguments:
+        clips: clip scores (at least one).
+        sigma: Gaussian smoothing, frames.
+        causal: half-Gaussian over past frames only (what the live service can do) instead
+            of the symmetric one.
+
+    Returns:
+        ``(scores (F,), labels (F,), [(scores (N_c,), labels (N_c,)) per clip])`` with ``F``
+        the frames of all clips.
+    """
+    per = [(smooth(c.frames, sigma, causal), c.labels) for c in clips]
+    return np.concatenate([p[0] for p in per]), np.concatenate([p[1] for p in per]), per
+
+
+def score_split(
+    ckpt: Checkpoint,
+    clips: Sequence[Clip],
+    scorer: ScorerConfig,
+    stride: int = 1,
+    progress: bool = True,
+) -> tuple[list[ClipScores], float, int]:
+    """Score all clips with the checkpoint's model.
+
+    Returns:
+        ``(clip scores in the order of clips, seconds, windows scored)``.
+
+    Raises:
+        ValueError: as :func:`score_clip`.
+    """
+    many, secs, n_windows = score_split_many(ckpt, clips, scorer, (scorer.name,), stride, progress)
+    return many[scorer.name], secs, n_windows
+
+
+def score_split_many(
+    ckpt: Checkpoint,
+    clips: Sequence[Clip],
+    scorer: ScorerConfig,
+    names: Sequence[str],
+    stride: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, list[ClipScores]], float, int]:
+    """:func:`score_split` for several scorers sharing one draw of futures per window;
+    returns ``({scorer name: clip scores}, seconds, windows scored)``. ``progress`` shows a
+    tqdm bar (one step per clip) on stderr."""
+    t0 = time.perf_counter()
+    out: dict[str, list[ClipScores]] = {k: [] for k in names}
+    n_windows = 0
+    for clip in _progress(clips, progress, f"score {'+'.join(names)}"):
+        many = score_clip_many(ckpt.model, ckpt.window_config, clip, scorer, names, stride)
+        for k, cs in many.items():
+            out[k].append(cs)
+        n_windows += next(iter(many.values())).windows
+    return out, time.perf_counter() - t0, n_windows
+
+
+def _progress(clips: Sequence[Clip], progress: bool, desc: str) -> Iterable[Clip]:
+    """``clips``, wrapped in a tqdm bar when ``progress`` (tqdm is imported only then)."""
+    if not progress:
+        return clips
+    from tqdm import tqdm
+
+    return tqdm(clips, desc=desc, unit="clip")
+
+
+def calibrate_on_clips(
+    clips: Sequence[ClipScores], sigma: float, fps: float, target_per_hour: float, min_duration: int
+) -> Calibration:
+    """Fit the threshold on the normal segments of (validation) clips' causal-smoothed scores.
+
+    Arguments:
+        clips: raw clip scores (normal frames are those labelled 0; segments shorter than
+            10 frames are dropped).
+        sigma: causal smoothing, frames (the service's).
+        fps: frame rate, frames per second.
+        target_per_hour: false alerts per camera-hour the threshold allows.
+        min_duration: frames an alert must last.
+
+    Raises:
+        ValueError: from :func:`forecasting.calibration.calibrate_threshold` (e.g. no normal
+            frames to fit on).
+    """
+    streams = []
+    for c in clips:
+        streams.extend(normal_segments(smooth(c.frames, sigma, True), c.labels, min_len=10))
+    return calibrate_threshold(streams, fps, target_per_hour, min_duration)
+
+
+__all__ = [
+    "ClipScores",
+    "calibrate_on_clips",
+    "pooled",
+    "score_clip",
+    "score_clip_many",
+    "score_split",
+    "score_split_many",
+]

@@ -1,0 +1,439 @@
+"""What ``posewatch evaluate`` and ``posewatch calibrate`` do: score every person window of a
+labelled split, turn the scores into frame scores and report AUC-ROC, AP, per-clip AUC and
+recall at false-alert rates; or fit the alert threshold on the validation clips.
+
+Protocol (same as STG-NF's, see ``../shared/benchmarks/anchors.md``): one frame-level AUC over
+all test frames of all clips concatenated; frame score = the worst person; frames nobody
+is scored in get the clip's most normal score. Two smoothings are reported: ``offline``
+(symmetric Gaussian, comparable with the literature) and ``causal`` (half-Gaussian over past
+frames only: what the live service can do). Clip scoring itself is
+:mod:`pipelines.clip_scoring` (shared with the live path).
+
+Example (scorers grouped into passes over a split):
+    >>> scoring_passes(["nll", "minhde", "kde"], ["gru-nf"])
+    [('gru-nf', ('minhde', 'kde')), (None, ('nll',))]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from detector.datasets import Clip, load_split
+from forecasting.calibration import Calibration
+from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.detection_metrics import (
+    alert_outcome,
+    average_precision,
+    recall_at_rates,
+    roc_auc,
+    roc_curve,
+)
+from forecasting.frame_scores import smooth
+from forecasting.samplers import DEFAULT_SAMPLER, sampler_by_name
+from forecasting.scoring import (
+    SAMPLE_SCORERS,
+    SCORERS,
+    ScorerConfig,
+    available_scorers,
+    resolve_scorer,
+)
+from forecasting.snf import GRU_NF, SamplerConfig
+from pipelines.clip_scoring import (
+    ClipScores,
+    calibrate_on_clips,
+    pooled,
+    score_split,
+    score_split_many,
+)
+from pipelines.offline.plots import plot_roc, plot_timeline
+from pipelines.serving import calibration_record, scorer_config
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateRequest:
+    """What to evaluate (``posewatch evaluate``; defaults are the command line's).
+
+    Attributes:
+        model: checkpoint.
+        data: labelled dataset folder (AIHub2 or STG-NF layout).
+        split: split to evaluate.
+        scorers: scorer names (``auto`` = the default scorer); None: every scorer the
+            checkpoint supports.
+        samplers: sampler names of the sample-based scorers (``default`` = the checkpoint's
+            own).
+        stride: score every n-th frame of each track.
+        sigma: offline (symmetric) smoothing, frames.
+        causal_sigma: causal smoothing, frames.
+        fps: frame rate of the dataset, frames per second.
+        samples: K futures per window.
+        seed: sampling seed.
+        out: output folder (``evaluation.json``, ``roc.png``, ``timelines/<clip>.png``).
+        progress: show progress bars (stderr).
+    """
+
+    model: Path
+    data: Path
+    split: str = "test"
+    scorers: tuple[str, ...] | None = None
+    samplers: tuple[str, ...] = (GRU_NF.name, DEFAULT_SAMPLER)
+    stride: int = 1
+    sigma: float = 9.5
+    causal_sigma: float = 6.0
+    fps: float = 30.0
+    samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    out: Path = Path("runs/evaluate")
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samplers", tuple(self.samplers))
+        if self.scorers is not None:
+            object.__setattr__(self, "scorers", tuple(self.scorers))
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrateRequest:
+    """What to calibrate (``posewatch calibrate``; defaults are the command line's).
+
+    Attributes:
+        model: checkpoint (the calibration is stored in it).
+        data: the dataset the model was trained on.
+        split: split holding the checkpoint's validation clips.
+        target_rate: false alerts per camera-hour the operator accepts.
+        scorer: scorer name (``auto`` = the default scorer).
+        sampler: sampler name (``default`` = the checkpoint's own, what the service serves).
+        causal_sigma: causal smoothing, frames.
+        min_duration: frames an alert must last.
+        fps: frame rate of the dataset, frames per second.
+        samples: K futures per window.
+        stride: score every n-th frame.
+        progress: show a progress bar (stderr).
+    """
+
+    model: Path
+    data: Path
+    split: str = "train"
+    target_rate: float = 1.0
+    scorer: str = DEFAULT_SCORER
+    sampler: str = DEFAULT_SAMPLER
+    causal_sigma: float = 6.0
+    min_duration: int = 15
+    fps: float = 30.0
+    samples: int = DEFAULT_SAMPLES
+    stride: int = 1
+    progress: bool = True
+
+
+@dataclass(slots=True)
+class ScorerReport:
+    """Metrics of one scorer on one split (AUCs, APs and recalls in 0..1).
+
+    Attributes:
+        scorer: scorer name.
+        sampler: sampler name (``-`` for scorers that draw no futures).
+        auc_offline: frame AUC-ROC, symmetric smoothing.
+        auc_causal: frame AUC-ROC, causal smoothing.
+        auc_raw: frame AUC-ROC, no smoothing.
+        ap_offline: average precision, symmetric smoothing.
+        ap_causal: average precision, causal smoothing.
+        mean_clip_auc_offline: mean per-clip AUC (clips with one class skipped).
+        mean_clip_auc_causal: the same, causal smoothing.
+        recall: event recall at 1 and 5 false alerts per camera-hour (one dict each).
+        seconds: scoring time of the pass, seconds.
+        windows_per_second: windows scored per second.
+        calibrated: the checkpoint's calibration and how its threshold does on this split
+            (only when it was fitted for this scorer configuration).
+    """
+
+    scorer: str
+    sampler: str
+    auc_offline: float
+    auc_causal: float
+    auc_raw: float
+    ap_offline: float
+    ap_causal: float
+    mean_clip_auc_offline: float
+    mean_clip_auc_causal: float
+    recall: list[dict[str, float]]
+    seconds: float
+    windows_per_second: float
+    calibrated: dict[str, Any] | None = None
+
+
+def report(
+    name: str,
+    sampler: str,
+    clips: Sequence[ClipScores],
+    sigma_offline: float,
+    sigma_causal: float,
+    fps: float,
+    seconds: float,
+    n_windows: int,
+    calibration: Calibration | None = None,
+    min_duration: int = 1,
+) -> ScorerReport:
+    """Compute every metric for one scorer's clip scores (smoothing in frames, ``fps`` in
+    frames per second; ``calibration``: also report how its threshold does)."""
+    s_off, y, per_off = pooled(clips, sigma_offline, False)
+    s_cau, _, per_cau = pooled(clips, sigma_causal, True)
+    s_raw = np.concatenate([c.frames for c in clips])
+    clip_auc_off = [roc_auc(lab, s) for s, lab in per_off]
+    clip_auc_cau = [roc_auc(lab, s) for s, lab in per_cau]
+    recalls = recall_at_rates(per_cau, fps, (1.0, 5.0), min_duration)
+    cal = None
+    if calibration is not None:
+        false, hit, n_ev, fa, nf = alert_outcome(per_cau, calibration.threshold, min_duration)
+        normal_hours = float((y == 0).sum()) / fps / 3600
+        cal = {
+            **calibration.to_dict(),
+            "test_false_per_hour": false / normal_hours if normal_hours else float("nan"),
+            "test_false_alerts": false,
+            "test_event_recall": hit / max(n_ev, 1),
+            "test_frame_recall": fa / max(nf, 1),
+        }
+    return ScorerReport(
+        scorer=name,
+        sampler=sampler,
+        auc_offline=roc_auc(y, s_off),
+        auc_causal=roc_auc(y, s_cau),
+        auc_raw=roc_auc(y, s_raw),
+        ap_offline=average_precision(y, s_off),
+        ap_causal=average_precision(y, s_cau),
+        mean_clip_auc_offline=float(np.nanmean(clip_auc_off)),
+        mean_clip_auc_causal=float(np.nanmean(clip_auc_cau)),
+        recall=[asdict(r) for r in recalls],
+        seconds=seconds,
+        windows_per_second=n_windows / seconds if seconds > 0 else float("nan"),
+        calibrated=cal,
+    )
+
+
+def scoring_passes(
+    scorers: Sequence[str], samplers: Sequence[T]
+) -> list[tuple[T | None, tuple[str, ...]]]:
+    """Group scorers into passes over a split: per sampler, the sample-based scorers (one
+    shared draw of futures); then the scorers that draw none (``nll``, ``posture``) alone
+    with no sampler (None).
+
+    Raises:
+        ValueError: a scorer name that does not exist.
+    """
+    unknown = [k for k in scorers if k not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorer {unknown}; choose from {', '.join(SCORERS)}")
+    sampled = tuple(k for k in SAMPLE_SCORERS if k in scorers)
+    passes: list[tuple[T | None, tuple[str, ...]]] = [(s, sampled) for s in samplers if sampled]
+    unsampled = tuple(k for k in SCORERS if k in scorers and k not in SAMPLE_SCORERS)
+    if unsampled:
+        passes.append((None, unsampled))
+    return passes
+
+
+def format_reports(rows: Sequence[ScorerReport]) -> str:
+    """A text table of reports, one row each (percentages; windows per second)."""
+    head = (
+        f"{'scorer':<8}{'sampler':<22}{'AUC off':>8}{'AUC cau':>8}{'AUC raw':>8}{'AP off':>8}{'AP cau':>8}"
+        f"{'clipAUC':>8}{'R@1/h':>7}{'R@5/h':>7}{'win/s':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.scorer:<8}{r.sampler:<22}{100 * r.auc_offline:>8.1f}{100 * r.auc_causal:>8.1f}{100 * r.auc_raw:>8.1f}"
+            f"{100 * r.ap_offline:>8.1f}{100 * r.ap_causal:>8.1f}{100 * r.mean_clip_auc_causal:>8.1f}"
+            f"{100 * r.recall[0]['event_recall']:>7.0f}{100 * r.recall[1]['event_recall']:>7.0f}{r.windows_per_second:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (folders are created; numpy floats as floats)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=float))
+
+
+def load_clips(data: Path, split: str) -> list[Clip]:
+    """Every clip of one split of a dataset (:func:`detector.datasets.load_split`)."""
+    return load_split(data, split)
+
+
+def _sampler(ckpt: Checkpoint, name: str) -> SamplerConfig:
+    """The sampler called ``name`` for the checkpoint's model (``default``: its own)."""
+    return sampler_by_name(name, ckpt.model.flow.num_layers, ckpt.sampler)
+
+
+def _stored_calibration(ckpt: Checkpoint) -> Calibration | None:
+    """The checkpoint's calibration, if it holds a threshold."""
+    if not ckpt.calibration or ckpt.calibration.get("threshold") is None:
+        return None
+    known = Calibration.__dataclass_fields__
+    return Calibration(**{k: v for k, v in ckpt.calibration.items() if k in known})
+
+
+@dataclass(slots=True)
+class _Results:
+    """What the passes of ``evaluate`` collect: reports, ROC curves, per-clip timelines."""
+
+    reports: list[ScorerReport]
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]]
+    timelines: dict[str, dict[str, np.ndarray]]
+    labels: dict[str, np.ndarray]
+
+
+def _score_passes(
+    req: EvaluateRequest, ckpt: Checkpoint, scorers: Sequence[str], clips: Sequence[Clip]
+) -> _Results:
+    """Every (scorer, sampler) pair scored; the sample-based scorers of one sampler share
+    one draw of futures (their seconds are the shared pass's)."""
+    calibration = _stored_calibration(ckpt)
+    res = _Results([], {}, {}, {})
+    for sname_or_none, names in scoring_passes(scorers, req.samplers):
+        sname = sname_or_none or "-"
+        sampler = _sampler(ckpt, sname_or_none or GRU_NF.name)
+        base = ScorerConfig(name=names[0], num_samples=req.samples, sampler=sampler, seed=req.seed)  # type: ignore[arg-type]
+        many, secs, nw = score_split_many(ckpt, clips, base, names, req.stride, req.progress)
+        for scorer in names:
+            cfg = replace(base, name=scorer)  # type: ignore[arg-type]
+            cs = many[scorer]
+            same = calibration is not None and ckpt.calibration.get("scorer") == cfg.to_dict()
+            rep = report(
+                scorer,
+                sname,
+                cs,
+                req.sigma,
+                req.causal_sigma,
+                req.fps,
+                secs,
+                nw,
+                calibration if same else None,
+            )
+            res.reports.append(rep)
+            s_off, y, _ = pooled(cs, req.sigma, False)
+            fpr, tpr = roc_curve(y, s_off)
+            res.curves[f"{scorer}/{sname}"] = (fpr, tpr, rep.auc_offline)
+            for c in cs:
+                series = smooth(c.frames, req.causal_sigma, True)
+                res.timelines.setdefault(c.name, {})[f"{scorer}/{sname}"] = series
+                res.labels[c.name] = c.labels
+    return res
+
+
+def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
+    """Score a labelled split with every (scorer, sampler) pair; write ``evaluation.json``,
+    ``roc.png`` and one timeline PNG per clip under ``req.out``; log the table.
+
+    Returns:
+        The payload written to ``evaluation.json`` (settings and one report per pair).
+
+    Raises:
+        ValueError: an unknown scorer or sampler, or a posture scorer for a checkpoint
+            without posture flows.
+        FileNotFoundError: no such checkpoint.
+        detector.datasets.DatasetError: ``req.data`` is not a pose dataset.
+    """
+    ckpt = load_checkpoint(req.model)
+    scorers = (
+        available_scorers(ckpt.model)
+        if req.scorers is None
+        else list(dict.fromkeys(resolve_scorer(k, ckpt.model) for k in req.scorers))
+    )
+    for name in req.samplers:  # unknown names fail before anything is scored
+        _sampler(ckpt, name)
+    clips = load_clips(req.data, req.split)
+    res = _score_passes(req, ckpt, scorers, clips)
+    req.out.mkdir(parents=True, exist_ok=True)
+    plot_roc(res.curves, req.out / "roc.png")
+    for name, series in res.timelines.items():
+        plot_timeline(name, series, res.labels[name], req.out / "timelines" / f"{name}.png")
+    normal_only = (ckpt.meta.get("train_config") or {}).get("normal_only", True)
+    payload = {
+        "model": str(req.model),
+        "code_version": ckpt.meta.get("code_version"),
+        "data": str(req.data),
+        "split": req.split,
+        "stride": req.stride,
+        "sigma_offline": req.sigma,
+        "sigma_causal": req.causal_sigma,
+        "fps": req.fps,
+        "K": req.samples,
+        "training_regime": "normal windows of the training split (train labels used to drop anomalous windows)"
+        if normal_only
+        else "all training windows (unsupervised)",
+        "reports": [asdict(r) for r in res.reports],
+    }
+    write_json(req.out / "evaluation.json", payload)
+    log.info(format_reports(res.reports))
+    log.info(
+        f"wrote {req.out / 'evaluation.json'}, {req.out / 'roc.png'} and "
+        f"{len(res.timelines)} timelines"
+    )
+    return payload
+
+
+def run_calibrate(req: CalibrateRequest) -> Calibration:
+    """Fit the alert threshold on the normal frames of the checkpoint's validation clips and
+    store it in the checkpoint.
+
+    The stored calibration holds the :class:`~forecasting.calibration.Calibration` fields
+    plus what it is valid for: ``scorer`` (the full :class:`ScorerConfig`, sampler and K
+    included), ``sigma_causal`` (frames), ``model`` (:meth:`Checkpoint.model_id`, with the
+    posture flows for the posture scorers) and ``stride``. The service refuses a threshold
+    fitted for another configuration than the one it serves.
+
+    Returns:
+        The calibration (threshold in the scorer's units after causal smoothing).
+
+    Raises:
+        ValueError: no validation clip of the checkpoint in ``req.data``, an unknown scorer
+            or sampler, or no normal footage to fit on.
+        FileNotFoundError: no such checkpoint.
+    """
+    ckpt = load_checkpoint(req.model)
+    val = set(ckpt.meta.get("validation_clips") or [])
+    clips = [c for c in load_clips(req.data, req.split) if not val or c.name in val]
+    if not clips:
+        raise ValueError(
+            f"no validation clips of the checkpoint found in {req.data}/pose/{req.split}"
+        )
+    cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
+    cs, _, _ = score_split(ckpt, clips, cfg, req.stride, progress=req.progress)
+    cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, req.min_duration)
+    update_checkpoint(
+        req.model,
+        calibration={
+            **cal.to_dict(),
+            **calibration_record(ckpt, cfg),  # "scorer" and "model"
+            "sigma_causal": req.causal_sigma,
+            "stride": req.stride,
+        },
+    )
+    log.info(
+        f"threshold {cal.threshold:.4f} for {req.target_rate:g} false alerts per camera-hour "
+        f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {len(clips)} clips); "
+        f"stored in {req.model}"
+    )
+    return cal
+
+
+__all__ = [
+    "CalibrateRequest",
+    "EvaluateRequest",
+    "ScorerReport",
+    "format_reports",
+    "load_clips",
+    "report",
+    "run_calibrate",
+    "run_evaluate",
+    "scoring_passes",
+    "write_json",
+]

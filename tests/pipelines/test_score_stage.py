@@ -1,0 +1,274 @@
+"""The score stage, the model provider and the run / score services' shared path, with
+synthetic PoseFrames and a small (untrained) forecaster: no YOLO, no broker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from detector.pose import Person, PoseFrame
+from forecasting.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER
+from forecasting.torch_model import GRUNF, ModelConfig
+from forecasting.windows import Standardizer, WindowConfig, Windows
+from pipelines.config import ForecasterConfig, PosewatchConfig
+from pipelines.learning import ColdStartProvider, LearnSettings
+from pipelines.model_provider import CheckpointProvider
+from pipelines.run_service import Service
+from pipelines.score_service import ScoreService
+from pipelines.score_stage import ScoreStage, frame_seed
+from pipelines.serving import (
+    RuntimeConfigError,
+    ServingSpec,
+    calibration_record,
+    resolve_threshold,
+    scorer_config,
+)
+
+SAMPLES = 8
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Any:
+    """Tiny models: one thread (two threads on a busy 2-core machine spin-wait, ~100x
+    slower per call)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def walker(rng: np.random.Generator, n: int, x0: float, jump_at: int | None) -> np.ndarray:
+    """``(n, 17, 3)`` pixel keypoints of a person walking right at 2 px/frame; from
+    ``jump_at`` on the joints jitter by tens of pixels per frame (an anomaly)."""
+    base = np.stack([np.linspace(-20, 20, 17), np.linspace(-80, 80, 17)], -1)
+    out = np.empty((n, 17, 3), np.float32)
+    for t in range(n):
+        kp = base + np.array([x0 + 2.0 * t, 400.0]) + rng.normal(0, 0.5, (17, 2))
+        if jump_at is not None and t >= jump_at:
+            kp += rng.normal(0, 25, (17, 2))
+        out[t, :, :2] = kp
+        out[t, :, 2] = 0.9
+    return out
+
+
+def synthetic_frames(n: int = 110, cameras: tuple[str, ...] = ("gate", "lawn")) -> list[PoseFrame]:
+    """Frames of 2 cameras (interleaved), 2 persons each; person 2 turns erratic at frame 60,
+    person 1 of ``gate`` leaves at frame 40 (its track is later lost)."""
+    rng = np.random.default_rng(7)
+    frames = []
+    for c, cam in enumerate(cameras):
+        people = {1: walker(rng, n, 100 + 50 * c, None), 2: walker(rng, n, 600, 60)}
+        for t in range(n):
+            persons = []
+            for tid, kp in people.items():
+                if cam == "gate" and tid == 1 and t >= 40:
+                    continue
+                k = kp[t]
+                box = np.r_[k[:, :2].min(0) - 5, k[:, :2].max(0) + 5].astype(np.float32)
+                persons.append(Person(tid, box, 0.9, k.copy()))
+            frames.append(PoseFrame(cam, t, t / 10.0, (1280, 720), persons))
+    frames.sort(key=lambda f: (f.frame_index, f.camera))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained GRU-NF (4 flow layers, as cold start builds), standardised on
+    random windows: enough to exercise scoring paths, not to detect anything."""
+    rng = np.random.default_rng(0)
+    L = 25
+    poses = rng.normal(0, 0.3, (64, L, 17, 2)).astype(np.float32)
+    ones = np.ones((64, L, 17), bool)
+    w = Windows(poses, ones, ones, np.ones((64, 3), np.float32), np.zeros(64, np.int64),
+                np.zeros(64, np.int64))  # fmt: skip
+    torch.manual_seed(0)
+    model = GRUNF(
+        ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8), Standardizer.fit(w)
+    ).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt", model, WindowConfig())
+
+
+def config(ckpt: Path, **forecaster: Any) -> PosewatchConfig:
+    return PosewatchConfig.model_validate(
+        {
+            "cameras": {"gate": {"source": "gate.mp4"}, "lawn": {"source": "lawn.mp4"}},
+            "forecaster": {"checkpoint": str(ckpt), "samples": SAMPLES, "stride": 2, **forecaster},
+            "alerting": {"min_duration_s": 0.2, "update_interval_s": 1.0, "cooldown_s": 0.5},
+            "kafka": {"bootstrap_servers": ["127.0.0.1:9"]},  # never contacted here
+            "metrics": {"enabled": False},
+            "outputs": {"alerts_jsonl": None},
+        }
+    )
+
+
+def calibrate(ckpt: Path, threshold: float, **scorer: Any) -> None:
+    """Store a calibration fitted for the given serving configuration."""
+    ck = load_checkpoint(ckpt)
+    args = {"scorer": "minhde", "sampler": DEFAULT_SAMPLER, "samples": SAMPLES, **scorer}
+    sc = scorer_config(ck, args["scorer"], args["sampler"], args["samples"])
+    update_checkpoint(ckpt, calibration={"threshold": threshold, **calibration_record(ck, sc)})
+
+
+def percentile_threshold(ckpt: Path, frames: list[PoseFrame], q: float) -> float:
+    cfg = config(ckpt)
+    cfg.alerting.threshold = 0.0
+    stage = ScoreStage(CheckpointProvider(cfg, warmup=False), cfg.alerting)
+    smoothed = [s.smoothed for out in stage.process(frames) for s in out.scores]
+    assert len(smoothed) > 100
+    return float(np.percentile(smoothed, q))
+
+
+def test_run_and_score_paths_give_identical_scores_and_alert_ids(tiny_ckpt: Path) -> None:
+    frames = synthetic_frames()
+    thr = percentile_threshold(tiny_ckpt, frames, 60)
+    calibrate(tiny_ckpt, thr)
+    run = Service(config(tiny_ckpt))
+    score = ScoreService(config(tiny_ckpt))
+    assert run.provider.model_for("gate") is not None
+    run_scores: dict[tuple[str, int, int], float] = {}
+    run_alerts: list[tuple[str, str]] = []
+    for i in range(0, len(frames), 3):  # batches mixing cameras, as the detect stage gives
+        for out in run.handle_poses(frames[i : i + 3]):
+            run_scores.update({(s.camera, s.track_id, s.frame_index): s.smoothed
+                               for s in out.scores})  # fmt: skip
+            run_alerts += [(a.alert_id, a.type) for a in out.alerts]
+    score_scores: dict[tuple[str, int, int], float] = {}
+    score_alerts: list[tuple[str, str]] = []
+    for offset, f in enumerate(frames):
+        scored = score.score_frame(f, "poses[0]", offset)
+        score_scores.update({(s.camera, s.track_id, s.frame_index): s.smoothed
+                             for s in scored.scores})  # fmt: skip
+        score_alerts += [(a.alert_id, a.type) for a in scored.alerts]
+    assert len(run_scores) > 120
+    assert run_scores.keys() == score_scores.keys()
+    for k, v in run_scores.items():
+        assert score_scores[k] == pytest.approx(v, rel=1e-6, abs=1e-6)
+    assert sum(t == "new" for _, t in run_alerts) >= 2  # the comparison is not vacuous
+    assert sorted(run_alerts) == sorted(score_alerts)
+    # A frame's seed is the same wherever it is scored.
+    assert frame_seed("gate", 5) == frame_seed("gate", 5) != frame_seed("lawn", 5)
+
+
+def test_batch_seeding_scores_differ_from_frame_seeding(tiny_ckpt: Path) -> None:
+    frames = synthetic_frames(60)
+    out: dict[str, dict[tuple[str, int, int], float]] = {}
+    for seeding in ("frame", "batch"):
+        cfg = config(tiny_ckpt, seeding=seeding)
+        cfg.alerting.threshold = 0.0
+        stage = ScoreStage(CheckpointProvider(cfg, warmup=False), cfg.alerting, seeding)
+        out[seeding] = {(s.camera, s.track_id, s.frame_index): s.score
+                        for o in stage.process(frames) for s in o.scores}  # fmt: skip
+    assert out["frame"].keys() == out["batch"].keys() and len(out["frame"]) > 40
+    diff = [abs(out["frame"][k] - out["batch"][k]) for k in out["frame"]]
+    assert max(diff) > 1e-4  # the setting is honoured: other seeds, other draws
+
+
+def test_stage_scores_at_stride_ends_lost_tracks_and_closes_episodes(tiny_ckpt: Path) -> None:
+    cfg = config(tiny_ckpt)
+    cfg.alerting.threshold = -1e9  # every scored person alerts
+    stage = ScoreStage(CheckpointProvider(cfg, warmup=False), cfg.alerting)
+    frames = synthetic_frames(130, ("gate",))
+    outs = stage.process(frames)
+    assert [o.poses for o in outs] == frames  # one result per frame, in order
+    span = 1 + 12 + 12  # window length of the default WindowConfig
+    person2 = [s.frame_index for o in outs for s in o.scores if s.track_id == 2]
+    assert person2[0] == span - 1 and np.all(np.diff(person2) == 2)  # stride 2
+    assert all(o.threshold == -1e9 for o in outs)
+    types = [(a.track_id, a.type, a.frame_index) for o in outs for a in o.alerts]
+    assert any(t[:2] == (1, "new") for t in types) and any(t[:2] == (2, "new") for t in types)
+    # Person 1 left at frame 40: forgotten 61 frames after its last sighting, episode ended.
+    lost_at = [o.poses.frame_index for o in outs if 1 in o.lost]
+    assert lost_at == [39 + 61]
+    ends = [a for o in outs for a in o.alerts if a.track_id == 1 and a.type == "end"]
+    # last scored at frame 38 (stride 2 from 24), ended at the frame it was forgotten
+    assert len(ends) == 1 and ends[0].last_ts == pytest.approx(3.8)
+    assert ends[0].end_ts == pytest.approx(10.0)
+    assert 2 in outs[-1].alerting and 1 not in outs[-1].alerting
+    closing = stage.close(99.0)
+    assert [(a.track_id, a.type, a.end_ts) for a in closing] == [(2, "end", 99.0)]
+
+
+def test_cold_start_cameras_learn_instead_of_scoring(tiny_ckpt: Path) -> None:
+    cfg = config(tiny_ckpt)
+    cfg.forecaster.checkpoint = None
+    cfg.cold_start.learn_minutes = 60
+    provider = ColdStartProvider(cfg, ["gate", "lawn"])
+    stage = ScoreStage(provider, cfg.alerting)
+    outs = stage.process(synthetic_frames(30), {"gate": 10.0, "lawn": 10.0})
+    assert all(o.scores == [] and o.threshold is None for o in outs)
+    assert stage.phase("gate") == "learning"
+    assert provider.learners["gate"].collected_seconds() == pytest.approx(2.9)
+    assert stage.poll_models() == []
+
+
+def test_threshold_for_another_sampler_k_or_model_is_refused(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    calibrate(tiny_ckpt, 1.5)  # fitted for minhde, the checkpoint's sampler (gru-snf), K 8
+    ck = load_checkpoint(tiny_ckpt)
+    assert resolve_threshold(config(tiny_ckpt), ck) == 1.5
+    with pytest.raises(RuntimeConfigError) as e:
+        resolve_threshold(config(tiny_ckpt, sampler="gru-nf"), ck)
+    msg = str(e.value)
+    assert "sampler gru-snf, K 8" in msg and "sampler gru-nf, K 8" in msg
+    assert "sampler gru-snf != gru-nf" in msg and "posewatch calibrate" in msg
+    with pytest.raises(RuntimeConfigError, match=r"K 8 != 16") as e:
+        resolve_threshold(config(tiny_ckpt, samples=16), ck)
+    assert "K 8," in str(e.value) and "K 16," in str(e.value)
+    # An explicit alerting.threshold is the operator's choice: no check.
+    cfg = config(tiny_ckpt, samples=16)
+    cfg.alerting.threshold = 2.0
+    assert resolve_threshold(cfg, ck) == 2.0
+    # The same calibration copied onto other weights: refused, naming both models.
+    other = tmp_path / "other.pt"
+    with torch.no_grad():
+        for p in ck.model.parameters():
+            p.add_(0.01)
+    save_checkpoint(other, ck.model, ck.window_config)
+    update_checkpoint(other, calibration=ck.calibration)
+    with pytest.raises(RuntimeConfigError, match=r"model [0-9a-f]{12} != [0-9a-f]{12}"):
+        resolve_threshold(config(other), load_checkpoint(other))
+    # Services refuse at start, before any camera or broker is touched.
+    with pytest.raises(RuntimeConfigError, match="sampler gru-snf != gru-nf"):
+        Service(config(tiny_ckpt, sampler="gru-nf"))
+    with pytest.raises(RuntimeConfigError, match="K 8 != 16"):
+        ScoreService(config(tiny_ckpt, samples=16))
+
+
+def test_calibrate_cold_start_and_serving_default_to_the_same_sampler() -> None:
+    import inspect
+
+    from pipelines import cli
+    from pipelines.offline.evaluation import CalibrateRequest
+
+    assert ForecasterConfig().sampler == DEFAULT_SAMPLER
+    assert LearnSettings().sampler == DEFAULT_SAMPLER
+    assert CalibrateRequest.__dataclass_fields__["sampler"].default == DEFAULT_SAMPLER
+    assert inspect.signature(cli.calibrate).parameters["sampler"].default == DEFAULT_SAMPLER
+    cfg = PosewatchConfig.model_validate({"cameras": {"a": {"source": "a.mp4"}}})
+    assert LearnSettings.from_config(cfg).sampler == cfg.forecaster.sampler
+    assert LearnSettings.from_config(cfg).samples == cfg.forecaster.samples
+
+
+def test_cold_start_calibration_is_for_the_served_configuration(tiny_ckpt: Path) -> None:
+    """What a learner stores is what :func:`resolve_threshold` accepts (same function)."""
+    ck = load_checkpoint(tiny_ckpt)
+    cfg = config(tiny_ckpt)
+    served = scorer_config(ck, cfg.forecaster.scorer, cfg.forecaster.sampler, SAMPLES)
+    spec = ServingSpec.of(ck, served)
+    assert spec.sampler == "gru-snf" and spec.samples == SAMPLES and len(spec.model) == 12
+    assert spec.differences(ServingSpec.of(ck, served)) == []
+
+
+def test_unknown_sampler_is_a_config_error_naming_the_choices(
+    tiny_ckpt: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with pytest.raises(RuntimeConfigError, match=r"unknown sampler 'fast'; choose from default"):
+        Service(config(tiny_ckpt, sampler="fast"))
