@@ -54,7 +54,7 @@ from pipelines.clip_scoring import (
     score_split_many,
 )
 from pipelines.offline.plots import plot_roc, plot_timeline
-from pipelines.serving import calibration_record, scorer_config
+from pipelines.serving import ServingSpec, calibration_record, scorer_config
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -305,7 +305,14 @@ def _score_passes(
         for scorer in names:
             cfg = replace(base, name=scorer)  # type: ignore[arg-type]
             cs = many[scorer]
-            same = calibration is not None and ckpt.calibration.get("scorer") == cfg.to_dict()
+            # The stored threshold applies when it was fitted for this scorer, sampler, K and
+            # model (pipelines.serving.ServingSpec, what the service checks too).
+            fitted = ServingSpec.from_calibration(ckpt.calibration)
+            same = (
+                calibration is not None
+                and fitted is not None
+                and not fitted.differences(ServingSpec.of(ckpt, cfg))
+            )
             rep = report(
                 scorer,
                 sname,
