@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,11 @@ import numpy as np
 from detector.skeleton import NUM_KEYPOINTS
 
 SCHEMA_VERSION = 1
+#: Camera names: what a configuration accepts and a pose message must carry (names become
+#: metric labels and file names: letters, digits, ``_``, ``.``, ``-``; not ``.`` or ``..``).
+CAMERA_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}")
+#: Largest image side (pixels) a PoseFrame may state (sinks allocate canvases of that size).
+MAX_IMAGE_SIDE = 16384
 
 
 def mark_missing(keypoints: np.ndarray) -> np.ndarray:

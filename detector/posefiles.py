@@ -31,7 +31,7 @@ from typing import IO, Any, cast
 
 import numpy as np
 
-from detector.pose import PoseFrame, Track, zero_missing
+from detector.pose import CAMERA_NAME, MAX_IMAGE_SIDE, PoseFrame, Track, zero_missing
 from detector.skeleton import NUM_KEYPOINTS
 
 
@@ -256,9 +256,25 @@ def _parse_jsonl_line(path: Path, lineno: int | None, line: str) -> PoseFrame:
             what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise PoseFileError(path, what, person=person, frame=frame, line=lineno) from exc
     try:
-        return PoseFrame.from_dict(data)
+        pf = PoseFrame.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise PoseFileError(path, f"not a PoseFrame ({exc})", frame=frame, line=lineno) from exc
+    if not CAMERA_NAME.fullmatch(pf.camera):
+        raise PoseFileError(
+            path,
+            f"camera name {pf.camera[:80]!r} is not valid (letters, digits, '_', '.', '-', "
+            "at most 64; not '.' or '..')",
+            frame=frame,
+            line=lineno,
+        )
+    if not all(0 < v <= MAX_IMAGE_SIDE for v in pf.image_size):
+        raise PoseFileError(
+            path,
+            f"image_size {pf.image_size} outside 1..{MAX_IMAGE_SIDE} pixels",
+            frame=frame,
+            line=lineno,
+        )
+    return pf
 
 
 def read_jsonl(path: str | Path) -> list[PoseFrame]:

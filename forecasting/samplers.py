@@ -7,7 +7,7 @@ flow layer count ``L`` (a cold-start model has fewer layers than a trained one).
 sampler (the GRU-SNF default for every trained model).
 
 Example:
-    >>> [s.name for s in default_samplers()][:3]
+    >>> [s.name for s in default_samplers(7)][:3]
     ['gru-nf', 'gru-nf-meanfb', 'gru-snf']
     >>> sampler_by_name("gru-nf", num_layers=5).name
     'gru-nf'
@@ -21,11 +21,13 @@ from forecasting.defaults import DEFAULT_SAMPLER
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
 
 
-def default_samplers(L: int = 7) -> list[SamplerConfig]:
+def default_samplers(L: int) -> list[SamplerConfig]:
     """GRU-NF, the authors' mean-feedback decoding, and the GRU-SNF variants kept in tables.
 
     Arguments:
-        L: layers of the model's flow (couplings + the final affine; 7 by default).
+        L: layers of the model's flow (``model.flow.num_layers``: couplings + the final
+            affine; 7 for the default architecture, 5 for a cold-start model). Required: a
+            wrong count places blocks outside the flow.
     """
     latent: dict[str, Any] = {"blocks": (0,), "interpolate": False, "step_size": 0.5}
     return [
@@ -82,14 +84,12 @@ def default_samplers(L: int = 7) -> list[SamplerConfig]:
     ]
 
 
-def sampler_names(num_layers: int = 7) -> list[str]:
+def sampler_names(num_layers: int) -> list[str]:
     """Every name :func:`sampler_by_name` accepts (``default`` first)."""
     return [DEFAULT_SAMPLER, *(s.name for s in default_samplers(num_layers))]
 
 
-def sampler_by_name(
-    name: str, num_layers: int = 7, own: SamplerConfig | None = None
-) -> SamplerConfig:
+def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None) -> SamplerConfig:
     """The sampler called ``name`` for a model whose flow has ``num_layers`` layers.
 
     Arguments:

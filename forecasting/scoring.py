@@ -208,7 +208,9 @@ def score_windows_many(
             "add them with `posewatch posture --model CKPT`, or choose minhde"
         )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    torch.manual_seed(cfg.seed)
+    # A generator of its own: the same seed gives the same draws even while other threads
+    # (cold start training) use torch's global generator.
+    gen = torch.Generator(device=P.device).manual_seed(cfg.seed)
     scores: dict[str, list[Tensor]] = {k: [] for k in names}
     joints: dict[str, list[Tensor]] = {k: [] for k in names}
     forecast_s = 0.0
@@ -232,7 +234,9 @@ def score_windows_many(
             if not sampled:
                 continue
             t_fc = time.perf_counter()
-            out = model.sample(p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler)
+            out = model.sample(
+                p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler, generator=gen
+            )
             forecast_s += time.perf_counter() - t_fc
             for name in sampled:
                 motion = "minhde" if name == "fused" else name

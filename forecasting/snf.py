@@ -159,13 +159,20 @@ class StochasticFlowSampler:
         flow: the flow.
         cfg: the sampler configuration.
         device: where the per-block step sizes live.
+        generator: random stream of the MCMC proposals and acceptances (default: torch's
+            global generator).
     """
 
     def __init__(
-        self, flow: ConditionalFlow, cfg: SamplerConfig, device: torch.device | None = None
+        self,
+        flow: ConditionalFlow,
+        cfg: SamplerConfig,
+        device: torch.device | None = None,
+        generator: torch.Generator | None = None,
     ):
         self.flow = flow
         self.cfg = cfg
+        self.generator = generator
         L = flow.num_layers
         if cfg.kernel == "none":
             self.blocks: tuple[int, ...] = ()
@@ -253,7 +260,7 @@ class StochasticFlowSampler:
             cur = self.log_density(y, k, ctx, point)
         for _ in range(cfg.steps):
             eps = self.step_sizes[b]
-            noise = torch.randn_like(y)
+            noise = torch.randn(y.shape, generator=self.generator, device=y.device, dtype=y.dtype)
             if mala:
                 assert grad is not None
                 prop = y + 0.5 * eps * eps * grad + eps * noise
@@ -267,7 +274,13 @@ class StochasticFlowSampler:
                 new = self.log_density(prop, k, ctx, point)
                 grad_p = None
                 log_alpha = new.log_rho - cur.log_rho
-            accept = torch.log(torch.rand_like(log_alpha)) < log_alpha
+            u = torch.rand(
+                log_alpha.shape,
+                generator=self.generator,
+                device=log_alpha.device,
+                dtype=log_alpha.dtype,
+            )
+            accept = torch.log(u) < log_alpha
             a = accept.unsqueeze(-1)
             logw = logw + torch.where(accept, cur.log_rho - new.log_rho, torch.zeros_like(logw))
             y = torch.where(a, prop, y)

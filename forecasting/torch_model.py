@@ -208,6 +208,7 @@ class GRUNF(nn.Module):
         num_samples: int = 20,
         sampler: SamplerConfig = GRU_NF,
         generator_seed: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
         """Draw ``K`` future trajectories per window by autoregressive rollouts.
 
@@ -218,7 +219,9 @@ class GRUNF(nn.Module):
             horizon: future frames (default ``cfg.horizon``).
             num_samples: ``K``.
             sampler: GRU-NF (default) or a GRU-SNF configuration.
-            generator_seed: seed torch's generator first (reproducible draws).
+            generator_seed: seed torch's global generator first (reproducible draws).
+            generator: draw from this generator instead of torch's global one (reproducible
+                draws while other threads use the global generator).
 
         Returns:
             :class:`SampleOutput` with poses ``(B, K, H, 17, 2)``.
@@ -227,10 +230,17 @@ class GRUNF(nn.Module):
             torch.manual_seed(generator_seed)
         ctx_mode = torch.no_grad() if sampler.kernel == "mala" else torch.inference_mode()
         with ctx_mode:
-            return self._sample(past, past_mask, horizon or self.cfg.horizon, num_samples, sampler)
+            H = horizon or self.cfg.horizon
+            return self._sample(past, past_mask, H, num_samples, sampler, generator)
 
     def _sample(
-        self, past: Tensor, past_mask: Tensor, H: int, K: int, sampler: SamplerConfig
+        self,
+        past: Tensor,
+        past_mask: Tensor,
+        H: int,
+        K: int,
+        sampler: SamplerConfig,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
         B = past.shape[0]
         h = self.encode(past, past_mask)
@@ -241,7 +251,7 @@ class GRUNF(nn.Module):
         last = torch.where(past_mask[:, -1, :, None], torch.nan_to_num(past[:, -1]), pm)
         P = last.reshape(B, D)
         P = P.repeat_interleave(K, dim=0)  # (B*K, D)
-        snf = StochasticFlowSampler(self.flow, sampler, device=past.device)
+        snf = StochasticFlowSampler(self.flow, sampler, device=past.device, generator=generator)
         logw = torch.zeros(B * K, device=past.device)
         out = torch.empty(H, B * K, D, device=past.device)
         ones = torch.ones(B * K if not mean_fb else B, J, device=past.device)
@@ -251,7 +261,7 @@ class GRUNF(nn.Module):
                 state = state.repeat_interleave(K, dim=0)
             ctx = self.flow.context(state)
             point = (self.point(state), self.point_log_scale) if sampler.target == "point" else None
-            z = torch.randn(B * K, D, device=past.device)
+            z = torch.randn(B * K, D, device=past.device, generator=generator)
             x, lw = snf.sample(z, ctx, point)
             x = x.clamp(-self.cfg.clip, self.cfg.clip)
             logw = logw + lw
@@ -334,6 +344,7 @@ class Ensemble(nn.Module):
         num_samples: int = 20,
         sampler: SamplerConfig = GRU_NF,
         generator_seed: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> SampleOutput:
         """:meth:`GRUNF.sample` of the mixture: member ``i`` draws ``K // M`` (+1 for the first
         ``K % M``) of the ``K`` futures; the samples are concatenated member by member."""
@@ -343,7 +354,7 @@ class Ensemble(nn.Module):
         M = len(members)
         ks = [num_samples // M + (i < num_samples % M) for i in range(M)]
         outs = [
-            m.sample(past, past_mask, horizon, k, sampler)
+            m.sample(past, past_mask, horizon, k, sampler, generator=generator)
             for m, k in zip(members, ks, strict=True)
             if k
         ]

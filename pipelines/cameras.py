@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 
 from detector.pose_model import PoseModel
 from detector.sources import CameraSource, SourceConfig
@@ -45,22 +46,22 @@ class CameraMonitor:
                 log.error("%s", src.error)
 
 
+def source_config(cfg: PosewatchConfig, camera: str) -> SourceConfig:
+    """The :class:`SourceConfig` of a configured camera: fields of the same name are taken
+    as they are; ``source`` is the URI and the queue holds at least a detector batch."""
+    c = cfg.cameras[camera]
+    same = {f.name for f in fields(SourceConfig)} & set(type(c).model_fields)
+    return SourceConfig(
+        uri=c.source,
+        queue_size=max(c.queue_frames, cfg.detector.batch_size),
+        **{k: getattr(c, k) for k in same},
+    )
+
+
 def open_sources(cfg: PosewatchConfig) -> dict[str, CameraSource]:
     """Start a reader thread for every enabled camera."""
     return {
-        n: CameraSource(
-            n,
-            SourceConfig(
-                uri=c.source,
-                fps=c.fps,
-                pace=c.pace,
-                loop=c.loop,
-                queue_size=max(c.queue_frames, cfg.detector.batch_size),
-                no_frame_timeout=c.no_frame_timeout,
-                retry_interval=c.retry_interval,
-                max_backoff=c.max_backoff,
-            ),
-        ).start()
+        n: CameraSource(n, source_config(cfg, n)).start()
         for n, c in cfg.cameras.items()
         if c.enabled
     }
@@ -92,4 +93,11 @@ def observe_detected(metrics: Metrics, detected: Sequence[DetectedFrame]) -> Non
         metrics.persons_tracked.labels(camera=cam).set(len(d.poses.persons))
 
 
-__all__ = ["CameraMonitor", "camera_rois", "observe_detected", "open_sources", "pose_model"]
+__all__ = [
+    "CameraMonitor",
+    "camera_rois",
+    "observe_detected",
+    "open_sources",
+    "pose_model",
+    "source_config",
+]

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from detector.datasets import DatasetError, load_split, splits, summarize
+from detector.pose_model import BACKENDS
 from detector.posefiles import PoseFileError
+from detector.tracking import TRACKERS
 from forecasting.defaults import (
     DEFAULT_MEMBERS,
     DEFAULT_SAMPLER,
@@ -36,6 +38,11 @@ data_app = typer.Typer(help="Inspect pose datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(help="Check the service configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+
+
+def _or(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -370,9 +377,9 @@ def extract(
         str | None, typer.Option(help="Pose weights path or name (default yolo11n-pose).")
     ] = None,
     imgsz: Annotated[int | None, typer.Option(help="Inference image size (default 1088).")] = None,
-    backend: Annotated[str, typer.Option(help="auto, torch, openvino or onnx.")] = "auto",
+    backend: Annotated[str, typer.Option(help=f"{_or(BACKENDS)}.")] = "auto",
     batch: Annotated[int, typer.Option(help="Frames per inference call.")] = 4,
-    tracker: Annotated[str, typer.Option(help="bytetrack or botsort.")] = "bytetrack",
+    tracker: Annotated[str, typer.Option(help=f"{_or(TRACKERS)}.")] = "bytetrack",
 ) -> None:
     """Detect, track and write the poses of each video (STG-NF JSON or JSON lines)."""
     from detector.extract import extract_video
@@ -382,10 +389,10 @@ def extract(
 
     if fmt not in ("stgnf", "jsonl"):
         raise _fail(f"--format must be stgnf or jsonl, got {fmt!r}", 2)
-    if backend not in ("auto", "torch", "openvino", "onnx"):
-        raise _fail(f"--backend must be auto, torch, openvino or onnx, got {backend!r}", 2)
-    if tracker not in ("bytetrack", "botsort"):
-        raise _fail(f"--tracker must be bytetrack or botsort, got {tracker!r}", 2)
+    if backend not in BACKENDS:
+        raise _fail(f"--backend must be {_or(BACKENDS)}, got {backend!r}", 2)
+    if tracker not in TRACKERS:
+        raise _fail(f"--tracker must be {_or(TRACKERS)}, got {tracker!r}", 2)
     try:
         model = PoseModel(weights, imgsz or DEFAULT_IMGSZ, backend)  # type: ignore[arg-type]
     except WeightsNotFoundError as exc:

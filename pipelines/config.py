@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from detector.pose import CAMERA_NAME
 from detector.pose_model import BackendName
 from detector.tracking import TrackerName
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, ScorerName
@@ -414,9 +415,10 @@ class PosewatchConfig(BaseSettings):
         if not self.cameras:
             raise ValueError("at least one camera is needed")
         for name in self.cameras:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            if not CAMERA_NAME.fullmatch(name):
                 raise ValueError(
-                    f"camera name {name!r}: use letters, digits, '_', '.', '-' (max 64)"
+                    f"camera name {name!r}: use letters, digits, '_', '.', '-' (max 64; not "
+                    "'.' or '..')"
                 )
         return self
 

@@ -151,7 +151,7 @@ class SceneLearner:
                 thr = ck.calibration.get("threshold")
                 fitted = ServingSpec.from_calibration(ck.calibration)
                 serving = ServingSpec.of(ck, self._scorer_for(ck))
-                diff = serving.differences(fitted) if fitted is not None else ["unknown"]
+                diff = fitted.differences(serving) if fitted is not None else ["unknown"]
                 if diff:
                     log.warning(
                         "%s: %s was calibrated for another configuration (%s); learning again",

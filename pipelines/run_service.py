@@ -241,15 +241,16 @@ class Service(ServiceBase):
         return scored
 
     def _observe_scores(self, scored: Sequence[ScoredFrame]) -> None:
-        if not scored:
+        """Score metrics; latencies only for frames of batches that scored someone (as
+        before: a camera still learning, or a frame between strides, costs nothing)."""
+        if not any(s.scores for s in scored):
             return
         t = self.scoring.timing
         n = len(scored)
         lat = self.metrics.stage_latency
         for s in scored:
             cam = s.poses.camera
-            if s.scores:
-                self.metrics.windows_scored.labels(camera=cam).inc(len(s.scores))
+            self.metrics.windows_scored.labels(camera=cam).inc(len(s.scores))
             lat.labels(camera=cam, stage="forecast").observe(t.forecast_s / n)
             lat.labels(camera=cam, stage="score").observe(t.score_s / n)
             for p in s.scores:

@@ -34,7 +34,7 @@ from detector.pose import PoseFrame
 from pipelines.alerts import Alert, AlertLifecycle
 from pipelines.config import AlertingConfig
 from pipelines.model_provider import ModelProvider, ServedModel
-from pipelines.track_scoring import PersonScore, TrackScorer
+from pipelines.track_scoring import PersonScore
 
 Seeding = Literal["frame", "batch"]
 
@@ -115,25 +115,43 @@ class ScoreStage:
         return self.provider.phase(camera)
 
     def _score(self, frames: Sequence[tuple[PoseFrame, ServedModel]]) -> list[PersonScore]:
-        if self.seeding == "frame":
-            out: list[PersonScore] = []
-            for pf, model in frames:
-                sc = model.scorer
-                sc.cfg = dataclasses.replace(
-                    model.scorer_config, seed=frame_seed(pf.camera, pf.frame_index)
-                )
-                out += sc.add([pf])
-            return out
-        groups: dict[int, tuple[TrackScorer, list[PoseFrame]]] = {}
+        """Scores of frames that have a model: one model call per scorer (``batch``), or
+        the single frame of a ``frame``-seeded call with its own seed."""
+        groups: dict[int, tuple[ServedModel, list[PoseFrame]]] = {}
         for pf, model in frames:
-            groups.setdefault(id(model.scorer), (model.scorer, []))[1].append(pf)
-        return [s for sc, group in groups.values() for s in sc.add(group)]
+            groups.setdefault(id(model.scorer), (model, []))[1].append(pf)
+        out: list[PersonScore] = []
+        for model, group in groups.values():
+            if self.seeding == "frame":
+                (pf,) = group
+                seed = frame_seed(pf.camera, pf.frame_index)
+                model.scorer.cfg = dataclasses.replace(model.scorer_config, seed=seed)
+            out += model.scorer.add(group)
+        return out
 
     def process(
         self, frames: Sequence[PoseFrame], fps: Mapping[str, float] | None = None
     ) -> list[ScoredFrame]:
         """Score frames (any cameras, in order per camera); one :class:`ScoredFrame` each,
-        in input order. ``fps``: cameras' frame rates, for learners."""
+        in input order. ``fps``: cameras' frame rates, for learners.
+
+        With ``frame`` seeding each frame is scored, run through its lifecycle and its lost
+        tracks forgotten before the next one, exactly as ``posewatch score`` does with one
+        message at a time; with ``batch`` the frames share one model call."""
+        if self.seeding == "batch":
+            return self._process(frames, fps)
+        timing = StageTiming()
+        out = []
+        for pf in frames:
+            out += self._process([pf], fps)
+            timing.forecast_s += self.timing.forecast_s
+            timing.score_s += self.timing.score_s
+        self.timing = timing
+        return out
+
+    def _process(
+        self, frames: Sequence[PoseFrame], fps: Mapping[str, float] | None
+    ) -> list[ScoredFrame]:
         t0 = time.perf_counter()
         served: list[tuple[PoseFrame, ServedModel]] = []
         for pf in frames:
@@ -144,37 +162,36 @@ class ScoreStage:
                 served.append((pf, model))
         scorers = {id(m.scorer): m.scorer for _, m in served}
         fc0 = sum(sc.forecast_s for sc in scorers.values())
-        scores = self._score(served)
-        forecast_s = sum(sc.forecast_s for sc in scorers.values()) - fc0
         by_frame: dict[tuple[str, int], list[PersonScore]] = {}
-        for s in scores:
+        for s in self._score(served):
             by_frame.setdefault((s.camera, s.frame_index), []).append(s)
+        forecast_s = sum(sc.forecast_s for sc in scorers.values()) - fc0
         models = {id(pf): m for pf, m in served}
         out = []
         for pf in frames:
             model = models.get(id(pf))
-            done = ScoredFrame(pf)
-            if model is not None:
-                life = self._lifecycle(pf.camera, model)
-                done.scores = by_frame.get((pf.camera, pf.frame_index), [])
-                for s in done.scores:
-                    done.alerts += life.update(
-                        s.track_id,
-                        s.timestamp,
-                        s.frame_index,
-                        s.smoothed,
-                        s.bbox.tolist(),
-                        s.keypoints,
-                        s.joints,
-                    )
-                done.lost = model.scorer.forget_stale(pf.camera, pf.frame_index)
-                for tid in done.lost:
-                    done.alerts += life.lost(tid, pf.timestamp)
-                done.threshold = model.threshold
-                done.alerting = {p.track_id for p in pf.persons if life.is_open(p.track_id)}
-            out.append(done)
+            out.append(
+                self._alerts(pf, model, by_frame.get((pf.camera, pf.frame_index), []))
+                if model is not None
+                else ScoredFrame(pf)
+            )
         self.timing = StageTiming(forecast_s, time.perf_counter() - t0 - forecast_s)
         return out
+
+    def _alerts(self, pf: PoseFrame, model: ServedModel, scores: list[PersonScore]) -> ScoredFrame:
+        """A frame's lifecycle updates and lost tracks."""
+        life = self._lifecycle(pf.camera, model)
+        done = ScoredFrame(pf, scores, threshold=model.threshold)
+        for s in scores:
+            done.alerts += life.update(
+                s.track_id, s.timestamp, s.frame_index, s.smoothed, s.bbox.tolist(), s.keypoints,
+                s.joints,
+            )  # fmt: skip
+        done.lost = model.scorer.forget_stale(pf.camera, pf.frame_index)
+        for tid in done.lost:
+            done.alerts += life.lost(tid, pf.timestamp)
+        done.alerting = {p.track_id for p in pf.persons if life.is_open(p.track_id)}
+        return done
 
     def poll_models(self) -> list[str]:
         """Take the models that became ready (cold start); returns their cameras."""

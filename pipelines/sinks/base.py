@@ -67,9 +67,14 @@ class AlertSink:
 
     Attributes:
         name: the ``sink`` label of the router's metrics.
+        required: an alert this sink failed to take counts as not delivered: the router's
+            :meth:`~pipelines.sinks.router.AlertRouter.flush` then returns False (``score``
+            does not commit its offsets, so the alert is replayed after a restart; ``run``
+            reports it). Visual and diagnostic sinks are best-effort (counted only).
     """
 
     name = "sink"
+    required = False
 
     def publish(self, alert: Alert, view: FrameView | None = None) -> None:
         """Accept one alert. Raise on failure; the router counts it and goes on."""

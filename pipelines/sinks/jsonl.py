@@ -14,6 +14,7 @@ class JsonlSink(AlertSink):
     """Appends alerts to ``path`` (created with its folder); ``count`` says how many."""
 
     name = "jsonl"
+    required = True
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

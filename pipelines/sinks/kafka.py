@@ -4,6 +4,7 @@ the broker is down; at-least-once, deduplicate by ``alert_id``)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class KafkaSink(AlertSink):
     """
 
     name = "kafka"
+    required = True
 
     def __init__(
         self,
@@ -47,7 +49,6 @@ class KafkaSink(AlertSink):
 
     def publish(self, alert: Alert, view: FrameView | None = None) -> None:
         self.sink.publish(alert.camera, alert.model_dump_json().encode())
-        self.update_metrics()
 
     def tick(self) -> None:
         self.update_metrics()
@@ -55,8 +56,9 @@ class KafkaSink(AlertSink):
     def update_metrics(self) -> None:
         m, spool = self.metrics, self.sink.spool
         m.spool_messages.set(spool.pending())
-        m.spool_bytes.set(spool.size_bytes())
         m.spool_dropped.set(spool.dropped)
+        with contextlib.suppress(OSError):  # the sender may remove a segment meanwhile
+            m.spool_bytes.set(spool.size_bytes())
 
     def pending(self) -> int:
         return self.sink.pending()

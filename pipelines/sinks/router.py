@@ -32,6 +32,9 @@ class AlertRouter:
         self.sinks = list(sinks)
         self.metrics = metrics
         self.counts: dict[str, int] = {}  # alert type -> alerts routed
+        #: Required sinks that failed to take an alert; flush and close report False while
+        #: any is listed (the alerts are not delivered; see AlertSink.required).
+        self.lost: dict[str, int] = {}
         self.latencies: list[float] = []  # frame decode -> alert routed, s (first 100k)
 
     def publish(self, alerts: Sequence[Alert], view: FrameView | None = None) -> None:
@@ -48,6 +51,8 @@ class AlertRouter:
                 except Exception as exc:  # one sink must not stop the others
                     m.sink_errors.labels(sink=sink.name).inc()
                     log.error("sink %s: alert %s not taken: %s", sink.name, a.alert_id, exc)
+                    if sink.required:
+                        self.lost[sink.name] = self.lost.get(sink.name, 0) + 1
                     continue
                 finally:
                     m.sink_latency.labels(sink=sink.name).observe(time.perf_counter() - t0)
@@ -82,17 +87,24 @@ class AlertRouter:
                 log.debug("sink %s: tick failed: %s", sink.name, exc)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """True when every sink has everything published so far."""
+        """True when every sink has everything published so far: False after ``timeout``
+        seconds, when a sink's flush fails, or when a required sink failed to take an
+        alert (:attr:`lost`)."""
         deadline = time.monotonic() + timeout
-        ok = True
+        ok = not self.lost
         for sink in self.sinks:
-            ok = sink.flush(max(0.0, deadline - time.monotonic())) and ok
+            try:
+                ok = sink.flush(max(0.0, deadline - time.monotonic())) and ok
+            except Exception as exc:
+                ok = False
+                self.metrics.sink_errors.labels(sink=sink.name).inc()
+                log.error("sink %s: flush failed: %s", sink.name, exc)
         return ok
 
     def close(self, timeout: float = 15.0) -> bool:
         """Close every sink; True when none is left with undelivered alerts."""
         deadline = time.monotonic() + timeout
-        ok = True
+        ok = not self.lost
         for sink in self.sinks:
             try:
                 ok = sink.close(max(0.0, deadline - time.monotonic())) and ok

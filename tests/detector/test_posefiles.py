@@ -182,3 +182,30 @@ def test_jsonl_errors_name_line_person_frame(tmp_path: Path) -> None:
     with gzip.open(gz, "wt") as fh:
         fh.write(line + "\n")
     assert len(read_jsonl(gz)) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("camera", "../../etc/x", "camera name '../../etc/x' is not valid"),
+        ("camera", "..", "camera name '..' is not valid"),
+        ("camera", "a" * 65, "is not valid"),
+        ("camera", "", "is not valid"),
+        ("image_size", [100000, 100000], r"image_size \(100000, 100000\) outside 1..16384"),
+        ("image_size", [0, 720], r"outside 1..16384"),
+        ("image_size", [-5, 720], r"outside 1..16384"),
+    ],
+)
+def test_a_pose_message_with_an_unsafe_camera_name_or_image_size_is_rejected(
+    field: str, value: object, why: str
+) -> None:
+    """Names become file names (snapshots, video) and image sizes canvas allocations."""
+    from detector.pose import Person, PoseFrame
+    from detector.posefiles import decode_poseframe
+
+    kp = np.ones((17, 3), np.float32)
+    ok = PoseFrame("gate", 3, 0.3, (1280, 720), [Person(1, np.ones(4, np.float32), 0.9, kp)])
+    assert decode_poseframe(json.dumps(ok.to_dict())).camera == "gate"
+    bad = {**ok.to_dict(), field: value}
+    with pytest.raises(PoseFileError, match=why):
+        decode_poseframe(json.dumps(bad).encode(), "poses[0]@7")

@@ -208,9 +208,11 @@ def test_detect_s_is_batch_time_over_batch_length() -> None:
     batch = [pred.frame(f"cam{k}", 0, [(10.0, 10.0, 50.0, 110.0)]) for k in range(3)]
     got = stage.process(batch)
     assert len({d.detect_s for d in got}) == 1  # one value for the whole batch
-    assert 0.06 / 3 <= got[0].detect_s <= (0.06 + 0.05) / 3
+    # Divided by the batch length: below the 0.06 s one call sleeps, even with 0.12 s of
+    # scheduling delay on a busy machine.
+    assert 0.06 / 3 <= got[0].detect_s < 0.06
     (one,) = stage.process([pred.frame("cam0", 1, [(10.0, 10.0, 50.0, 110.0)])])
-    assert 0.06 <= one.detect_s <= 0.06 + 0.05
+    assert one.detect_s >= 0.06
 
 
 def test_empty_batch_skips_the_model_and_a_short_answer_is_an_error() -> None:

@@ -256,14 +256,39 @@ def test_calibrate_cold_start_and_serving_default_to_the_same_sampler() -> None:
     assert LearnSettings.from_config(cfg).samples == cfg.forecaster.samples
 
 
-def test_cold_start_calibration_is_for_the_served_configuration(tiny_ckpt: Path) -> None:
-    """What a learner stores is what :func:`resolve_threshold` accepts (same function)."""
-    ck = load_checkpoint(tiny_ckpt)
+def test_cold_start_reuses_a_saved_scene_model_only_if_calibrated_for_what_is_served(
+    tiny_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saved scene model is served with its threshold when its calibration was fitted for
+    the configured scorer, sampler, K and model; otherwise the camera learns again."""
+    import shutil
+
+    caplog.set_level(logging.INFO)
+    saved = tmp_path / "models"
+    saved.mkdir()
+    shutil.copy(tiny_ckpt, saved / "gate.pt")
+    calibrate(saved / "gate.pt", -1e9)  # the served configuration: every person alerts
+    shutil.copy(tiny_ckpt, saved / "lawn.pt")
+    calibrate(saved / "lawn.pt", 1.0, sampler="gru-nf")  # what the old cold start wrote
     cfg = config(tiny_ckpt)
-    served = scorer_config(ck, cfg.forecaster.scorer, cfg.forecaster.sampler, SAMPLES)
-    spec = ServingSpec.of(ck, served)
-    assert spec.sampler == "gru-snf" and spec.samples == SAMPLES and len(spec.model) == 12
-    assert spec.differences(ServingSpec.of(ck, served)) == []
+    cfg.forecaster.checkpoint = None
+    cfg.cold_start.save_dir = saved
+    provider = ColdStartProvider(cfg, ["gate", "lawn"])
+    stage = ScoreStage(provider, cfg.alerting)
+    assert stage.poll_models() == ["gate"]
+    assert (stage.phase("gate"), stage.phase("lawn")) == ("scoring", "learning")
+    assert any("lawn" in r.getMessage() and "sampler gru-nf != gru-snf" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    model = provider.model_for("gate")
+    assert model is not None and model.threshold == -1e9
+    assert model.spec == ServingSpec.from_calibration(model.checkpoint.calibration)
+    outs = stage.process(synthetic_frames(40), {"gate": 10.0, "lawn": 10.0})
+    gate = [o for o in outs if o.poses.camera == "gate"]
+    lawn = [o for o in outs if o.poses.camera == "lawn"]
+    assert sum(len(o.scores) for o in gate) > 10 and all(o.threshold == -1e9 for o in gate)
+    assert any(a.type == "new" for o in gate for a in o.alerts)
+    assert all(o.scores == [] and o.threshold is None for o in lawn)
+    assert provider.learners["lawn"].collected_seconds() == pytest.approx(3.9)
 
 
 def test_unknown_sampler_is_a_config_error_naming_the_choices(

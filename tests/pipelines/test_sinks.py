@@ -62,6 +62,7 @@ def test_a_failing_sink_is_counted_and_the_others_still_get_every_alert(tmp_path
     alerts = _alerts()
     router.publish(alerts)
     router.frame(_view(None))
+    assert router.flush() is True  # the broken sink is best-effort: counted, not blocking
     assert router.close() is True
     lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(x)["type"] for x in lines] == ["new", "end"]
@@ -70,6 +71,23 @@ def test_a_failing_sink_is_counted_and_the_others_still_get_every_alert(tmp_path
     assert _count(m, "posewatch_sink_alerts_total", sink="broken") == 0
     assert _count(m, "posewatch_alerts_total", camera="gate", type="new") == 1
     assert router.counts == {"new": 1, "end": 1}
+
+
+class BrokenRequired(Broken):
+    name = "spool"
+    required = True
+
+
+def test_an_alert_a_required_sink_lost_is_not_reported_delivered(tmp_path: Path) -> None:
+    m = Metrics()
+    jsonl = JsonlSink(tmp_path / "alerts.jsonl")
+    router = AlertRouter([BrokenRequired(), jsonl], m)
+    assert router.flush() is True
+    router.publish(_alerts()[:1])
+    assert router.lost == {"spool": 1}
+    assert router.flush() is False  # `score` does not commit: the alert is replayed
+    assert router.close() is False
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 1
 
 
 def test_snapshot_with_and_without_an_image(tmp_path: Path) -> None:
