@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test venv lint clean debs
 
 # Idempotent: the venv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,12 +31,29 @@ demo: $(STAMP)
 	YOLO_OFFLINE=1 POSEWATCH_CAMERAS__LAWN__SOURCE="$(VIDEO)" \
 		$(BIN)/posewatch run --config config/demo.yaml --max-frames $(DEMO_FRAMES)
 
+# Debian packages the real-component tests need (installed once when missing; CI runs as
+# root, elsewhere through sudo). One package per word; add to this list, not elsewhere.
+DEB_TEST_PACKAGES ?=
+DEB_STAMP := $(VENV)/.debs
+
+$(DEB_STAMP): Makefile
+	@missing=""; for p in $(DEB_TEST_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the tests:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; \
+		else sudo apt-get update -q >/dev/null && sudo apt-get install -y -q $$missing >/dev/null; fi; \
+	fi
+	@mkdir -p $(VENV) && touch $(DEB_STAMP)
+
+debs: $(DEB_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check detector forecasting pipelines tests bench
 	$(BIN)/ruff format --check detector forecasting pipelines tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint debs
 	YOLO_OFFLINE=1 $(BIN)/python -m pytest
 
 clean:
