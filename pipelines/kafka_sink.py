@@ -7,6 +7,12 @@ acknowledged, so a broker outage or a restart of posewatch loses nothing: alerts
 disk and go out, in order, when the broker is back (at-least-once; dedupe by alert id).
 Delivery callbacks feed success / failure counters.
 
+When the spool cannot be written (disk full, I/O error) alerts wait in a bounded memory
+backlog instead (oldest dropped beyond ``memory_max``, counted), are sent from there while
+the broker is up, and move back to the disk spool, in order, once it can be written again.
+The failure is logged once per episode and its recovery once. The sender thread never dies:
+an unexpected error is logged and the round retried after a backoff.
+
 Example:
     >>> sink = KafkaAlertSink(["127.0.0.1:9092"], "posewatch.alerts", "spool")  # doctest: +SKIP
     >>> sink.publish("gate", b'{"alert_id": "..."}')  # doctest: +SKIP
@@ -18,11 +24,12 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.spool import DiskSpool
+from pipelines.spool import DiskSpool, SpoolWriteError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,10 @@ class KafkaAlertSink:
         batch: most messages sent per round.
         retry_backoff_s: first wait after a failed round (doubles up to ``max_backoff_s``).
         on_delivery: called ``(ok: bool, n: int)`` after each round (metrics hook).
+        memory_max: most alerts kept in memory while the spool cannot be written.
+
+    Raises:
+        SpoolLockedError: another process uses ``spool_dir``.
     """
 
     def __init__(
@@ -54,6 +65,7 @@ class KafkaAlertSink:
         retry_backoff_s: float = 0.5,
         max_backoff_s: float = 5.0,
         on_delivery: Callable[[bool, int], None] | None = None,
+        memory_max: int = 10_000,
     ):
         self.bootstrap_servers = list(bootstrap_servers)
         self.topic = topic
@@ -68,6 +80,13 @@ class KafkaAlertSink:
         self.failed = 0
         self.connected = False
         self._warned = False  # the outage in progress was logged
+        self.last_delivery = time.time()  # UNIX time of the last acknowledged round (or start)
+        self.memory: deque[tuple[str, bytes]] = deque()  # alerts the spool could not take
+        self.memory_max = memory_max
+        self.memory_dropped = 0
+        self.spool_errors = 0  # failed spool writes
+        self._mem_lock = threading.Lock()
+        self._mem_sending = False  # a batch of memory-held alerts is being sent
         self._producer: Any = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -76,21 +95,66 @@ class KafkaAlertSink:
 
     # -- API --------------------------------------------------------------------------------
     def publish(self, key: str, value: bytes) -> None:
-        """Accept one message (durable once this returns)."""
-        self.spool.append(key, value)
+        """Accept one message: durable on disk once this returns, or held in memory while
+        the spool cannot be written (never raises for a full disk)."""
+        with self._mem_lock:
+            self._spool_memory()
+            if not self.memory:
+                try:
+                    self.spool.append(key, value)
+                except SpoolWriteError as exc:
+                    self._spool_failed(exc)
+                else:
+                    self._wake.set()
+                    return
+            if len(self.memory) >= self.memory_max:
+                self.memory_dropped += 1
+                if self._mem_sending:  # the head is in flight: drop the newest instead
+                    return
+                self.memory.popleft()
+            self.memory.append((key, value))
         self._wake.set()
 
+    def _spool_failed(self, exc: OSError) -> None:
+        self.spool_errors += 1
+        if not self.memory:  # once per episode
+            log.error(
+                "kafka: cannot write the alert spool (%s); alerts wait in memory (at most %d) "
+                "until it can be written again",
+                exc,
+                self.memory_max,
+            )
+
+    def _spool_memory(self) -> None:
+        """Move memory-held alerts to the disk spool, oldest first (caller holds the lock;
+        not while some of them are being sent from memory)."""
+        if not self.memory or self._mem_sending:
+            return
+        while self.memory:
+            try:
+                self.spool.append(*self.memory[0])
+            except SpoolWriteError:
+                self.spool_errors += 1
+                return
+            self.memory.popleft()
+        log.info("kafka: the alert spool can be written again; memory-held alerts moved to it")
+
+    def delivery_age(self) -> float:
+        """Seconds since the last acknowledged delivery while messages are pending (0 when
+        nothing waits): how long the broker has been unreachable for them."""
+        return max(0.0, time.time() - self.last_delivery) if self.pending() else 0.0
+
     def pending(self) -> int:
-        """Messages accepted but not yet acknowledged by the broker."""
-        return self.spool.pending()
+        """Messages accepted but not yet acknowledged by the broker (disk and memory)."""
+        return self.spool.pending() + len(self.memory)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the spool is empty; False if messages remain (they stay on disk)."""
+        """Wait until nothing is pending; False if messages remain (they stay spooled)."""
         deadline = time.monotonic() + timeout
-        while self.spool.pending() and time.monotonic() < deadline:
+        while self.pending() and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.05)
-        return self.spool.pending() == 0
+        return self.pending() == 0
 
     def close(self, timeout: float = 10.0) -> bool:
         """Flush (up to ``timeout``), stop the sender and close the producer."""
@@ -101,6 +165,15 @@ class KafkaAlertSink:
         # and a sink that returned from close() must never send again.
         self._thread.join()
         self._drop_producer()
+        with self._mem_lock:
+            self._spool_memory()
+            if self.memory:
+                log.error(
+                    "kafka: %d alerts could be neither delivered nor spooled and are lost at "
+                    "exit (the spool folder's disk is full)",
+                    len(self.memory),
+                )
+        self.spool.close()
         return ok
 
     # -- sender ---------------------------------------------------------------------------------
@@ -116,6 +189,7 @@ class KafkaAlertSink:
             linger_ms=5,
             request_timeout_ms=5000,
             max_block_ms=3000,
+            bootstrap_timeout_ms=5000,  # a dead broker fails the round in 5 s, not 30
             reconnect_backoff_max_ms=2000,
             **self.producer_config,
         )
@@ -135,20 +209,50 @@ class KafkaAlertSink:
     def _run(self) -> None:
         backoff = self.retry_backoff_s
         while not self._stop.is_set():
-            batch = self.spool.peek(self.batch)
-            if not batch:
+            try:
+                done = self._round()
+            except Exception:  # never let the sender die: log, back off, go on
+                log.exception("kafka: sender round failed unexpectedly; retrying")
+                done = False
+            if done is None:  # nothing to send (nothing waits: the delivery age is 0)
+                self.last_delivery = time.time()
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            ok = self._send(batch)
-            if ok == len(batch):
+            if done:
                 backoff = self.retry_backoff_s
                 continue
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
 
-    def _send(self, batch: list[tuple[str, bytes]]) -> int:
-        """Send a batch; ack and return the length of the acknowledged prefix."""
+    def _round(self) -> bool | None:
+        """Send one batch: from the spool, else the memory-held alerts the spool still
+        cannot take (disk full); None when idle."""
+        with self._mem_lock:
+            self._spool_memory()
+        batch = self.spool.peek(self.batch)
+        if batch:
+            return self._send(batch, self.spool.ack) == len(batch)
+        with self._mem_lock:
+            self._spool_memory()  # once more: the spool may have room now
+            mem = list(self.memory)[: self.batch]
+            self._mem_sending = bool(mem)
+        if not mem:
+            return None
+        try:
+            return self._send(mem, self._ack_memory) == len(mem)
+        finally:
+            with self._mem_lock:
+                self._mem_sending = False
+
+    def _ack_memory(self, n: int) -> None:
+        # The batch was the memory's head and nothing moved it meanwhile (_mem_sending).
+        with self._mem_lock:
+            for _ in range(min(n, len(self.memory))):
+                self.memory.popleft()
+
+    def _send(self, batch: list[tuple[str, bytes]], ack: Callable[[int], None]) -> int:
+        """Send a batch; ``ack`` and return the length of the acknowledged prefix."""
         try:
             if self._producer is None:
                 self._producer = self._make_producer()
@@ -169,7 +273,8 @@ class KafkaAlertSink:
             if not self.connected:
                 log.info("kafka: connected to %s", ",".join(self.bootstrap_servers))
             self.connected = True
-            self.spool.ack(done)
+            self.last_delivery = time.time()
+            ack(done)
             self.delivered += done
             if self.on_delivery is not None:
                 self.on_delivery(True, done)

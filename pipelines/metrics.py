@@ -123,6 +123,31 @@ class Metrics:
         self.spool_bytes = Gauge(
             "posewatch_spool_bytes", "Bytes waiting in the disk spool", registry=r
         )
+        self.spool_memory = Gauge(
+            "posewatch_spool_memory_messages",
+            "Alerts held in memory because the disk spool cannot be written (disk full)",
+            registry=r,
+        )
+        self.spool_memory_dropped = Gauge(
+            "posewatch_spool_memory_dropped_messages",
+            "Alerts dropped because the memory backlog of an unwritable spool was full",
+            registry=r,
+        )
+        self.spool_write_errors = Gauge(
+            "posewatch_spool_write_errors",
+            "Failed writes to the disk spool since start (disk full, I/O error)",
+            registry=r,
+        )
+        self.spool_torn = Gauge(
+            "posewatch_spool_torn_records",
+            "Torn records (crash or full disk mid-append) cut off the spool at start",
+            registry=r,
+        )
+        self.delivery_age = Gauge(
+            "posewatch_delivery_age_seconds",
+            "Seconds since the last acknowledged alert delivery while alerts wait (0: none)",
+            registry=r,
+        )
         self.spool_dropped = Gauge(
             "posewatch_spool_dropped_messages",
             "Alerts dropped because the spool was full",

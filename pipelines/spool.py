@@ -6,6 +6,20 @@ Appends are flushed and fsync'd, so an alert accepted by :meth:`DiskSpool.append
 crash or a restart of posewatch. When the spool exceeds ``max_bytes`` the oldest
 undelivered segments are dropped and counted (the bound an operator configures).
 
+Faults it survives:
+
+- **A torn tail** (a crash, a power cut or a full disk in the middle of an append) is cut
+  off when the spool opens and counted in :attr:`DiskSpool.torn`; a record is never
+  appended onto torn bytes (a failed append truncates its own partial write).
+- **A corrupt record** (not JSON, not base64) is skipped and counted in
+  :attr:`DiskSpool.corrupt`, never fatal.
+- **A full disk**: :meth:`DiskSpool.append` raises :class:`SpoolWriteError` and leaves the
+  files as they were (the caller keeps the message elsewhere and retries); a cursor that
+  cannot be written stays in memory and is written at the next ack.
+- **Two processes on one folder**: the folder is locked (``fcntl.flock`` on ``<dir>/lock``,
+  which holds the owner's pid and host); a second process gets :class:`SpoolLockedError`
+  naming the process that holds it.
+
 Example:
     >>> import tempfile
     >>> sp = DiskSpool(tempfile.mkdtemp())
@@ -13,15 +27,88 @@ Example:
     1
     >>> [k for k, _ in sp.peek(10)], sp.ack(1), sp.pending()
     (['gate'], None, 0)
+    >>> sp.close()
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
+import fcntl
 import json
+import logging
 import os
+import shutil
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Locks this process holds: folder -> (lock file descriptor, users).
+_HELD: dict[Path, tuple[int, int]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+class SpoolWriteError(OSError):
+    """A message could not be written to the spool (disk full, read-only, I/O error); the
+    spool's files are unchanged."""
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process uses the spool folder (the message names it and what to do)."""
+
+
+def _lock_folder(folder: Path) -> None:
+    """Take the folder's inter-process lock (re-entrant within this process)."""
+    key = folder.resolve()
+    with _HELD_LOCK:
+        if key in _HELD:
+            fd, users = _HELD[key]
+            _HELD[key] = (fd, users + 1)
+            return
+        path = key / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SpoolLockedError(
+                f"spool folder {key} is in use by {owner}: two processes on one spool would "
+                "send the same alerts twice; give each process its own kafka.spool_dir (or "
+                "stop the other one)"
+            ) from None
+        with contextlib.suppress(OSError):  # a full disk must not prevent the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        _HELD[key] = (fd, 1)
+
+
+def _unlock_folder(folder: Path) -> None:
+    key = folder.resolve()
+    with _HELD_LOCK:
+        if key not in _HELD:
+            return
+        fd, users = _HELD[key]
+        if users > 1:
+            _HELD[key] = (fd, users - 1)
+            return
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _decode(line: bytes) -> tuple[str, bytes] | None:
+    """A record's key and value, or None when it is corrupt."""
+    try:
+        rec = json.loads(line)
+        return str(rec["k"]), base64.b64decode(rec["v"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
 
 
 class DiskSpool:
@@ -30,8 +117,14 @@ class DiskSpool:
     Arguments:
         folder: where segments and the cursor live (created).
         max_bytes: bound on the undelivered bytes; beyond it the oldest segments are dropped.
+            Checked against the free space of the folder's file system when it opens (a
+            warning when the bound cannot be reached: the disk fills first, and alerts then
+            wait in the sink's memory backlog).
         segment_bytes: size at which a new segment starts.
         fsync: fsync every append (durability; turn off only for tests of throughput).
+
+    Raises:
+        SpoolLockedError: another process holds the folder.
     """
 
     def __init__(
@@ -43,16 +136,44 @@ class DiskSpool:
     ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        _lock_folder(self.folder)
+        self._closed = False
         self.max_bytes = max_bytes
+        self._check_free_space()
         self.segment_bytes = segment_bytes
         self.fsync = fsync
-        self.dropped = 0
+        self.dropped = 0  # messages dropped by the size bound
+        self.torn = 0  # torn tails cut off at open
+        self.corrupt = 0  # corrupt records skipped
         self._lock = threading.Lock()
         self._cursor_path = self.folder / "cursor"
         self._seg, self._off = self._read_cursor()
+        self._cursor_dirty = False
+        self._repair()
         segs = self._segments()
         self._write_seq = segs[-1] if segs else self._seg
         self._count = sum(1 for _ in self._iter_from(self._seg, self._off))
+
+    def close(self) -> None:
+        """Release the folder's lock (the files stay)."""
+        if not self._closed:
+            self._closed = True
+            _unlock_folder(self.folder)
+
+    def _check_free_space(self) -> None:
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            return
+        if self.max_bytes > free:
+            log.warning(
+                "spool %s: kafka.spool_max_mb is %.1f MB but only %.1f MB are free there: the "
+                "disk fills before the spool reaches its bound (free space or lower "
+                "kafka.spool_max_mb)",
+                self.folder,
+                self.max_bytes / 2**20,
+                free / 2**20,
+            )
 
     # -- files ------------------------------------------------------------------------------
     def _segments(self) -> list[int]:
@@ -70,11 +191,47 @@ class DiskSpool:
             return (segs[0] if segs else 0), 0
 
     def _write_cursor(self) -> None:
+        """Persist the cursor; on a write error it stays in memory (written at the next
+        ack; a restart before that re-sends some messages: at least once)."""
         tmp = self._cursor_path.with_suffix(".tmp")
-        tmp.write_text(f"{self._seg} {self._off}")
-        os.replace(tmp, self._cursor_path)
+        try:
+            tmp.write_text(f"{self._seg} {self._off}")
+            os.replace(tmp, self._cursor_path)
+            self._cursor_dirty = False
+        except OSError as exc:
+            self._cursor_dirty = True
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.error("spool %s: cannot persist the delivery cursor (%s)", self.folder, exc)
 
-    def _iter_from(self, seg: int, off: int, limit: int | None = None):  # type: ignore[no-untyped-def]
+    def _repair(self) -> None:
+        """Cut a torn tail (bytes after the last newline) off every segment."""
+        for s in self._segments():
+            path = self._path(s)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            if not data or data.endswith(b"\n"):
+                continue
+            keep = data.rfind(b"\n") + 1
+            try:
+                os.truncate(path, keep)
+            except OSError as exc:
+                log.error("spool %s: cannot cut the torn tail of %s (%s)", self.folder, path, exc)
+                continue
+            self.torn += 1
+            log.warning(
+                "spool %s: cut a torn record (%d bytes) off the end of %s (a crash or a full "
+                "disk during an append); the messages before it are kept",
+                self.folder,
+                len(data) - keep,
+                path.name,
+            )
+        if self._seg in self._segments() and self._off > self._path(self._seg).stat().st_size:
+            self._off = self._path(self._seg).stat().st_size
+
+    def _iter_from(
+        self, seg: int, off: int, limit: int | None = None
+    ) -> Iterator[tuple[int, int, bytes]]:
         n = 0
         for s in self._segments():
             if s < seg:
@@ -87,7 +244,7 @@ class DiskSpool:
                     if not line:
                         break
                     if not line.endswith(b"\n"):
-                        break  # a torn last write (crash mid-append): ignored
+                        break  # a tail being written or torn after open: never read
                     yield s, fh.tell(), line
                     n += 1
                     if limit is not None and n >= limit:
@@ -95,20 +252,42 @@ class DiskSpool:
 
     # -- API --------------------------------------------------------------------------------
     def append(self, key: str, value: bytes) -> None:
-        """Durably add one message."""
+        """Durably add one message.
+
+        Raises:
+            SpoolWriteError: it could not be written (disk full, I/O error); the spool is
+                unchanged.
+        """
         rec = json.dumps({"k": key, "v": base64.b64encode(value).decode()}).encode() + b"\n"
         with self._lock:
             path = self._path(self._write_seq)
-            if path.exists() and path.stat().st_size + len(rec) > self.segment_bytes:
+            size = path.stat().st_size if path.exists() else 0
+            if size and size + len(rec) > self.segment_bytes:
                 self._write_seq += 1
-                path = self._path(self._write_seq)
-            with open(path, "ab") as fh:
-                fh.write(rec)
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
+                path, size = self._path(self._write_seq), 0
+            try:
+                with open(path, "ab") as fh:
+                    fh.write(rec)
+                    fh.flush()
+                    if self.fsync:
+                        os.fsync(fh.fileno())
+            except OSError as exc:
+                self._undo_append(path, size)
+                raise SpoolWriteError(exc.errno, f"spool {self.folder}: {exc.strerror}") from exc
             self._count += 1
+            if self._cursor_dirty:
+                self._write_cursor()
             self._enforce_bound()
+
+    def _undo_append(self, path: Path, size: int) -> None:
+        """Remove a partial write (never leave torn bytes for the next append)."""
+        try:
+            if size == 0:
+                path.unlink(missing_ok=True)
+            elif path.exists():
+                os.truncate(path, size)
+        except OSError as exc:  # the next open cuts the torn tail
+            log.error("spool %s: cannot undo a partial append (%s)", self.folder, exc)
 
     def _enforce_bound(self) -> None:
         while self.size_bytes() > self.max_bytes:
@@ -128,12 +307,24 @@ class DiskSpool:
             self._write_cursor()
 
     def peek(self, n: int) -> list[tuple[str, bytes]]:
-        """Up to ``n`` undelivered messages, oldest first (not removed)."""
+        """Up to ``n`` undelivered messages, oldest first (not removed). Corrupt records are
+        acknowledged and counted (:attr:`corrupt`), never returned."""
         with self._lock:
-            out = []
-            for _, _, line in self._iter_from(self._seg, self._off, n):
-                rec = json.loads(line)
-                out.append((rec["k"], base64.b64decode(rec["v"])))
+            out: list[tuple[str, bytes]] = []
+            for seg, off, line in self._iter_from(self._seg, self._off):
+                rec = _decode(line)
+                if rec is None:
+                    if not out:  # at the head: skip it for good
+                        self.corrupt += 1
+                        self._count -= 1
+                        self._seg, self._off = seg, off
+                        self._write_cursor()
+                        log.error("spool %s: skipped a corrupt record", self.folder)
+                        continue
+                    break  # handled when it reaches the head
+                out.append(rec)
+                if len(out) >= n:
+                    break
             return out
 
     def ack(self, n: int) -> None:
@@ -164,6 +355,10 @@ class DiskSpool:
         for s in self._segments():
             if s < self._seg:
                 continue
-            size = self._path(s).stat().st_size
-            total += size - (self._off if s == self._seg else 0)
+            with contextlib.suppress(FileNotFoundError):
+                size = self._path(s).stat().st_size
+                total += size - (self._off if s == self._seg else 0)
         return total
+
+
+__all__ = ["DiskSpool", "SpoolLockedError", "SpoolWriteError"]

@@ -54,9 +54,14 @@ class KafkaSink(AlertSink):
         self.update_metrics()
 
     def update_metrics(self) -> None:
-        m, spool = self.metrics, self.sink.spool
-        m.spool_messages.set(spool.pending())
+        m, sink, spool = self.metrics, self.sink, self.sink.spool
+        m.spool_messages.set(sink.pending())
         m.spool_dropped.set(spool.dropped)
+        m.spool_memory.set(len(sink.memory))
+        m.spool_memory_dropped.set(sink.memory_dropped)
+        m.spool_write_errors.set(sink.spool_errors)
+        m.spool_torn.set(spool.torn + spool.corrupt)
+        m.delivery_age.set(sink.delivery_age())
         with contextlib.suppress(OSError):  # the sender may remove a segment meanwhile
             m.spool_bytes.set(spool.size_bytes())
 
