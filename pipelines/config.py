@@ -239,6 +239,14 @@ class KafkaConfig(Base):
         title="Dead-letter topic",
         description="Where malformed pose messages go, with the reason in an `error` header.",
     )
+    max_cameras: int = Field(
+        1000,
+        ge=1,
+        title="Most cameras",
+        description="Distinct cameras a `posewatch score` member accepts (each camera is a "
+        "metric label series and keeps buffers); messages of further cameras go to the "
+        "dead-letter topic.",
+    )
     max_poll_records: int = Field(
         200, ge=1, title="Max poll records", description="Most pose messages per poll."
     )

@@ -16,8 +16,12 @@ Delivery is at-least-once and alert ids are reproducible, so subscribers dedupli
   the same input gives the same scores in any member, and in ``posewatch run``.
 - **Rebalances.** Partitions kept across a rebalance continue from this member's position;
   cameras of lost partitions are dropped (their new owner replays them); gained ones warm up.
-- **Bad messages** (not JSON, not a valid PoseFrame) are counted and forwarded to the
-  dead-letter topic with the reason in a header; scoring goes on.
+- **Bad messages** (not JSON, not a valid PoseFrame, a camera beyond ``kafka.max_cameras``,
+  or any error while scoring one) are counted and forwarded to the dead-letter topic with
+  the reason in a header; scoring goes on: a member never dies on message content. Each
+  dead letter names its source (``topic[partition]@offset``); a member reads the sources
+  already on the dead-letter topic (its last 10,000 records) before its first dead letter,
+  so replaying a partition from its replay point sends none twice.
 - **Lag** per partition is exported (``posewatch_consumer_lag``).
 
 Episodes still open when a member stops are not ended: the next owner continues them.
@@ -104,6 +108,8 @@ class ScoreService(ServiceBase):
         self.windows = 0
         self.consumed = 0  # messages taken from the poses topic (valid or not)
         self.summary = ScoreSummary()
+        self._dlq_sources: set[str] = set()  # messages on the dead-letter topic
+        self._dlq_loaded = False
         self.router: AlertRouter | None = None
         self.consumer: Any = None
         self.dlq: Any = None
@@ -236,22 +242,44 @@ class ScoreService(ServiceBase):
         return self.summary
 
     def handle_record(self, tp: Any, rec: Any) -> None:
-        """One pose message: decode (bad ones to the dead-letter topic), score, route."""
+        """One pose message: decode, admit, score and route; a message that fails any step
+        goes to the dead-letter topic with the reason (never fatal)."""
         self.summary.messages += 1
         self.consumed += 1
         self.metrics.messages_consumed.labels(partition=str(tp.partition)).inc()
         where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
         try:
             frame = decode_poseframe(rec.value, where)
+            self.admit(frame.camera, tp)
+            self.process(frame, tp, rec.offset)
         except PoseFileError as exc:
             self.dead_letter(tp, rec, where, exc)
-        else:
-            self.process(frame, tp, rec.offset)
+        except Exception as exc:  # a poison message must not kill the member
+            log.exception("scoring %s failed", where)
+            self.dead_letter(tp, rec, where, RuntimeError(f"{where}: scoring failed: {exc!r}"))
         self.position[tp] = rec.offset + 1
+
+    def admit(self, camera: str, tp: Any) -> None:
+        """Refuse a camera beyond ``kafka.max_cameras`` (each is a metric label series).
+
+        Raises:
+            PoseFileError: the bound is reached.
+        """
+        if camera in self.camera_tp or len(self.camera_tp) < self.cfg.kafka.max_cameras:
+            return
+        raise PoseFileError(
+            tp.topic,
+            f"camera {camera!r} refused: this member already scores "
+            f"{len(self.camera_tp)} cameras (kafka.max_cameras)",
+        )
 
     def dead_letter(self, tp: Any, rec: Any, where: str, exc: Exception) -> None:
         self.summary.invalid += 1
         self.metrics.messages_invalid.labels(topic=tp.topic).inc()
+        if where in self._dead_letters():
+            log.info("%s was dead-lettered before (replay); not sent again", where)
+            return
+        self._dlq_sources.add(where)
         log.warning("dead-lettered %s", exc)
         self.dlq.send(
             self.cfg.kafka.dead_letter_topic,
@@ -273,6 +301,42 @@ class ScoreService(ServiceBase):
             self.consumer.commit(offsets)
             self.summary.commits += 1
         return True
+
+    def _dead_letters(self, tail: int = 10_000) -> set[str]:
+        """Sources (``topic[partition]@offset``) already on the dead-letter topic, read once
+        (its last ``tail`` records per partition)."""
+        if self._dlq_loaded:
+            return self._dlq_sources
+        self._dlq_loaded = True
+        from kafka import KafkaConsumer, TopicPartition
+
+        k = self.cfg.kafka
+        try:
+            c = KafkaConsumer(
+                bootstrap_servers=k.bootstrap_servers,
+                enable_auto_commit=False,
+                consumer_timeout_ms=2000,
+                **kafka_client_config(self.cfg),
+            )
+            try:
+                parts = c.partitions_for_topic(k.dead_letter_topic) or set()
+                tps = [TopicPartition(k.dead_letter_topic, p) for p in parts]
+                if tps:
+                    c.assign(tps)
+                    ends = c.end_offsets(tps)
+                    for tp in tps:
+                        c.seek(tp, max(0, ends[tp] - tail))
+                    for rec in c:
+                        src = dict(rec.headers or []).get("source")
+                        if src:
+                            self._dlq_sources.add(src.decode(errors="replace"))
+                        if all(c.position(tp) >= ends[tp] for tp in tps):
+                            break
+            finally:
+                c.close()
+        except Exception as exc:  # the DLQ unreadable: duplicates are possible, not loss
+            log.warning("cannot read the dead-letter topic %s: %s", k.dead_letter_topic, exc)
+        return self._dlq_sources
 
     def _export_lag(self) -> None:
         try:

@@ -12,6 +12,12 @@ same poses give the same scores and alert ids in ``posewatch run``, in any ``pos
 score`` member and after a replay; with ``batch`` the frames of every camera in a batch
 share one model call and one seed (throughput first).
 
+A camera whose frame index goes back by more than a window (its producer, ``posewatch
+detect``, restarted and counts from 0 again; track ids start over too) is restarted: its
+open episodes end (``end`` alerts), its buffers and episodes are dropped and counted in
+:attr:`ScoreStage.camera_restarts`. A smaller step back only restarts the persons it
+concerns (:class:`~pipelines.track_scoring.TrackScorer`).
+
 No Kafka, no YOLO, no clock: a plain class fed with :class:`~detector.pose.PoseFrame` s.
 
 Example:
@@ -24,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -35,6 +42,8 @@ from pipelines.alerts import Alert, AlertLifecycle
 from pipelines.config import AlertingConfig
 from pipelines.model_provider import ModelProvider, ServedModel
 from pipelines.track_scoring import PersonScore
+
+log = logging.getLogger(__name__)
 
 Seeding = Literal["frame", "batch"]
 
@@ -94,6 +103,8 @@ class ScoreStage:
         self.seeding: Seeding = seeding
         self.lifecycles: dict[str, AlertLifecycle] = {}
         self.timing = StageTiming()
+        self._last_frame: dict[str, int] = {}  # camera -> highest frame index seen
+        self.camera_restarts = 0
 
     def _lifecycle(self, camera: str, model: ServedModel) -> AlertLifecycle:
         life = self.lifecycles.get(camera)
@@ -154,12 +165,17 @@ class ScoreStage:
     ) -> list[ScoredFrame]:
         t0 = time.perf_counter()
         served: list[tuple[PoseFrame, ServedModel]] = []
+        restarted: dict[int, list[Alert]] = {}
         for pf in frames:
             model = self.provider.model_for(pf.camera)
             if model is None:
                 self.provider.observe(pf, (fps or {}).get(pf.camera))
-            else:
-                served.append((pf, model))
+                continue
+            last = self._last_frame.get(pf.camera)
+            if last is not None and pf.frame_index < last - model.scorer.span:
+                restarted[id(pf)] = self._restart_camera(pf, model)
+            self._last_frame[pf.camera] = max(pf.frame_index, self._last_frame.get(pf.camera, -1))
+            served.append((pf, model))
         scorers = {id(m.scorer): m.scorer for _, m in served}
         fc0 = sum(sc.forecast_s for sc in scorers.values())
         by_frame: dict[tuple[str, int], list[PersonScore]] = {}
@@ -170,13 +186,30 @@ class ScoreStage:
         out = []
         for pf in frames:
             model = models.get(id(pf))
-            out.append(
+            done = (
                 self._alerts(pf, model, by_frame.get((pf.camera, pf.frame_index), []))
                 if model is not None
                 else ScoredFrame(pf)
             )
+            done.alerts[:0] = restarted.get(id(pf), [])
+            out.append(done)
         self.timing = StageTiming(forecast_s, time.perf_counter() - t0 - forecast_s)
         return out
+
+    def _restart_camera(self, pf: PoseFrame, model: ServedModel) -> list[Alert]:
+        """The camera's stream started over: end its episodes, forget its state."""
+        self.camera_restarts += 1
+        life = self.lifecycles.pop(pf.camera, None)
+        ended = life.close_all(pf.timestamp) if life is not None else []
+        model.scorer.drop_camera(pf.camera)
+        self._last_frame[pf.camera] = pf.frame_index
+        log.warning(
+            "camera %s: frame index went back to %d (its producer restarted?); its tracks and "
+            "episodes start over",
+            pf.camera,
+            pf.frame_index,
+        )
+        return ended
 
     def _alerts(self, pf: PoseFrame, model: ServedModel, scores: list[PersonScore]) -> ScoredFrame:
         """A frame's lifecycle updates and lost tracks."""
@@ -203,6 +236,7 @@ class ScoreStage:
         if model is not None:
             model.scorer.drop_camera(camera)
         self.lifecycles.pop(camera, None)
+        self._last_frame.pop(camera, None)
 
     def close(self, ts: float) -> list[Alert]:
         """End every open episode (graceful shutdown of ``posewatch run``)."""

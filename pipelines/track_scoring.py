@@ -6,6 +6,12 @@ on a sliding buffer per person: a person is scored at a frame when the buffer ho
 window ending there (and every ``stride``-th frame after that). Persons due in a batch of
 frames (any cameras) go through the model in one call.
 
+Frame indices come from outside (pose messages) and are not trusted to grow: a person's
+frame seen again (a duplicate) is dropped and counted (:attr:`TrackScorer.duplicates`); a
+frame index behind the person's last one starts a new segment of that track (its buffer
+and smoothing start over, counted in :attr:`TrackScorer.restarts`); a jump forward leaves
+the skipped frames missing (a window is only scored when its frames are there).
+
 Example:
     >>> scorer = TrackScorer(checkpoint, ScorerConfig())  # doctest: +SKIP
     >>> for frame in pose_frames:  # doctest: +SKIP
@@ -79,6 +85,8 @@ class TrackScorer:
         self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
         self._tracks: dict[tuple[str, int], _Track] = {}
         self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
+        self.duplicates = 0  # person frames dropped: that frame of that track was seen
+        self.restarts = 0  # tracks restarted: a frame index behind the track's last one
 
     def warmup(self, persons: int = 4) -> None:
         """Score a few synthetic windows once: the first model call's one-time costs (torch
@@ -127,6 +135,12 @@ class TrackScorer:
             for p in fr.persons:
                 key = (fr.camera, p.track_id)
                 tr = self._tracks.get(key)
+                if tr is not None and fr.frame_index <= tr.last_frame:
+                    if fr.frame_index == tr.last_frame:
+                        self.duplicates += 1
+                        continue
+                    self.restarts += 1  # out of order, or the producer restarted
+                    tr = None
                 if tr is None:
                     tr = self._tracks[key] = _Track(
                         deque(maxlen=self.span), CausalSmoother(self.sigma)
