@@ -58,6 +58,19 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (Linux), so a posewatch process that
+    is killed (SIGKILL, a crash) leaves no orphan broker behind."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class EmbeddedBroker:
     """A tansu broker with memory storage on ``127.0.0.1:port``.
 
@@ -89,6 +102,7 @@ class EmbeddedBroker:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         if not wait_for_port("127.0.0.1", self.port, self.startup_timeout):
             self.stop()

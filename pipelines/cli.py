@@ -119,11 +119,11 @@ def train(
     normal_only: Annotated[
         bool, typer.Option("--normal-only/--all-windows", help="Train on all-normal windows only.")
     ] = True,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 40,
     seed: Annotated[int, typer.Option(help="Random seed (deterministic on CPU).")] = 0,
-    t_obs: Annotated[int, typer.Option(help="Observed frames per window.")] = 12,
-    horizon: Annotated[int, typer.Option(help="Future frames per window.")] = 12,
-    frame_step: Annotated[int, typer.Option(help="Keep every n-th frame.")] = 1,
+    t_obs: Annotated[int, typer.Option(min=1, help="Observed frames per window.")] = 12,
+    horizon: Annotated[int, typer.Option(min=1, help="Future frames per window.")] = 12,
+    frame_step: Annotated[int, typer.Option(min=1, help="Keep every n-th frame.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     max_minutes: Annotated[float, typer.Option(help="Stop training after this long.")] = 18.0,
     split_seed: Annotated[
@@ -286,6 +286,14 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Output folder (JSON, ROC, timelines).")] = Path(
         "runs/evaluate"
     ),
+    labelled_only: Annotated[
+        bool,
+        typer.Option(
+            "--labelled-only",
+            help="Score each clip only up to its last labelled frame (default: labels "
+            "shorter than a clip's poses are an error).",
+        ),
+    ] = False,
 ) -> None:
     """Frame AUC-ROC, AP, per-clip AUC and recall at 1 and 5 false alerts per camera-hour."""
     from pipelines.offline.evaluation import EvaluateRequest, run_evaluate
@@ -304,6 +312,7 @@ def evaluate(
             samples=samples,
             seed=seed,
             out=out,
+            labelled_only=labelled_only,
         )
         run_evaluate(replace(req, samplers=tuple(sampler)) if sampler else req)
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
@@ -380,8 +389,22 @@ def extract(
     backend: Annotated[str, typer.Option(help=f"{_or(BACKENDS)}.")] = "auto",
     batch: Annotated[int, typer.Option(help="Frames per inference call.")] = 4,
     tracker: Annotated[str, typer.Option(help=f"{_or(TRACKERS)}.")] = "bytetrack",
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            max=999.0,
+            help="Frame rate of the videos (frames/s) for the timestamps; default: each "
+            "header's (an implausible one is replaced and logged).",
+        ),
+    ] = None,
 ) -> None:
-    """Detect, track and write the poses of each video (STG-NF JSON or JSON lines)."""
+    """Detect, track and write the poses of each video (STG-NF JSON or JSON lines).
+
+    Exit status: 0 when every video was read to its end; 3 when one ended early and is
+    truncated (its poses up to there are written); 1 when one could not be read at all
+    (not found, not a video); 2 for bad options.
+    """
     from detector.extract import extract_video
     from detector.pose_model import DEFAULT_IMGSZ, PoseModel
     from detector.sources import SourceError
@@ -397,21 +420,28 @@ def extract(
         model = PoseModel(weights, imgsz or DEFAULT_IMGSZ, backend)  # type: ignore[arg-type]
     except WeightsNotFoundError as exc:
         raise _fail(str(exc)) from exc
-    failed = 0
+    failed = incomplete = 0
     for video in videos:
         try:
-            s = extract_video(model, video, out, fmt, batch, tracker=tracker)  # type: ignore[arg-type]
+            s = extract_video(model, video, out, fmt, batch, tracker=tracker, fps=fps)  # type: ignore[arg-type]
         except SourceError as exc:
             typer.echo(f"error: {exc}", err=True)
             failed += 1
             continue
+        claimed = s.frames_claimed
+        of = f" (of the {claimed} its header claims)" if claimed and claimed > s.frames else ""
         typer.echo(
-            f"{video}: {s.frames} frames in {s.seconds:.1f} s ({s.fps:.1f} frames/s, {model.backend}, "
+            f"{video}: {s.frames} frames{of} in {s.seconds:.1f} s ({s.fps:.1f} frames/s, {model.backend}, "
             f"imgsz {model.imgsz}); {s.persons_per_frame:.2f} persons per frame; {s.tracks} tracks, "
             f"{s.long_tracks} longer than 200 frames -> {s.out}"
         )
-    if failed:
-        raise typer.Exit(1)
+        if s.incomplete:
+            typer.echo(
+                f"warning: {s.incomplete}; the poses of its {s.frames} frames are written", err=True
+            )
+            incomplete += 1
+    if failed or incomplete:
+        raise typer.Exit(1 if failed else 3)
 
 
 @config_app.command("check")
@@ -426,6 +456,15 @@ def config_check(
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    ckpt = cfg.forecaster.checkpoint
+    if ckpt is not None and not ckpt.is_file():
+        typer.echo(
+            f"{file}: 1 configuration error(s)\n  forecaster.checkpoint: {ckpt} "
+            f"{'is not a file' if ckpt.exists() else 'does not exist'} (train one with "
+            "`posewatch train`, or remove the setting to learn each scene: cold start)",
+            err=True,
+        )
+        raise typer.Exit(2)
     enabled = [n for n, c in cfg.cameras.items() if c.enabled]
     typer.echo(
         f"{file}: valid ({len(cfg.cameras)} cameras, {len(enabled)} enabled: {', '.join(enabled)})"
@@ -454,15 +493,12 @@ def run(
     ] = None,
 ) -> None:
     """Run the service: cameras in, alerts to Kafka and JSONL, metrics on /metrics."""
-    import logging
 
     from pipelines.config import ConfigError, load_config
     from pipelines.run_service import Service
     from pipelines.serving import RuntimeConfigError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _service_logging()
     try:
         if config is not None:
             cfg = load_config(config)
@@ -484,7 +520,7 @@ def run(
     except RuntimeConfigError as exc:
         raise _fail(str(exc), 2) from exc
     service.install_signal_handlers()
-    s = service.run(max_seconds, max_frames)
+    s = _run(service, max_seconds, max_frames)
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(f"frames: {frames}; persons: {s.persons}; alerts: {alerts}; {s.seconds:.0f} s")
@@ -499,16 +535,34 @@ def run(
         typer.echo("some alerts are still in the spool; they are sent at the next start", err=True)
 
 
-def _start_service(factory: Callable[[Any], Any], config: Path) -> Any:
-    """Logging, the configuration and the service; config errors exit 2 with field paths."""
+def _service_logging() -> None:
+    """INFO to stderr; kafka-python's own INFO chatter (connection attempts, metadata) is
+    kept out (WARNING and above shown): posewatch logs delivery problems itself, once."""
     import logging
-
-    from pipelines.config import ConfigError, load_config
-    from pipelines.serving import RuntimeConfigError
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _run(service: Any, *args: Any) -> Any:
+    """``service.run(*args)``; a start-up fault (metrics port in use, a spool folder held
+    by another process, a broker that cannot start) is one line and exit 2."""
+    from pipelines.serving import RuntimeConfigError
+
+    try:
+        return service.run(*args)
+    except RuntimeConfigError as exc:
+        raise _fail(str(exc), 2) from exc
+
+
+def _start_service(factory: Callable[[Any], Any], config: Path) -> Any:
+    """Logging, the configuration and the service; config errors exit 2 with field paths."""
+    from pipelines.config import ConfigError, load_config
+    from pipelines.serving import RuntimeConfigError
+
+    _service_logging()
     try:
         service = factory(load_config(config))
     except ConfigError as exc:
@@ -530,7 +584,7 @@ def detect(
     from pipelines.detect_service import DetectService
 
     service = _start_service(DetectService, config)
-    s = service.run(max_seconds, max_frames)
+    s = _run(service, max_seconds, max_frames)
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     typer.echo(
         f"frames: {frames}; persons: {s.persons}; poses published {s.published}, "
@@ -549,7 +603,7 @@ def score(
     from pipelines.score_service import ScoreService
 
     service = _start_service(ScoreService, config)
-    s = service.run(max_seconds)
+    s = _run(service, max_seconds)
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(
         f"messages: {s.messages} ({s.invalid} dead-lettered); windows scored: {s.windows}; "

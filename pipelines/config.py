@@ -431,6 +431,26 @@ class PosewatchConfig(BaseSettings):
         return self
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key twice in one mapping (two cameras of one name
+    would otherwise be one, the last winning)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (line "
+                    f"{key_node.start_mark.line + 1}); each name must be unique",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def resolve_secrets(value: Any, where: str = "") -> Any:
     """Replace ``${ENV}`` placeholders and ``file:/path`` strings (recursively)."""
     if isinstance(value, dict):
@@ -482,8 +502,18 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise ConfigError(source, [("(file)", "file does not exist")])
+        if not p.is_file():
+            raise ConfigError(source, [("(file)", "not a file (a folder?): give the YAML file")])
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source, [("(file)", f"not UTF-8 text (byte {exc.start}): save it as UTF-8")]
+            ) from None
+        except OSError as exc:
+            raise ConfigError(source, [("(file)", f"cannot read it ({exc.strerror})")]) from None
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
     if not isinstance(data, dict):

@@ -29,7 +29,7 @@ from pipelines import __version__
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGES = ("decode", "detect", "forecast", "score", "publish")
 CAMERA_STATUSES = ("starting", "online", "reconnecting", "offline", "finished")
-PHASES = ("learning", "training", "scoring", "failed")
+PHASES = ("offline", "learning", "training", "scoring", "failed")
 
 
 class Metrics:

@@ -143,7 +143,7 @@ class Service(ServiceBase):
         self.sources = open_sources(self.cfg)
         self.monitor = CameraMonitor(self.sources, self.metrics)
         for n in self.cameras:
-            self.metrics.set_phase(n, self.scoring.phase(n))
+            self.metrics.set_phase(n, self.phase(n))
 
     # -- main loop ------------------------------------------------------------------------
     def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> RunSummary:
@@ -190,10 +190,15 @@ class Service(ServiceBase):
         if self.router is not None:
             self.router.tick()
         for n in self.cameras:
-            phase = self.scoring.phase(n)
+            phase = self.phase(n)
             if self.summary.phases.get(n) != phase:
                 self.summary.phases[n] = phase
                 self.metrics.set_phase(n, phase)
+
+    def phase(self, camera: str) -> str:
+        """The camera's model phase; ``offline`` until it delivered a frame (a camera that
+        never produced one is not "scoring")."""
+        return self.scoring.phase(camera) if camera in self.summary.frames else "offline"
 
     def handle_detected(self, detected: Sequence[DetectedFrame]) -> list[ScoredFrame]:
         """Score detected frames and route their alerts and views."""
@@ -269,7 +274,7 @@ class Service(ServiceBase):
         if self.router is not None:
             self.router.publish(alerts)
         for n in self.cameras:
-            self.summary.phases[n] = self.scoring.phase(n)
+            self.summary.phases[n] = self.phase(n)
 
     def stop_cameras(self) -> None:
         for src in self.sources.values():

@@ -63,8 +63,21 @@ class ServiceBase:
         return ()
 
     def start(self) -> None:
+        """Run the start-up steps.
+
+        Raises:
+            RuntimeConfigError: a step failed for a reason the operator fixes (the metrics
+                port in use, the spool folder held by another process, the embedded broker
+                not starting); the message names the setting.
+        """
+        from pipelines.broker import BrokerError
+        from pipelines.spool import SpoolLockedError
+
         for step in self.start_steps():
-            step()
+            try:
+                step()
+            except (SpoolLockedError, BrokerError) as exc:
+                raise RuntimeConfigError(str(exc)) from exc
 
     def shutdown(self) -> None:
         for step in self.stop_steps():
@@ -77,10 +90,18 @@ class ServiceBase:
         bound_heap_growth()
 
     def init_metrics(self) -> None:
-        cfg = self.cfg
-        if cfg.metrics.enabled:
-            self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
-            log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, self.metrics_port)
+        m = self.cfg.metrics
+        if not m.enabled:
+            return
+        try:
+            self.metrics_port = self.metrics.serve(m.host, m.port)
+        except OSError as exc:
+            raise RuntimeConfigError(
+                f"metrics: cannot listen on {m.host}:{m.port} ({exc.strerror}); another "
+                "process uses the port? Set metrics.port to a free port (0: any) or "
+                "metrics.enabled: false"
+            ) from exc
+        log.info("metrics on http://%s:%d/metrics", m.host, self.metrics_port)
 
     # -- stopping -------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
