@@ -131,9 +131,13 @@ class DetectService(ServiceBase):
                     if mux.done:
                         break
                     continue
-                detected = self.detecting.process(batch)
-                observe_detected(self.metrics, detected)
-                self.publish(detected)
+                try:
+                    detected = self.detecting.process(batch)
+                    observe_detected(self.metrics, detected)
+                    self.publish(detected)
+                except Exception:  # a bad batch must not stop the cameras
+                    self.metrics.batch_errors.inc()
+                    log.exception("a batch of %d frames failed; skipped", len(batch))
         finally:
             self.shutdown()
         self.summary.seconds = time.monotonic() - t0

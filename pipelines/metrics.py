@@ -79,6 +79,11 @@ class Metrics:
             ["camera", "phase"],
             registry=r,
         )
+        self.batch_errors = Counter(
+            "posewatch_batch_errors_total",
+            "Batches of frames skipped because detecting or scoring them failed (logged)",
+            registry=r,
+        )
         self.persons_tracked = Gauge(
             "posewatch_persons_tracked", "Persons tracked now", cam, registry=r
         )

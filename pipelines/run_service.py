@@ -24,7 +24,7 @@ import numpy as np
 
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
-from detector.sources import CameraSource
+from detector.sources import CameraSource, Frame
 from detector.stage import DetectedFrame, DetectStage
 from pipelines.broker import EmbeddedBroker
 from pipelines.cameras import (
@@ -163,14 +163,24 @@ class Service(ServiceBase):
                     continue
                 if not self.summary.startup_s:
                     self.summary.startup_s = time.monotonic() - self._t0
-                assert self.detecting is not None
-                detected = self.detecting.process(batch)
-                observe_detected(self.metrics, detected)
-                self.handle_detected(detected)
+                self.handle_batch(batch)
         finally:
             self.shutdown()
         self.summary.seconds = time.monotonic() - self._t0
         return self.summary
+
+    def handle_batch(self, batch: Sequence[Frame]) -> None:
+        """Detect, score and route one batch; a batch that fails is logged, counted
+        (``posewatch_batch_errors_total``) and skipped: the service goes on."""
+        assert self.detecting is not None
+        try:
+            detected = self.detecting.process(batch)
+            observe_detected(self.metrics, detected)
+            self.handle_detected(detected)
+        except Exception:
+            self.metrics.batch_errors.inc()
+            cams = sorted({f.camera for f in batch})
+            log.exception("a batch of %d frames (%s) failed; skipped", len(batch), ", ".join(cams))
 
     def _limit_reached(self, max_seconds: float | None, max_frames: int | None) -> bool:
         if max_seconds is not None and time.monotonic() - self._t0 > max_seconds:
