@@ -7,6 +7,9 @@ Two layouts are read:
 - **STG-NF** (ShanghaiTech, UBnormal pose folders): ``pose/<split>/<clip>*.json`` and
   ``gt/test_frame_mask/<clip>.npy``; the train split there has no labels (all normal).
 
+Labels must cover every frame that has poses (:meth:`Clip.check_labels`; longer is fine);
+:meth:`Clip.labelled_only` cuts a clip at its last labelled frame instead.
+
 Example:
     >>> from pathlib import Path
     >>> root = Path("../shared/data/aihub2")
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.pose import Track
-from detector.posefiles import PoseFileError, read_stgnf
+from detector.posefiles import MAX_CLIP_FRAMES, PoseFileError, read_stgnf
 
 POSE_SUFFIXES = ("_alphapose_tracked_person.json", "_alphapose_tracked_person.json.gz")
 
@@ -41,25 +44,71 @@ class Clip:
         tracks: ``{person_id: Track}``.
         labels: ``(N,)`` uint8 per-frame labels (1 = anomalous), or None when the split is
             unlabelled (e.g. STG-NF train splits, which are all normal).
+        label_path: the label file (None when unlabelled).
     """
 
     name: str
     path: Path
     tracks: dict[int, Track]
     labels: np.ndarray | None
+    label_path: Path | None = None
+
+    @property
+    def posed_frames(self) -> int:
+        """One past the last frame with a person in it (0 without persons)."""
+        return max((int(t.frames[-1]) for t in self.tracks.values()), default=-1) + 1
 
     @property
     def num_frames(self) -> int:
         """Frames of the clip: the label length, or one past the last posed frame."""
-        last = max((int(t.frames[-1]) for t in self.tracks.values()), default=-1)
-        return max(last + 1, 0 if self.labels is None else int(self.labels.shape[0]))
+        return max(self.posed_frames, 0 if self.labels is None else int(self.labels.shape[0]))
+
+    def check_labels(self) -> None:
+        """Raise :class:`DatasetError` when the labels stop before the poses do.
+
+        Labels longer than the poses are fine (frames without persons are normal by the
+        protocol); shorter ones would leave posed frames without a label, and counting them
+        as normal silently changes every metric.
+        """
+        if self.labels is None or self.labels.shape[0] >= self.posed_frames:
+            return
+        n, posed = int(self.labels.shape[0]), self.posed_frames
+        raise DatasetError(
+            f"clip {self.name!r}: its labels ({self.label_path}) cover {n:,} frames (0 to "
+            f"{n - 1:,}) but its poses ({self.path}) cover {posed:,} (0 to {posed - 1:,}); "
+            "labels must cover every posed frame (longer labels are fine). Fix the label "
+            "file, or score only the labelled frames (`posewatch evaluate --labelled-only`)"
+        )
 
     def frame_labels(self) -> np.ndarray:
-        """``(num_frames,)`` uint8 labels; unlabelled clips are all normal (0)."""
+        """``(num_frames,)`` uint8 labels; unlabelled clips are all normal (0).
+
+        Raises:
+            DatasetError: the labels are shorter than the poses (:meth:`check_labels`).
+        """
+        self.check_labels()
         out = np.zeros(self.num_frames, np.uint8)
         if self.labels is not None:
             out[: self.labels.shape[0]] = self.labels
         return out
+
+    def labelled_only(self) -> Clip:
+        """This clip as if it ended at its last labelled frame: every track cut there (a
+        track that starts after it is dropped). Scores of the frames kept are unchanged:
+        a window is scored on its last frame from earlier frames only. Unlabelled clips are
+        returned as they are."""
+        if self.labels is None:
+            return self
+        n = int(self.labels.shape[0])
+        tracks = {}
+        for tid, tr in self.tracks.items():
+            keep = np.flatnonzero(tr.present & (tr.frames < n))
+            if keep.size:
+                end = int(keep[-1]) + 1
+                tracks[tid] = Track(
+                    tid, tr.frames[:end], tr.keypoints[:end], tr.scores[:end], tr.present[:end]
+                )
+        return Clip(self.name, self.path, tracks, self.labels, self.label_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +156,35 @@ def _label_path(root: Path, name: str) -> Path | None:
     return None
 
 
+def _npy_values(path: Path) -> int:
+    """Values a ``.npy`` file's header announces, checked against the file's size (so that
+    loading never allocates more than the file holds)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        data_bytes = path.stat().st_size - fh.tell()
+    n = int(np.prod(shape, dtype=object))
+    if n > MAX_CLIP_FRAMES:
+        raise ValueError(
+            f"its header announces {n:,} labels, more than a clip may have frames "
+            f"({MAX_CLIP_FRAMES:,})"
+        )
+    if n * dtype.itemsize > data_bytes:
+        raise ValueError(
+            f"its header announces {n:,} values of {dtype.itemsize} bytes but the file holds "
+            f"{data_bytes:,} bytes of data"
+        )
+    return n
+
+
 def load_labels(path: Path) -> np.ndarray:
-    """Read a ``(N,)`` 0/1 label file; raises :class:`DatasetError` when it is not one."""
+    """Read a ``(N,)`` 0/1 label file; raises :class:`DatasetError` when it is not one (or
+    holds more than :data:`~detector.posefiles.MAX_CLIP_FRAMES` values)."""
     try:
+        _npy_values(path)
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"{path}: cannot read labels ({exc}); truncated?") from exc
@@ -148,7 +223,7 @@ def iter_split(root: str | Path, split: str, require_labels: bool | None = None)
                 f"{path}: no label file for clip {name!r} "
                 f"(looked for gt/{name}.npy and gt/test_frame_mask/{name}.npy)"
             )
-        yield Clip(name=name, path=path, tracks=tracks, labels=labels)
+        yield Clip(name=name, path=path, tracks=tracks, labels=labels, label_path=label_path)
 
 
 def load_split(root: str | Path, split: str, require_labels: bool | None = None) -> list[Clip]:

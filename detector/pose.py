@@ -37,6 +37,14 @@ SCHEMA_VERSION = 1
 CAMERA_NAME = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}")
 #: Largest image side (pixels) a PoseFrame may state (sinks allocate canvases of that size).
 MAX_IMAGE_SIDE = 16384
+#: Largest frame index a PoseFrame may carry (10**12 - 1: over 1,000 years of a 30 fps
+#: camera; a frame counter never reaches it, an epoch time in milliseconds already does).
+MAX_FRAME_INDEX = 10**12 - 1
+#: Most frames one :class:`Track` may span, first to last (10**6: about 9 h 15 min at
+#: 30 fps; a track's arrays take about 210 bytes per spanned frame, 210 MB at the limit).
+MAX_TRACK_FRAMES = 10**6
+#: Largest person / track id (2**53 - 1: every id is exact in JSON numbers and float64).
+MAX_TRACK_ID = 2**53 - 1
 
 
 def mark_missing(keypoints: np.ndarray) -> np.ndarray:
@@ -67,10 +75,12 @@ def zero_missing(keypoints: np.ndarray) -> np.ndarray:
 
 
 def _bbox_from_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """The keypoints' extent ``x1, y1, x2, y2``; ``(0, 0, 0, 0)`` when none was seen (a box
+    must be finite: a pose message with a NaN box is refused)."""
     xy = keypoints[:, :2]
     ok = np.isfinite(xy).all(axis=1)
     if not ok.any():
-        return np.full(4, np.nan, np.float32)
+        return np.zeros(4, np.float32)
     lo = xy[ok].min(axis=0)
     hi = xy[ok].max(axis=0)
     return np.array([lo[0], lo[1], hi[0], hi[1]], np.float32)
@@ -214,12 +224,21 @@ class Track:
         """Build a track from ``{frame_index: (keypoints (17, 3), score)}`` rows.
 
         Missing frames between the first and the last get ``present = False``.
+
+        Raises:
+            ValueError: no rows, or rows spanning more than :data:`MAX_TRACK_FRAMES` frames
+                (the arrays are dense from the first frame to the last).
         """
         if not rows:
             raise ValueError(f"track {track_id}: no frames")
-        idx = np.array(sorted(rows), dtype=np.int64)
-        first, last = int(idx[0]), int(idx[-1])
+        first, last = min(rows), max(rows)
         T = last - first + 1
+        if T > MAX_TRACK_FRAMES:
+            raise ValueError(
+                f"track {track_id} spans frames {first} to {last} ({T:,} frames); a track may "
+                f"span at most {MAX_TRACK_FRAMES:,} frames: are the frame indices frame numbers?"
+            )
+        idx = np.array(sorted(rows), dtype=np.int64)
         kp = np.full((T, NUM_KEYPOINTS, 3), np.nan, np.float32)
         kp[..., 2] = 0.0
         scores = np.full(T, np.nan, np.float32)

@@ -7,8 +7,10 @@ webcams, files paced at their fps) keep only the newest ``queue_size`` frames an
 they drop; files read as fast as possible (batch work) block instead, so no frame is lost.
 A stream that fails to open, stops delivering (``read`` fails, or no frame arrives for
 ``no_frame_timeout`` seconds) is reopened after ``retry_interval`` seconds, doubling up to
-``max_backoff``; every reopen attempt counts in ``reconnects``. Credentials in URLs never leave
-:func:`redact`.
+``max_backoff``; every reopen attempt counts in ``reconnects``. A video file that is not
+found is looked for again on the same schedule (:class:`FileSource`). A frame rate that is
+not plausible (:func:`plausible_fps`) is replaced and logged once. Credentials in URLs never
+leave :func:`redact`.
 
 One class per kind of source (:class:`FileSource`, :class:`StreamSource`,
 :class:`WebcamSource`, :class:`FolderSource`), named in :data:`SOURCE_KINDS`;
@@ -35,15 +37,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
+
+from detector.containers import ContainerCheck, avi_frame_rate, check_container
+from detector.redaction import redact as redact  # re-exported: detector.sources.redact
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SourceKind = Literal["file", "stream", "webcam", "folder"]
+#: Frame rates a header may state (frames/s, exclusive): 0, NaN, negative or >= 1000 (an
+#: RTSP clock rate, a Matroska time base) are not frame rates.
+PLAUSIBLE_FPS = (0.0, 1000.0)
+#: Frame rate used when the source states no plausible one and none can be derived.
+FALLBACK_FPS = 10.0
+
+
+def plausible_fps(fps: float | None) -> bool:
+    """Whether ``fps`` (frames/s) is a frame rate a camera or file can have.
+
+    >>> [plausible_fps(v) for v in (25.0, 0.0, float("nan"), 90000.0, None)]
+    [True, False, False, False, False]
+    """
+    return fps is not None and math.isfinite(fps) and PLAUSIBLE_FPS[0] < fps < PLAUSIBLE_FPS[1]
 
 
 class SourceStatus(enum.StrEnum):
@@ -54,20 +72,6 @@ class SourceStatus(enum.StrEnum):
     RECONNECTING = "reconnecting"
     OFFLINE = "offline"
     FINISHED = "finished"
-
-
-def redact(uri: str) -> str:
-    """Hide user and password of a URL (``scheme://***@host/...``); other strings unchanged."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def source_kind(uri: str) -> SourceKind:
@@ -114,10 +118,12 @@ class SourceStats:
         frames_read: frames decoded and queued since start.
         frames_dropped: frames discarded: the oldest queued ones of a live source the consumer
             did not take in time, and unreadable images of a folder.
-        reconnects: reopen attempts of a stream or webcam since start (each counted when it
-            starts, whether it then succeeds or not); 0 for files and folders.
+        reconnects: reopen attempts of a stream or webcam, and new looks for a video file
+            that was not found, since start (each counted when it starts, whether it then
+            succeeds or not); 0 for folders.
         fps: the source's frame rate (frames/s; 0 until known).
-        expected_frames: frames a file or folder announces, None when unknown or live.
+        expected_frames: frames a file or folder announces, None when unknown or live (or
+            when the file's header rate was implausible: its count is not trusted either).
     """
 
     camera: str
@@ -145,7 +151,9 @@ class SourceConfig:
         no_frame_timeout: seconds without a frame before a stream is reopened.
         retry_interval: first wait before reopening; doubles up to ``max_backoff``.
         max_backoff: longest wait between reopen attempts.
-        max_retries: give up (``offline``) after this many failed opens in a row; None = never.
+        max_retries: give up (``offline``) after this many failed opens in a row (for a
+            video file: failed looks for it while it is not found; ``extract`` uses 0);
+            None = never.
     """
 
     uri: str
@@ -162,6 +170,22 @@ class SourceConfig:
 
 class SourceError(RuntimeError):
     """A source ended with an error (message names the camera and the redacted URI)."""
+
+
+class IncompleteVideoError(SourceError):
+    """A video file ended before all its frames: truncated, or shorter than its header
+    claims in a container that cannot prove it whole. Raised after every frame that could
+    be decoded was delivered.
+
+    Attributes:
+        frames_read: frames decoded.
+        frames_claimed: frames the header claims (None when it states none).
+    """
+
+    def __init__(self, message: str, frames_read: int, frames_claimed: int | None):
+        super().__init__(message)
+        self.frames_read = frames_read
+        self.frames_claimed = frames_claimed
 
 
 class CameraSource:
@@ -215,6 +239,8 @@ class CameraSource:
         self._fps = float(cfg.fps or 0.0)
         self._expected: int | None = None
         self._last_frame = time.monotonic()
+        self._rate_trusted = True
+        self._rate_logged = False
         self.error: str | None = None
 
     # -- public ---------------------------------------------------------------------------------
@@ -337,9 +363,46 @@ class _CaptureSource(CameraSource):
         return cv2.VideoCapture(self.cfg.uri)
 
     def _opened(self, cap: cv2.VideoCapture) -> None:
-        """Called once ``cap`` is open, before the first read: takes its frame rate."""
-        fps = self.cfg.fps or cap.get(cv2.CAP_PROP_FPS) or 0.0
-        self._fps = float(fps) if fps and math.isfinite(fps) and fps < 1000 else 10.0
+        """Called once ``cap`` is open, before the first read: takes its frame rate.
+
+        ``cfg.fps`` when set; else the rate the source states (:meth:`_stated_fps`) when
+        :func:`plausible_fps`; else one derived from the frames' own timestamps
+        (:meth:`_timestamp_fps`), else :data:`FALLBACK_FPS`; a replaced rate is logged once
+        (warning) with the value used and how to set it.
+        """
+        if self.cfg.fps:
+            self._fps, self._rate_trusted = float(self.cfg.fps), True
+            return
+        stated = self._stated_fps(cap)
+        if plausible_fps(stated):
+            self._fps, self._rate_trusted = stated, True
+            return
+        derived = self._timestamp_fps()
+        used = derived if derived is not None else FALLBACK_FPS
+        how = "derived from its frames' timestamps" if derived is not None else "instead"
+        self._fps, self._rate_trusted = used, False
+        if not self._rate_logged:
+            self._rate_logged = True
+            log.warning(
+                "camera %r (%s): its stated frame rate, %s fps, is not plausible; using %.6g "
+                "fps %s. Set the right rate with the camera's `fps` setting (or "
+                "`posewatch extract --fps`)",
+                self.name,
+                self.safe_uri,
+                f"{stated:g}",
+                used,
+                how,
+            )
+
+    def _stated_fps(self, cap: cv2.VideoCapture) -> float:
+        """The frame rate the opened source states (frames/s; 0 or NaN when none)."""
+        v = cap.get(cv2.CAP_PROP_FPS)
+        return float(v) if v is not None else math.nan
+
+    def _timestamp_fps(self) -> float | None:
+        """A frame rate derived from the source's own frame timestamps, None if it has none
+        (live sources: timestamps are the arrival times)."""
+        return None
 
     def _input_ended(self, got: int) -> str:
         """``read`` failed after ``got`` frames of this opening: why (``truncated`` ends it)."""
@@ -371,28 +434,47 @@ class _CaptureSource(CameraSource):
 
 class FileSource(_CaptureSource):
     """A video file: read as fast as the consumer takes frames, or paced at its fps
-    (``cfg.pace``), looped with ``cfg.loop``. A missing, unreadable or truncated file (fewer
-    frames than its header announces, beyond 1% or 2 frames) ends ``offline`` with
-    :attr:`error` naming the file."""
+    (``cfg.pace``), looped with ``cfg.loop``.
+
+    - A file that is **not found** is looked for again after ``retry_interval`` seconds,
+      doubling up to ``max_backoff`` (status ``reconnecting``, reason ``file not found``;
+      each new look counts in ``reconnects``), so a camera whose file is restored comes
+      back; after ``max_retries`` failed looks (``0``: at once, as ``extract`` does) it ends
+      ``offline`` with :attr:`error` saying the file was not found.
+    - A file that exists but cannot be opened (not a video, unreadable, cut before its
+      index) ends ``offline`` with :attr:`error` saying which (:mod:`detector.containers`).
+    - A file whose container shows it truncated, or that ends before the frame count its
+      header claims (beyond 1% or 2 frames) in a container that cannot show it whole, is
+      **incomplete**: it ends ``offline`` with :attr:`error` (and :attr:`incomplete`) after
+      every decodable frame was delivered. When the container is whole, a short read means
+      the header over-states the count: a warning (once) says how many frames were read of
+      how many it claimed, and the file ends (or loops) normally.
+    """
 
     kind = "file"
 
+    def __init__(self, name: str, cfg: SourceConfig):
+        super().__init__(name, cfg)
+        #: Frames read and claimed when the file ended incomplete (see the class), else None.
+        self.incomplete: tuple[int, int | None] | None = None
+        self._short_logged = False
+
     def _produce(self) -> None:
-        if not os.path.exists(self.cfg.uri):
-            self.error = f"camera {self.name!r}: video file {self.cfg.uri} does not exist"
-            self._set(SourceStatus.OFFLINE, "file does not exist")
-            return
         index = 0
         while not self._stop.is_set():
+            if not self._wait_for_file():
+                return
             cap = self._open()
             if not cap.isOpened():
                 cap.release()
-                self.error = f"camera {self.name!r}: cannot open video file {self.cfg.uri} (not a video, or truncated)"
-                self._set(SourceStatus.OFFLINE, "cannot open file (not a video, or truncated)")
+                if not os.path.exists(self.cfg.uri):
+                    continue  # deleted between the look and the open: look again
+                why = unopenable_reason(self.cfg.uri)
+                self.error = f"camera {self.name!r}: cannot open video file {self.cfg.uri} ({why})"
+                self._set(SourceStatus.OFFLINE, f"cannot open file ({why})")
                 return
             self._opened(cap)
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            self._expected = n if n > 0 else None
+            self._expected = stated_frame_count(self.cfg.uri, cap) if self._rate_trusted else None
             self._set(SourceStatus.ONLINE, "")
             index, ended = self._read_loop(cap, index)
             cap.release()
@@ -406,18 +488,73 @@ class FileSource(_CaptureSource):
             return
         self._finish()
 
+    def _wait_for_file(self) -> bool:
+        """Look for the file until it exists (True), ``max_retries`` looks failed (False,
+        ``offline``) or the source is stopped (False)."""
+        failures = 0
+        backoff = self.cfg.retry_interval
+        while not os.path.exists(self.cfg.uri):
+            failures += 1
+            if self.cfg.max_retries is not None and failures > self.cfg.max_retries:
+                looks = f" after {failures} looks" if failures > 1 else ""
+                self.error = f"camera {self.name!r}: video file {self.cfg.uri} not found{looks}"
+                self._set(SourceStatus.OFFLINE, f"file not found{looks}")
+                return False
+            self._set(SourceStatus.RECONNECTING, f"file not found; looking again in {backoff:g} s")
+            self._wait(backoff)
+            if self._stop.is_set():
+                return False
+            backoff = min(backoff * 2, self.cfg.max_backoff)
+            self._count_reconnect()
+        return True
+
+    def _stated_fps(self, cap: cv2.VideoCapture) -> float:
+        # FFmpeg reads an AVI header rate of 0 as 25 fps: ask the header itself.
+        try:
+            avi = avi_frame_rate(self.cfg.uri)
+        except OSError:
+            avi = None
+        return avi if avi == 0.0 else super()._stated_fps(cap)
+
+    def _timestamp_fps(self) -> float | None:
+        try:
+            if not check_container(self.cfg.uri).timestamps:
+                return None
+        except OSError:
+            return None
+        return timestamp_fps(self.cfg.uri)
+
     def _input_ended(self, got: int) -> str:
         exp = self._expected
-        if exp is not None and got < exp - max(2, int(0.01 * exp)):
+        try:
+            check = check_container(self.cfg.uri)
+        except OSError as exc:  # deleted or unreadable now: judge by the count alone
+            check = ContainerCheck("unknown", None, f"cannot check the file ({exc})", False)
+        claimed = ""
+        if exp is not None:
+            claimed = f" of the {exp} its header claims" if got < exp else f" (its header: {exp})"
+        short = exp is not None and got < exp - max(2, int(0.01 * exp))
+        if check.truncated or (check.truncated is None and short):
+            whole = f"a {check.kind} container cannot show the file whole"
+            why = check.detail if check.truncated else whole
+            self.incomplete = (got, exp)
             self.error = (
-                f"camera {self.name!r}: video file {self.cfg.uri} ended after {got} of "
-                f"{exp} frames (truncated or corrupt)"
+                f"camera {self.name!r}: video file {self.cfg.uri} is incomplete: read {got} "
+                f"frames{claimed}; {why}"
             )
-            self._set(
-                SourceStatus.OFFLINE,
-                f"ended after {got} of {exp} frames (truncated or corrupt)",
-            )
+            self._set(SourceStatus.OFFLINE, f"incomplete: read {got} frames{claimed} (truncated)")
             return "truncated"
+        if short and not self._short_logged:
+            self._short_logged = True
+            log.warning(
+                "camera %r: video file %s: read %d frames%s; the file itself is whole (%s): "
+                "its header over-states the frame count",
+                self.name,
+                self.cfg.uri,
+                got,
+                claimed,
+                check.detail,
+            )
         return "end of file"
 
     def _stamp(self, index: int, start_index: int, t0: float, period: float) -> float:
@@ -426,6 +563,57 @@ class FileSource(_CaptureSource):
             if delay > 0:
                 self._wait(delay)
         return index * period if period else float(index)
+
+
+def stated_frame_count(path: str, cap: cv2.VideoCapture) -> int | None:
+    """The frame count the header of the video file ``path`` (open in ``cap``) states;
+    None when it states none, or a frame rate that is not plausible (the count is then
+    often duration x that rate, and no more to be trusted)."""
+    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    if not n or not math.isfinite(n) or n <= 0 or not plausible_fps(cap.get(cv2.CAP_PROP_FPS)):
+        return None
+    try:
+        if avi_frame_rate(path) == 0.0:
+            return None
+    except OSError:
+        return None
+    return int(n)
+
+
+def unopenable_reason(path: str) -> str:
+    """Why OpenCV cannot open an existing file ``path``, in a few words."""
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    try:
+        check = check_container(path)
+    except OSError as exc:
+        return f"cannot read it: {exc}"
+    if check.truncated:
+        return check.detail
+    if check.kind == "unknown":
+        return "not a video: no container format OpenCV can read"
+    return f"a {check.kind} file OpenCV cannot decode ({check.detail})"
+
+
+def timestamp_fps(path: str, frames: int = 16) -> float | None:
+    """The frame rate of a video file's first ``frames`` frames from their presentation
+    timestamps (one over the median positive spacing), None when they give no plausible
+    rate. Grabs without decoding; a separate capture, closed before returning."""
+    cap = cv2.VideoCapture(path)
+    stamps: list[float] = []
+    try:
+        while cap.isOpened() and len(stamps) < frames and cap.grab():
+            stamps.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    finally:
+        cap.release()
+    gaps = np.diff(np.asarray(stamps, np.float64))
+    gaps = gaps[np.isfinite(gaps) & (gaps > 0)]
+    if gaps.size == 0:
+        return None
+    fps = 1000.0 / float(np.median(gaps))
+    return fps if plausible_fps(fps) else None
 
 
 class _LiveCaptureSource(_CaptureSource):

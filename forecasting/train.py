@@ -146,6 +146,55 @@ def build_windows(
     return Windows.concat(parts)
 
 
+def window_span(wcfg: WindowConfig) -> int:
+    """Consecutive track frames one window covers: ``(1 + t_obs + horizon - 1) *
+    frame_step + 1``."""
+    return (wcfg.length - 1) * wcfg.frame_step + 1
+
+
+def require_windows(
+    w: Windows, tracks: Sequence[TrackArrays], wcfg: WindowConfig, normal_only: bool, what: str
+) -> None:
+    """Raise ``ValueError`` saying why ``tracks`` gave no window, when ``w`` is empty.
+
+    Arguments:
+        w: the windows cut from ``tracks`` (:func:`build_windows`).
+        tracks: the tracks.
+        wcfg: window configuration.
+        normal_only: whether windows with an anomalous frame were dropped.
+        what: what the windows are for, e.g. ``"training windows in data/pose/train"``.
+
+    Example:
+        >>> import numpy as np
+        >>> t = TrackArrays("c1", np.zeros((20, 17, 3), np.float32), np.arange(20))
+        >>> require_windows(Windows.concat([]), [t], WindowConfig(), True, "windows")
+        Traceback (most recent call last):
+        ...
+        ValueError: no windows: a window needs 25 consecutive frames of one track (1 + t_obs 12 + horizon 12, frame step 1), and the longest of the 1 tracks has 20 (clip 'c1'); use longer tracks or a shorter window (--t-obs, --horizon)
+    """
+    if len(w):
+        return
+    need = window_span(wcfg)
+    shape = f"1 + t_obs {wcfg.t_obs} + horizon {wcfg.horizon}, frame step {wcfg.frame_step}"
+    if not tracks:
+        raise ValueError(f"no {what}: no person tracks")
+    longest = max(tracks, key=lambda t: len(t.frames))
+    if len(longest.frames) < need:
+        raise ValueError(
+            f"no {what}: a window needs {need} consecutive frames of one track ({shape}), and "
+            f"the longest of the {len(tracks)} tracks has {len(longest.frames)} (clip "
+            f"{longest.clip!r}); use longer tracks or a shorter window (--t-obs, --horizon)"
+        )
+    long_enough = sum(len(t.frames) >= need for t in tracks)
+    why = [f"fewer than {wcfg.min_visible:.0%} of their keypoints seen"]
+    if normal_only:
+        why.insert(0, "an anomalous frame (labels)")
+    raise ValueError(
+        f"no {what}: {long_enough} of {len(tracks)} tracks are long enough for a window of "
+        f"{need} frames ({shape}), but every window was dropped for {' or '.join(why)}"
+    )
+
+
 def _tensors(
     w: Windows, std: Standardizer, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,6 +244,10 @@ def train(
         raise ValueError("no training windows: tracks too short or no normal frames")
     if tcfg.members < 1:
         raise ValueError(f"members must be at least 1, not {tcfg.members}")
+    if tcfg.epochs < 1 or tcfg.batch_size < 1:
+        raise ValueError(
+            f"epochs and batch_size must be at least 1, got {tcfg.epochs} and {tcfg.batch_size}"
+        )
     t0 = time.perf_counter()
     runs: list[dict[str, float]] = []
     models: list[GRUNF] = []
@@ -254,6 +307,44 @@ def _fit_scale(model: Forecaster, train_w: Windows, val_w: Windows, seed: int) -
     fit_error_scale(model, ref.poses, ref.mask, ref.visible, seed=seed)
 
 
+#: Share of the optimiser steps that warm the learning rate up (``OneCycleLR``'s phase).
+WARMUP_SHARE = 0.1
+
+
+def lr_schedule(
+    opt: torch.optim.Optimizer, lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``total_steps`` optimiser steps (one per batch).
+
+    ``OneCycleLR`` (warm-up over :data:`WARMUP_SHARE` of the steps to ``lr``, then cosine
+    decay) when its warm-up phase ends after step 0, i.e. more than 10 steps; with 10 steps
+    or fewer (a few dozen windows, one or two epochs) it would divide by a zero-length
+    warm-up, so the learning rate starts at ``lr`` and decays along half a cosine instead
+    (to about ``lr / 40`` at the last of 10 steps).
+
+    Raises:
+        ValueError: ``total_steps`` < 1.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.AdamW([w], lr=1e-3)
+        >>> s = lr_schedule(opt, 1e-3, 2)
+        >>> [round(g["lr"], 6) for g in opt.param_groups]
+        [0.001]
+    """
+    if total_steps < 1:
+        raise ValueError(f"training needs at least one optimiser step, got {total_steps}")
+    if WARMUP_SHARE * total_steps - 1 > 0:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=total_steps, pct_start=WARMUP_SHARE
+        )
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, total_steps) / total_steps))
+    )
+
+
 def _train_once(
     train_w: Windows,
     val_w: Windows,
@@ -274,9 +365,7 @@ def _train_once(
     Pv, Mv = _tensors(val_w, std, device) if len(val_w) else (None, None)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps_per_epoch = math.ceil(P.shape[0] / tcfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=tcfg.lr, total_steps=tcfg.epochs * steps_per_epoch, pct_start=0.1
-    )
+    sched = lr_schedule(opt, tcfg.lr, tcfg.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(tcfg.seed)
     result = TrainResult(model=model)
     best_state = copy.deepcopy(model.state_dict())

@@ -646,3 +646,31 @@ def consume(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+# -- model files ------------------------------------------------------------------------------
+model_app = typer.Typer(help="Model (checkpoint) files.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("migrate")
+def model_migrate(
+    old: Annotated[Path, typer.Argument(help="Checkpoint of an earlier posewatch (a pickle).")],
+    new: Annotated[Path, typer.Argument(help="File to write in the current format.")],
+) -> None:
+    """Convert a checkpoint written by an earlier posewatch version, once. RUN IT ONLY ON
+    FILES YOU TRUST: old checkpoints are Python pickles, which can run code. The file is
+    read with torch's restricted unpickler (tensors and plain data only; anything else is
+    refused, not run); the weights are copied bit for bit."""
+    from forecasting.checkpoint import CHECKPOINT_VERSION, migrate_checkpoint
+
+    typer.echo(
+        f"migrating {old} -> {new}: only do this for a file you trust (an old checkpoint is a "
+        "Python pickle)",
+        err=True,
+    )
+    try:
+        migrate_checkpoint(old, new)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{new}: checkpoint format {CHECKPOINT_VERSION} (safetensors; loads without code)")

@@ -80,6 +80,8 @@ class EvaluateRequest:
         seed: sampling seed.
         out: output folder (``evaluation.json``, ``roc.png``, ``timelines/<clip>.png``).
         progress: show progress bars (stderr).
+        labelled_only: score each clip only up to its last labelled frame (its tracks cut
+            there); without it, labels shorter than a clip's poses are an error.
     """
 
     model: Path
@@ -95,6 +97,7 @@ class EvaluateRequest:
     seed: int = 0
     out: Path = Path("runs/evaluate")
     progress: bool = True
+    labelled_only: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samplers", tuple(self.samplers))
@@ -262,9 +265,34 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=float))
 
 
-def load_clips(data: Path, split: str) -> list[Clip]:
-    """Every clip of one split of a dataset (:func:`detector.datasets.load_split`)."""
-    return load_split(data, split)
+def load_clips(data: Path, split: str, labelled_only: bool = False) -> list[Clip]:
+    """Every clip of one split of a dataset (:func:`detector.datasets.load_split`), with
+    labels that cover its poses.
+
+    Arguments:
+        data: dataset folder.
+        split: split name.
+        labelled_only: cut each clip at its last labelled frame
+            (:meth:`~detector.datasets.Clip.labelled_only`); the frames cut are logged.
+
+    Raises:
+        detector.datasets.DatasetError: a clip whose labels stop before its poses (without
+            ``labelled_only``), or a bad dataset layout.
+    """
+    clips = load_split(data, split)
+    if not labelled_only:
+        for c in clips:
+            c.check_labels()
+        return clips
+    out = [c.labelled_only() for c in clips]
+    for before, after in zip(clips, out, strict=True):
+        if after.posed_frames < before.posed_frames:
+            log.warning(
+                f"clip {before.name!r}: scoring its {after.num_frames:,} labelled frames only; "
+                f"frames {after.num_frames:,} to {before.posed_frames - 1:,} have poses but no "
+                "labels"
+            )
+    return out
 
 
 def _sampler(ckpt: Checkpoint, name: str) -> SamplerConfig:
@@ -346,7 +374,8 @@ def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
         ValueError: an unknown scorer or sampler, or a posture scorer for a checkpoint
             without posture flows.
         FileNotFoundError: no such checkpoint.
-        detector.datasets.DatasetError: ``req.data`` is not a pose dataset.
+        detector.datasets.DatasetError: ``req.data`` is not a pose dataset, or a clip's
+            labels stop before its poses (without ``req.labelled_only``).
     """
     ckpt = load_checkpoint(req.model)
     scorers = (
@@ -356,7 +385,7 @@ def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
     )
     for name in req.samplers:  # unknown names fail before anything is scored
         _sampler(ckpt, name)
-    clips = load_clips(req.data, req.split)
+    clips = load_clips(req.data, req.split, req.labelled_only)
     res = _score_passes(req, ckpt, scorers, clips)
     req.out.mkdir(parents=True, exist_ok=True)
     plot_roc(res.curves, req.out / "roc.png")
@@ -373,6 +402,8 @@ def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
         "sigma_causal": req.causal_sigma,
         "fps": req.fps,
         "K": req.samples,
+        "frames": sum(c.num_frames for c in clips),
+        "labelled_only": req.labelled_only,
         "training_regime": "normal windows of the training split (train labels used to drop anomalous windows)"
         if normal_only
         else "all training windows (unsupervised)",

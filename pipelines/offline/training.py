@@ -31,6 +31,7 @@ from forecasting.train import (
     build_windows,
     fit_posture,
     make_ensemble,
+    require_windows,
     split_clips,
     train,
 )
@@ -219,6 +220,9 @@ def _windows(
         build_windows([t for t in tracks if t.clip in c], wcfg, tcfg.stride, tcfg.normal_only)
         for c in (train_clips, val_clips)
     )
+    train_tracks = [t for t in tracks if t.clip in train_clips]
+    where = f"training windows in {data}/pose/{split}"
+    require_windows(tr, train_tracks, wcfg, tcfg.normal_only, where)
     log.info(
         f"windows: {len(tr):,} train ({len(train_clips)} clips), {len(va):,} validation "
         f"({len(val_clips)} clips: {', '.join(sorted(val_clips))})"

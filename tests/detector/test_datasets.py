@@ -1,3 +1,4 @@
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 from detector.datasets import DatasetError, load_split, splits, summarize
 from detector.pose import Track
 from detector.posefiles import PoseFileError, write_stgnf
+from pipelines.tracks import load_tracks
+from tests.realworld import clip_piece, write_dataset
 
 
 def test_real_aihub2_summary_matches_published_counts(aihub2: Path) -> None:
@@ -88,3 +91,65 @@ def test_dataset_errors(tmp_path: Path) -> None:
     (empty / "pose" / "train").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no pose files"):
         load_split(empty, "train")
+
+
+# -- issue 19 item 3: labels shorter than the poses are an error, never padded -----------------
+
+
+@pytest.mark.parametrize("n_labels", [300, 599])
+def test_labels_shorter_than_the_poses_name_the_clip_and_both_lengths(
+    aihub2: Path, tmp_path: Path, n_labels: int
+) -> None:
+    name, tracks, labels = clip_piece(aihub2, "test", 0, 1600, 2200)
+    root = write_dataset(tmp_path, "test", {name: (tracks, labels[:n_labels])})
+    (clip,) = load_split(root, "test")
+    assert clip.posed_frames == 600 and clip.labels is not None
+    with pytest.raises(DatasetError) as info:
+        clip.frame_labels()
+    assert str(info.value) == (
+        f"clip {name!r}: its labels ({root}/gt/{name}.npy) cover {n_labels:,} frames (0 to "
+        f"{n_labels - 1:,}) but its poses ({clip.path}) cover 600 (0 to 599); labels must "
+        "cover every posed frame (longer labels are fine). Fix the label file, or score only "
+        "the labelled frames (`posewatch evaluate --labelled-only`)"
+    )
+    with pytest.raises(DatasetError, match=f"cover {n_labels:,} frames"):
+        load_tracks(root, "test")  # training reads the labels too
+    cut = clip.labelled_only()
+    assert cut.num_frames == n_labels and cut.posed_frames <= n_labels
+    assert len(cut.frame_labels()) == n_labels
+    for tid, tr in cut.tracks.items():  # the same poses, up to the last labelled frame
+        n = len(tr)
+        np.testing.assert_array_equal(tr.keypoints, clip.tracks[tid].keypoints[:n])
+        assert tr.present[-1] and int(tr.frames[-1]) < n_labels
+
+
+def test_longer_labels_stay_allowed(aihub2: Path, tmp_path: Path) -> None:
+    name, tracks, labels = clip_piece(aihub2, "test", 0, 1600, 2200)
+    longer = np.r_[labels, np.ones(100, labels.dtype)]
+    (clip,) = load_split(write_dataset(tmp_path, "test", {name: (tracks, longer)}), "test")
+    assert clip.num_frames == 700
+    np.testing.assert_array_equal(clip.frame_labels(), longer)
+
+
+def test_a_label_file_whose_header_announces_more_than_it_holds(tmp_path: Path) -> None:
+    _make_dataset(tmp_path, "aihub")
+    path = tmp_path / "gt" / "test_01.npy"
+    raw = path.read_bytes().replace(b"(12,)", b"(100000000000000,)")  # 10**14 labels
+    path.write_bytes(raw)
+    tracemalloc.start()
+    with pytest.raises(
+        DatasetError,
+        match=r"test_01\.npy: cannot read labels \(its header announces 100,000,000,000,000 labels, more than a clip may have frames \(10,000,000\)\)",
+    ):
+        load_split(tmp_path, "test")
+    assert tracemalloc.get_traced_memory()[1] < 20 * 2**20
+    tracemalloc.stop()
+    with open(path, "wb") as fh:  # a header for 5,000 float64 labels, then 12 of them
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (5000,)}
+        )
+        fh.write(np.zeros(12).tobytes())
+    with pytest.raises(
+        DatasetError, match=r"announces 5,000 values of 8 bytes but the file holds 96 bytes of data"
+    ):
+        load_split(tmp_path, "test")

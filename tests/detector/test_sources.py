@@ -28,6 +28,7 @@ from detector.sources import (
     source_kind,
 )
 from detector.weights import WeightsNotFoundError, resolve_weights
+from tests.realworld import patch_avi, vtest_frames, write_video
 
 
 def _refused_port() -> int:
@@ -117,10 +118,16 @@ def test_truncated_video_ends_with_an_error_naming_the_file(
     assert "truncated" in src.error
 
 
-def test_missing_file_and_track_video_error(tmp_path: Path) -> None:
-    src = CameraSource("cam", SourceConfig(uri=str(tmp_path / "nope.mp4"))).start()
+def test_a_missing_file_with_no_retries_ends_offline_saying_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.mp4"
+    src = CameraSource("cam", SourceConfig(uri=str(missing), max_retries=0)).start()
+    t0 = time.monotonic()
+    while src.status != SourceStatus.OFFLINE and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
     src.stop()
-    assert src.status == SourceStatus.OFFLINE and "does not exist" in (src.error or "")
+    st = src.stats()
+    assert (st.status, st.reason, st.reconnects) == (SourceStatus.OFFLINE, "file not found", 0)
+    assert src.error == f"camera 'cam': video file {missing} not found"
 
 
 def test_unknown_weights_path_lists_what_was_tried(tmp_path: Path) -> None:
@@ -249,3 +256,137 @@ def test_a_stream_that_stops_delivering_is_reopened_and_counted() -> None:
     assert frames == [0, 1, 2, 3, 4]  # indices continue across reconnects
     assert src.opens == 5 and st.reconnects == 4 and st.frames_read == 5
     assert st.status == SourceStatus.FINISHED and st.fps == 25.0
+
+
+# -- issue 17 item 7: a missing video file is "not found" and looked for again ------------------
+
+
+def _drain(src: CameraSource) -> list:
+    """Every frame of a source that ends, in order."""
+    out = []
+    while not src.done:
+        f = src.read(timeout=0.2)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _wait_for(cond: Any, seconds: float = 10.0) -> bool:
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < seconds:
+        time.sleep(0.01)
+    return bool(cond())
+
+
+def test_a_missing_camera_file_is_looked_for_again_and_flows_once_restored(
+    videos: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "gate.avi"
+    cfg = SourceConfig(uri=str(video), retry_interval=0.05, max_backoff=0.2, loop=True)
+    src = CameraSource("gate", cfg).start()
+    try:
+        assert _wait_for(lambda: src.stats().reconnects >= 3)
+        st = src.stats()
+        assert st.status == SourceStatus.RECONNECTING and st.frames_read == 0
+        assert st.reason.startswith("file not found; looking again in ")
+        assert src.error is None  # not an error: it is waited for
+        first = st.reconnects
+        # 0.05 + 0.1 + 0.2 + 0.2 + ...: attempts keep coming, at most every 0.2 s
+        time.sleep(0.5)
+        assert 2 <= src.stats().reconnects - first <= 11
+        video.write_bytes((videos / "street_demo.mp4").read_bytes())
+        f = src.read(timeout=5.0)
+        assert f is not None and f.index == 0
+        assert src.stats().status == SourceStatus.ONLINE and src.error is None
+        # deleted while it loops: "file not found" again, and back when restored
+        video.unlink()
+        assert _wait_for(lambda: src.stats().reason.startswith("file not found"))
+        while src.read(timeout=0.2) is not None:
+            pass
+        before = src.stats().frames_read
+        video.write_bytes((videos / "street_demo.mp4").read_bytes())
+        g = src.read(timeout=5.0)
+        assert g is not None and g.index >= before  # indices continue
+    finally:
+        src.stop()
+
+
+def test_a_file_that_exists_but_is_not_a_video_stays_an_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "gate.mp4"
+    bogus.write_text("not a video at all\n" * 100)
+    src = CameraSource("gate", SourceConfig(uri=str(bogus), retry_interval=0.05)).start()
+    assert _wait_for(lambda: src.status == SourceStatus.OFFLINE)
+    src.stop()
+    st = src.stats()
+    assert (
+        st.reconnects == 0
+        and st.reason == "cannot open file (not a video: no container format OpenCV can read)"
+    )
+    assert src.error == (
+        f"camera 'gate': cannot open video file {bogus} (not a video: no container format "
+        "OpenCV can read)"
+    )
+
+
+# -- issue 19 item 5: implausible header frame rates are replaced and said so ------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "fps_used", "how"),
+    [((1, 0), 10.0, "0 fps"), ((0, 0), 10.0, "0 fps"), ((1, 5000), 10.0, "5000 fps")],
+)
+def test_an_avi_with_an_implausible_rate_plays_at_the_fallback_and_says_so_once(
+    videos: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    rate: tuple[int, int],
+    fps_used: float,
+    how: str,
+) -> None:
+    video = write_video(tmp_path / "odd.avi", vtest_frames(videos, 8), "MJPG")
+    patch_avi(video, rate=rate)
+    caplog.set_level(logging.WARNING)
+    src = CameraSource("odd", SourceConfig(uri=str(video), loop=True, queue_size=1)).start()
+    frames = [src.read(timeout=5.0) for _ in range(20)]  # 2.5 loops
+    src.stop()
+    assert [f.timestamp for f in frames if f] == pytest.approx([i / fps_used for i in range(20)])
+    assert src.stats().fps == fps_used and src.stats().expected_frames is None
+    warned = [r.getMessage() for r in caplog.records if "not plausible" in r.getMessage()]
+    assert warned == [
+        f"camera 'odd' ({video}): its stated frame rate, {how}, is not plausible; using 10 fps "
+        "instead. Set the right rate with the camera's `fps` setting (or `posewatch extract "
+        "--fps`)"
+    ]
+
+
+def test_a_configured_fps_wins_without_a_warning(
+    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = write_video(tmp_path / "odd.avi", vtest_frames(videos, 5), "MJPG")
+    patch_avi(video, rate=(1, 0))
+    caplog.set_level(logging.WARNING)
+    src = CameraSource("odd", SourceConfig(uri=str(video), fps=12.5)).start()
+    stamps = [f.timestamp for f in _drain(src)]
+    src.stop()
+    assert stamps == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32])
+    assert not [r for r in caplog.records if "not plausible" in r.getMessage()]
+
+
+def test_a_timestamped_container_with_a_bogus_rate_uses_its_frame_timestamps(
+    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Matroska file whose DefaultDuration says 2000 fps while its blocks are 40 ms apart."""
+    video = write_video(tmp_path / "odd.mkv", vtest_frames(videos, 10), "MJPG", fps=25.0)
+    data = bytearray(video.read_bytes())
+    at = data.find(b"\x23\xe3\x83\x84")  # DefaultDuration, 4-byte value in nanoseconds
+    assert at > 0 and int.from_bytes(data[at + 4 : at + 8], "big") == 40_000_000
+    data[at + 4 : at + 8] = (500_000).to_bytes(4, "big")
+    video.write_bytes(bytes(data))
+    assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS) == 2000.0
+    caplog.set_level(logging.WARNING)
+    src = CameraSource("odd", SourceConfig(uri=str(video))).start()
+    stamps = [f.timestamp for f in _drain(src)]
+    src.stop()
+    assert stamps == pytest.approx([i / 25.0 for i in range(10)])
+    (msg,) = [r.getMessage() for r in caplog.records if "not plausible" in r.getMessage()]
+    assert "2000 fps, is not plausible; using 25 fps derived from its frames' timestamps" in msg

@@ -2,6 +2,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,9 +10,19 @@ from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import load_checkpoint, save_checkpoint
 from forecasting.snf import SNF_DEFAULT
 from forecasting.torch_model import GRUNF, Ensemble, ModelConfig, to_tensor
-from forecasting.train import TrainConfig, build_windows, evaluate_nll, split_clips, train
+from forecasting.train import (
+    TrackArrays,
+    TrainConfig,
+    build_windows,
+    evaluate_nll,
+    lr_schedule,
+    require_windows,
+    split_clips,
+    train,
+)
 from forecasting.windows import Standardizer, WindowConfig, fill_unseen
 from pipelines.tracks import load_tracks
+from tests.realworld import clip_piece
 
 
 def test_split_clips_is_deterministic_and_disjoint() -> None:
@@ -84,3 +95,95 @@ def test_ensemble_members_are_seeded_trainings_and_sample_as_a_mixture(
     assert evaluate_nll(ck.model, Pv, Mv) == pytest.approx(res.best_val_nll, abs=1e-6)
     with pytest.raises(ValueError, match="members"):
         train(tr, va, mcfg, TrainConfig(members=0), progress=False)
+
+
+# -- issue 19 item 2: any number of windows and epochs >= 1 trains ------------------------------
+
+
+def _lrs(total: int, lr: float = 2e-3) -> list[float]:
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([w], lr=lr)
+    sched = lr_schedule(opt, lr, total)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_the_lr_schedule_is_defined_for_every_step_count() -> None:
+    for total in range(1, 41):
+        lrs = _lrs(total)
+        assert len(lrs) == total and all(math.isfinite(v) and v > 0 for v in lrs)
+        if total <= 10:  # no warm-up: from lr down half a cosine
+            expect = [2e-3 * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
+            assert lrs == pytest.approx(expect)
+        else:  # exactly OneCycleLR, as before (trained checkpoints stay reproducible)
+            w = torch.nn.Parameter(torch.zeros(1))
+            opt = torch.optim.AdamW([w], lr=2e-3)
+            ref = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=2e-3, total_steps=total, pct_start=0.1
+            )
+            seq = []
+            for _ in range(total):
+                seq.append(opt.param_groups[0]["lr"])
+                opt.step()
+                ref.step()
+            assert lrs == seq
+    assert _lrs(10)[0] == 2e-3 and _lrs(10)[-1] == pytest.approx(2e-3 * 0.0245, rel=1e-2)
+    with pytest.raises(ValueError, match="at least one optimiser step, got 0"):
+        _lrs(0)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_few_dozen_windows_train_for_one_or_two_epochs(aihub2: Path, epochs: int) -> None:
+    _, tracks, _ = clip_piece(aihub2, "train", 0, 0, 120)
+    wcfg = WindowConfig(t_obs=8, horizon=6)
+    arrays = [TrackArrays("c", t.keypoints, t.frames) for t in tracks.values()]
+    tr = build_windows(arrays, wcfg, stride=2, normal_only=False)
+    assert 40 <= len(tr) <= 60
+    # flip-augmented 2 x len(tr) windows in batches of 20: 5 steps an epoch, 10 in 2 epochs
+    # (OneCycleLR's zero-length warm-up)
+    tcfg = TrainConfig(epochs=epochs, batch_size=math.ceil(2 * len(tr) / 5), seed=0)
+    mcfg = ModelConfig(t_obs=8, horizon=6, hidden=16, flow_layers=2, flow_hidden=16, embed_dim=8)
+    torch.set_num_threads(1)
+    res = train(tr, tr.select(np.arange(0)), mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+    assert [h["epoch"] for h in res.history] == list(range(1, epochs + 1))
+    assert all(math.isfinite(h["train_nll"]) and math.isfinite(h["loss"]) for h in res.history)
+    with pytest.raises(ValueError, match="epochs and batch_size must be at least 1, got 0 and"):
+        train(tr, tr, mcfg, replace(tcfg, epochs=0), progress=False)
+
+
+# -- issue 19 item 7: no window -> the window length and the longest track ---------------------
+
+
+def test_tracks_too_short_for_a_window_say_the_length_needed_and_the_longest() -> None:
+    rng = np.random.default_rng(0)
+    tracks = [
+        TrackArrays(f"c{i}", rng.uniform(10, 90, (n, 17, 3)).astype(np.float32), np.arange(n))
+        for i, n in enumerate((5, 20, 13))
+    ]
+    wcfg = WindowConfig()
+    w = build_windows(tracks, wcfg, stride=1, normal_only=True)
+    with pytest.raises(ValueError) as info:
+        require_windows(w, tracks, wcfg, True, "training windows in data/pose/train")
+    assert str(info.value) == (
+        "no training windows in data/pose/train: a window needs 25 consecutive frames of one "
+        "track (1 + t_obs 12 + horizon 12, frame step 1), and the longest of the 3 tracks has "
+        "20 (clip 'c1'); use longer tracks or a shorter window (--t-obs, --horizon)"
+    )
+    cfg = WindowConfig(t_obs=8, horizon=9, frame_step=3)  # (1 + 8 + 9 - 1) * 3 + 1 frames
+    with pytest.raises(ValueError, match=r"needs 52 consecutive frames .*frame step 3\), and"):
+        require_windows(build_windows(tracks, cfg, 1, True), tracks, cfg, True, "x")
+    labelled = [replace(t, labels=np.ones(40, np.uint8)) for t in tracks]
+    longer = [
+        replace(t, keypoints=np.tile(t.keypoints, (3, 1, 1)), frames=np.arange(3 * len(t.frames)))
+        for t in labelled
+    ]
+    w = build_windows(longer, wcfg, stride=1, normal_only=True)
+    with pytest.raises(
+        ValueError,
+        match=r"2 of 3 tracks are long enough for a window of 25 frames .* dropped for an anomalous frame \(labels\) or fewer than 80% of their keypoints seen",
+    ):
+        require_windows(w, longer, wcfg, True, "training windows")

@@ -40,13 +40,17 @@ def test_run_on_real_video_delivers_every_alert(
     videos: Path, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
 
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("this is not a video\n" * 100)
     with EmbeddedBroker() as broker:
         ensure_topic(broker.bootstrap, "posewatch.alerts")
         cfg = load_config(
             data={
                 "cameras": {
                     "lawn": {"source": str(videos / "vtest.avi")},
-                    "broken": {"source": str(tmp_path / "missing.mp4")},
+                    # A file that is not a video: an error for good (a missing file, by
+                    # contrast, is looked for again: tests/detector/test_sources.py).
+                    "broken": {"source": str(broken)},
                 },
                 "forecaster": {"checkpoint": str(trained_checkpoint), "stride": 2},
                 "alerting": {"threshold": -100.0, "min_duration_s": 0.5, "update_interval_s": 2.0},
@@ -65,8 +69,8 @@ def test_run_on_real_video_delivers_every_alert(
         summary = service.run(max_seconds=600)
         assert summary.frames == {"lawn": 795}  # every frame; the broken camera did not stop it
         assert (
-            "missing.mp4" in summary.camera_errors["broken"]
-            and "does not exist" in summary.camera_errors["broken"]
+            "broken.mp4" in summary.camera_errors["broken"]
+            and "not a video" in summary.camera_errors["broken"]
         )
         assert summary.delivered
         body = (

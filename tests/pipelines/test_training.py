@@ -1,11 +1,16 @@
 """`posewatch train --members`, `posewatch ensemble` and `posewatch posture` on real AIHub2 poses."""
 
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from detector.pose import Track
+from detector.posefiles import read_stgnf
 from forecasting.checkpoint import load_checkpoint, update_checkpoint
 from forecasting.posture import PostureConfig
 from forecasting.scoring import resolve_scorer
@@ -18,6 +23,7 @@ from pipelines.offline.training import (
     run_posture,
     run_training,
 )
+from tests.realworld import clip_piece, write_dataset
 
 
 def _one_epoch(data: Path, out: Path, seed: int, members: int = 1) -> TrainRequest:
@@ -80,3 +86,59 @@ def test_posture_flows_added_to_a_checkpoint_are_deterministic(
     update_checkpoint(copies[0], validation_clips=["elsewhere"])
     with pytest.raises(ValueError, match="validation clips are not the checkpoint's"):
         run_posture(PostureRequest(copies[0], PostureConfig(flows=1, epochs=1)))
+
+
+# -- issue 19 items 2 and 7: few training steps; tracks too short for a window ------------------
+
+
+@pytest.fixture(scope="module")
+def three_clips(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three AIHub2 train clips cut to 600 frames: 576 training windows (2 clips), 288
+    validation windows (1 clip)."""
+    clips = {}
+    for i in range(3):
+        name, tracks, labels = clip_piece(aihub2, "train", i, 0, 600)
+        clips[name] = (tracks, labels)
+    return write_dataset(tmp_path_factory.mktemp("three"), "train", clips)
+
+
+def test_two_epochs_of_576_windows_train(three_clips: Path, tmp_path: Path) -> None:
+    """576 windows, flip-augmented, in batches of 256: 5 steps an epoch; 2 epochs = 10 steps,
+    where OneCycleLR's warm-up had zero length (ZeroDivisionError)."""
+    torch.set_num_threads(1)
+    req = replace(_one_epoch(three_clips, tmp_path / "m.pt", seed=0), epochs=2)
+    path = run_training(req)
+    ck = load_checkpoint(path)
+    assert [h["epoch"] for h in ck.meta["history"]] == [1, 2]
+    assert all(math.isfinite(h["val_nll"]) for h in ck.meta["history"])
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(three_clips), "--out", "x.pt", "--epochs", "0"]
+    )
+    assert r.exit_code == 2 and "--epochs" in r.stderr and not Path("x.pt").exists()
+
+
+def test_tracks_too_short_for_any_window_name_the_window_and_the_longest_track(
+    three_clips: Path, tmp_path: Path
+) -> None:
+    clips = {}
+    for path in sorted((three_clips / "pose" / "train").iterdir()):
+        name = path.name.removesuffix("_alphapose_tracked_person.json")
+        tracks = {  # the first 20 frames only
+            t: Track.from_rows(t, {f: r for f, r in tr.rows().items() if f < 20})
+            for t, tr in read_stgnf(path).items()
+            if tr.frames[0] < 20
+        }
+        clips[name] = (tracks, np.zeros(600, np.uint8))
+    data = write_dataset(tmp_path / "short", "train", clips)
+    with pytest.raises(ValueError) as info:
+        run_training(_one_epoch(data, tmp_path / "m.pt", seed=0))
+    assert str(info.value).startswith(
+        f"no training windows in {data}/pose/train: a window needs 25 consecutive frames of "
+        "one track (1 + t_obs 12 + horizon 12, frame step 1), and the longest of the 2 tracks "
+        "has 20 (clip "
+    )
+    assert not (tmp_path / "m.pt").exists()
