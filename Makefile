@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # Debian packages the real-component tests need (installed once when missing; CI runs as
 # root, elsewhere through sudo). One package per word; add to this list, not elsewhere.
-DEB_TEST_PACKAGES ?= python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+DEB_TEST_PACKAGES ?= python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium chromium-driver prometheus stunnel4
 DEB_STAMP := $(VENV)/.debs
 
 $(DEB_STAMP): Makefile

@@ -33,10 +33,14 @@ import re
 
 #: ``scheme://`` then the URL up to whitespace (RFC 3986 scheme characters).
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)")
+#: Words that make a parameter or field name look like it holds a secret (any case).
+SECRET_WORDS = ("pass", "pwd", "token", "key", "secret", "auth", "sig", "credential")
+#: A name (of a parameter, a configuration field) that looks like it holds a secret.
+SECRET_NAME = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 #: A parameter whose name looks like it holds a secret, and its value.
 _SECRET_PARAM = re.compile(
     r"(?P<name>(?<![A-Za-z0-9_.\-])[A-Za-z0-9_.\-]*"
-    r"(?:pass|pwd|token|key|secret|auth|sig|credential)[A-Za-z0-9_.\-]*)"
+    rf"(?:{'|'.join(SECRET_WORDS)})[A-Za-z0-9_.\-]*)"
     r"=(?P<value>[^&\s]+)",
     re.IGNORECASE,
 )
@@ -68,4 +72,4 @@ def redact(text: str) -> str:
     return text
 
 
-__all__ = ["MASK", "redact"]
+__all__ = ["MASK", "SECRET_NAME", "SECRET_WORDS", "redact"]

@@ -3,20 +3,41 @@
 Serving code reads checkpoints through this module without importing the trainer
 (:mod:`forecasting.train`).
 
-A checkpoint is a ``torch.save`` dict: ``format``, ``format_version``, ``code_version``,
-``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or the size of an
-:class:`~forecasting.torch_model.Ensemble`), ``state_dict``, ``train_config``, ``history``,
+A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: the model's
+tensors (the state dict, bit for bit) plus one metadata entry, ``posewatch``, a JSON object:
+``format`` (``posewatch-grunf``), ``format_version`` (:data:`CHECKPOINT_VERSION`),
+``code_version``, ``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or
+the size of an :class:`~forecasting.torch_model.Ensemble`), ``train_config``, ``history``,
 ``sampler`` (the checkpoint's default sampler, the GRU-SNF default unless given;
 ``--sampler default``), ``calibration`` (alert threshold and the serving configuration it
-was fitted for) and, with posture flows, ``posture``.
+was fitted for) and, with posture flows, ``posture``. Loading one parses a JSON header and
+copies tensor bytes: it never runs code, whoever wrote the file.
+
+Checkpoints of format 1 (posewatch before 2026-11-30) were Python pickles
+(``torch.save``), which can run arbitrary code when loaded; they are refused with a message
+naming :func:`migrate_checkpoint` (``posewatch model migrate OLD NEW``), which converts one
+once, for files the user trusts.
 
 Every write goes to a temporary file in the same folder, is flushed to disk and then renamed
 over the target, so a crash mid-write never leaves a half-written checkpoint.
+
+Example:
+    >>> import tempfile
+    >>> from forecasting.torch_model import GRUNF, ModelConfig
+    >>> from forecasting.windows import Standardizer
+    >>> std = Standardizer(*(np.zeros(17 * 2, np.float32) + v for v in (0, 1, 0, 1)))
+    >>> model = GRUNF(ModelConfig(hidden=8, flow_layers=1, flow_hidden=8, embed_dim=4), std)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     ck = load_checkpoint(save_checkpoint(Path(d) / "m.pt", model, WindowConfig()))
+    ...     same = model_fingerprint(ck.model) == model_fingerprint(model)
+    >>> same, ck.meta["format_version"], ck.meta["members"]
+    (True, 2, 1)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +45,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from forecasting.posture import PostureConfig, PostureModel
@@ -32,7 +56,17 @@ from forecasting.torch_model import GRUNF, Ensemble, Forecaster, ModelConfig
 from forecasting.windows import Standardizer, WindowConfig
 
 CHECKPOINT_FORMAT = "posewatch-grunf"
-CHECKPOINT_VERSION = 1
+#: 2: safetensors + a JSON header (loading runs no code); 1: a ``torch.save`` pickle.
+CHECKPOINT_VERSION = 2
+#: The safetensors metadata key that holds the JSON header.
+HEADER_KEY = "posewatch"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save since torch 1.6 (a zip holding a pickle)
+_PICKLE_MAGIC = b"\x80"  # a bare pickle (protocol 2+), e.g. torch.save's legacy format
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable posewatch checkpoint; the message names the file and
+    what to do (retrain, migrate, upgrade)."""
 
 
 def code_version() -> str:
@@ -96,12 +130,119 @@ def model_fingerprint(model: torch.nn.Module, posture: bool = True) -> str:
     return h.hexdigest()[:12]
 
 
-def _atomic_save(blob: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to ``path`` through a flushed temporary file and a rename."""
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as JSON-able data: numpy scalars and arrays become numbers and lists,
+    tuples lists, paths strings.
+
+    Raises:
+        CheckpointError: a value JSON cannot hold (named by its key path ``where``).
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"checkpoint metadata {where}: key {k!r} is not a string")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise CheckpointError(
+        f"checkpoint metadata {where}: a {type(value).__name__} cannot be stored (only "
+        "numbers, strings, lists and mappings; tensors go in the state dict)"
+    )
+
+
+def encode_checkpoint(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    """The bytes of a checkpoint file: ``tensors`` (CPU copies, bit for bit) and ``meta``
+    as the JSON header (``format`` and ``format_version`` are set here).
+
+    Raises:
+        CheckpointError: ``meta`` holds something JSON cannot (named by its key path).
+    """
+    header = _plain(
+        {**meta, "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION}, "meta"
+    )
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    text = json.dumps(header, sort_keys=True, allow_nan=True)
+    return bytes(safetensors.torch.save(state, metadata={HEADER_KEY: text}))
+
+
+def _is_pickle(data: bytes) -> bool:
+    """``data`` starts like a ``torch.save`` file: a zip, or a bare pickle (protocol 2-5)."""
+    return data.startswith(_ZIP_MAGIC) or (
+        data[:1] == _PICKLE_MAGIC and len(data) > 1 and 2 <= data[1] <= 5
+    )
+
+
+def _old_format(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: a checkpoint in the format of earlier posewatch versions (a Python pickle, "
+        "which can run code when loaded); posewatch no longer loads those. If you trust where "
+        f"this file came from, convert it once: posewatch model migrate {path} NEW.pt (or "
+        "retrain)"
+    )
+
+
+def read_checkpoint_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON header and the tensors of a checkpoint file, without running any code.
+
+    Returns:
+        ``(meta, tensors)``: the header (``format``, ``format_version``, configurations,
+        calibration, ...) and the state dict (CPU tensors).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a posewatch checkpoint (damaged, foreign, an old pickled one
+            -- the message names ``posewatch model migrate`` --, or of a newer format).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint (train one with `posewatch train`)")
+    data = path.read_bytes()
+    try:
+        tensors = safetensors.torch.load(data)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    except (safetensors.SafetensorError, ValueError, AttributeError) as exc:
+        if _is_pickle(data):
+            raise _old_format(path) from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a safetensors file: {exc}); "
+            "give a checkpoint written by `posewatch train`"
+        ) from None
+    try:
+        meta = json.loads(header[HEADER_KEY])
+    except (KeyError, TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a posewatch GRU-NF checkpoint (a safetensors file without posewatch's "
+            "header); give a checkpoint written by `posewatch train`"
+        )
+    version = meta.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        newer = isinstance(version, int) and version > CHECKPOINT_VERSION
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is not {CHECKPOINT_VERSION}; "
+            + ("upgrade posewatch" if newer else "retrain")
+        )
+    return meta, tensors
+
+
+def _atomic_write(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(blob, fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
@@ -119,6 +260,22 @@ def _atomic_save(blob: dict[str, Any], path: Path) -> None:
         os.close(fd)
 
 
+def write_checkpoint_file(
+    path: str | Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> Path:
+    """Write a checkpoint file atomically (see :func:`encode_checkpoint`); returns the path.
+
+    Raises:
+        CheckpointError: ``meta`` holds something JSON cannot.
+        OSError: the file cannot be written.
+    """
+    path = Path(path)
+    data = encode_checkpoint(meta, tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(data, path)
+    return path
+
+
 def save_checkpoint(
     path: str | Path,
     model: Forecaster,
@@ -128,18 +285,27 @@ def save_checkpoint(
     sampler: SamplerConfig | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint (see the module docstring for its content)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
+    """Write a checkpoint (see the module docstring for its content); returns the path.
+
+    Arguments:
+        path: file to write (``.pt`` by convention; the content is safetensors).
+        model: the forecaster (a :class:`GRUNF` or an :class:`Ensemble`).
+        wcfg: how its windows are cut.
+        tcfg: the training configuration (anything with ``to_dict()``), or None.
+        history: per-epoch training records.
+        sampler: the checkpoint's default sampler (the GRU-SNF default when None).
+        extra: more header fields (JSON-able: numbers, strings, lists, mappings).
+
+    Raises:
+        CheckpointError: ``extra`` holds something JSON cannot (named by its key).
+        OSError: the file cannot be written.
+    """
+    meta: dict[str, Any] = {
         "code_version": code_version(),
         "model_config": model.cfg.to_dict(),
         "window_config": wcfg.to_dict(),
         "standardizer": model.standardizer().to_dict(),
         "members": len(model.member_list()) if isinstance(model, Ensemble) else 1,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_config": tcfg.to_dict() if tcfg is not None else None,
         "history": history or [],
         "sampler": (sampler or SNF_DEFAULT).to_dict(),
@@ -147,84 +313,164 @@ def save_checkpoint(
     }
     posture = getattr(model, "posture", None)
     if isinstance(posture, PostureModel):
-        blob["posture"] = posture.cfg.to_dict()
+        meta["posture"] = posture.cfg.to_dict()
     if extra:
-        blob.update(extra)
-    _atomic_save(blob, path)
-    return path
+        meta.update(extra)
+    return write_checkpoint_file(path, meta, dict(model.state_dict()))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+    """Load a checkpoint written by :func:`save_checkpoint` (no code runs while reading).
+
+    Arguments:
+        path: the checkpoint file.
+        device: where the model's tensors go.
 
     Raises:
-        ValueError: not a posewatch checkpoint, or from an incompatible format version.
+        FileNotFoundError: no such file.
+        CheckpointError: (a ``ValueError``) not a posewatch checkpoint, an old pickled one
+            (the message says ``posewatch model migrate``), or an incompatible format version.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint (train one with `posewatch train`)")
+    meta, state = read_checkpoint_file(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a posewatch GRU-NF checkpoint")
-    if blob.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format {blob.get('format_version')} is not {CHECKPOINT_VERSION}; retrain"
+        mcfg = ModelConfig(**meta["model_config"])
+        std = Standardizer.from_dict(meta["standardizer"])
+        members = int(meta.get("members", 1))
+        model: Forecaster = (
+            Ensemble([GRUNF(mcfg, std) for _ in range(members)])
+            if members > 1
+            else GRUNF(mcfg, std)
         )
-    mcfg = ModelConfig(**blob["model_config"])
-    std = Standardizer.from_dict(blob["standardizer"])
-    members = int(blob.get("members", 1))
-    model: Forecaster = (
-        Ensemble([GRUNF(mcfg, std) for _ in range(members)]) if members > 1 else GRUNF(mcfg, std)
-    )
-    if blob.get("posture"):
-        joints = model.error_scale.shape[0]
-        model.posture = PostureModel(PostureConfig.from_dict(blob["posture"]), joints)
-    state = dict(blob["state_dict"])
-    # Checkpoints written before the per-joint error scale existed score unscaled.
-    state.setdefault("error_scale", torch.ones(model.error_scale.shape))
-    model.load_state_dict(state)
+        if meta.get("posture"):
+            joints = model.error_scale.shape[0]
+            model.posture = PostureModel(PostureConfig.from_dict(meta["posture"]), joints)
+        # Checkpoints written before the per-joint error scale existed score unscaled.
+        state.setdefault("error_scale", torch.ones(model.error_scale.shape))
+        model.load_state_dict(state)
+        window_config = WindowConfig(**meta["window_config"])
+        sampler = SamplerConfig.from_dict(meta["sampler"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: a damaged posewatch checkpoint ({exc}); retrain") from None
     model.to(device).eval()
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return Checkpoint(
-        model=model,
-        window_config=WindowConfig(**blob["window_config"]),
-        sampler=SamplerConfig.from_dict(blob["sampler"]),
-        meta=meta,
-        path=path,
+        model=model, window_config=window_config, sampler=sampler, meta=meta, path=path
     )
 
 
 def update_checkpoint(path: str | Path, **fields: Any) -> None:
-    """Set top-level fields of a saved checkpoint (e.g. ``calibration``, ``sampler``)."""
-    path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    blob.update(fields)
-    _atomic_save(blob, path)
+    """Set top-level header fields of a saved checkpoint (e.g. ``calibration``,
+    ``sampler``); the tensors are kept bit for bit.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`read_checkpoint_file`; or a field
+            JSON cannot hold.
+    """
+    meta, tensors = read_checkpoint_file(path)
+    meta.update(fields)
+    write_checkpoint_file(path, meta, tensors)
 
 
 def attach_posture(path: str | Path, posture: PostureModel) -> None:
     """Add (or replace) the posture flows of a saved checkpoint
-    (:mod:`forecasting.posture`); the rest of the checkpoint is kept as it is."""
-    path = Path(path)
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = {k: v for k, v in blob["state_dict"].items() if not k.startswith("posture.")}
-    state.update({f"posture.{k}": v.detach().cpu() for k, v in posture.state_dict().items()})
-    blob["state_dict"] = state
-    blob["posture"] = posture.cfg.to_dict()
-    _atomic_save(blob, path)
+    (:mod:`forecasting.posture`); the rest of the checkpoint is kept as it is.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as :func:`read_checkpoint_file`.
+    """
+    meta, tensors = read_checkpoint_file(path)
+    state = {k: v for k, v in tensors.items() if not k.startswith("posture.")}
+    state.update({f"posture.{k}": v for k, v in posture.state_dict().items()})
+    meta["posture"] = posture.cfg.to_dict()
+    write_checkpoint_file(path, meta, state)
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """What torch's restricted unpickler needs to rebuild numpy scalars (old calibrations
+    and histories may hold some): the scalar constructor and the dtypes."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64")]
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def migrate_checkpoint(old: str | Path, new: str | Path) -> Path:
+    """Convert a format-1 checkpoint (a ``torch.save`` pickle of earlier posewatch
+    versions) to the current format, once. Run it only on files you trust: pickles can run
+    code. The old file is read with torch's restricted unpickler (``weights_only=True``:
+    tensors, plain containers and numpy scalars only), so a file holding anything else is
+    refused rather than executed; the weights are copied bit for bit.
+
+    Arguments:
+        old: the format-1 checkpoint (left as it is).
+        new: the file to write (must not exist).
+
+    Returns:
+        ``new``.
+
+    Raises:
+        FileNotFoundError: ``old`` does not exist.
+        FileExistsError: ``new`` exists (choose another name or remove it).
+        CheckpointError: ``old`` is already in the current format, is not a posewatch
+            format-1 checkpoint, or holds Python objects beyond tensors and plain data.
+    """
+    old, new = Path(old), Path(new)
+    if not old.exists():
+        raise FileNotFoundError(f"{old}: no such checkpoint")
+    if new.exists():
+        raise FileExistsError(f"{new}: exists; give a new file name for the migrated checkpoint")
+    try:
+        read_checkpoint_file(old)
+    except CheckpointError as exc:
+        if not _is_pickle(old.read_bytes()[:8]):
+            raise exc from None  # foreign or damaged: its message says what it is
+    else:
+        raise CheckpointError(f"{old}: already in checkpoint format {CHECKPOINT_VERSION}")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            blob = torch.load(old, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for these
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{old}: refused: it holds more than tensors and plain data, which an old "
+            f"posewatch checkpoint never did ({first[:200]}); do not use this file"
+        ) from None
+    if (
+        not isinstance(blob, dict)
+        or blob.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(blob.get("state_dict"), dict)
+    ):
+        raise CheckpointError(f"{old}: not a posewatch GRU-NF checkpoint; nothing migrated")
+    if blob.get("format_version") != 1:
+        raise CheckpointError(
+            f"{old}: pickled checkpoint of format {blob.get('format_version')}, expected 1"
+        )
+    tensors = dict(blob.pop("state_dict"))
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise CheckpointError(f"{old}: its state dict holds something other than tensors")
+    meta = {**blob, "migrated_from": {"format_version": 1, "file": old.name}}
+    write_checkpoint_file(new, meta, tensors)
+    try:
+        load_checkpoint(new)  # the result must load
+    except CheckpointError:
+        new.unlink(missing_ok=True)
+        raise
+    return new
 
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "HEADER_KEY",
     "Checkpoint",
+    "CheckpointError",
     "attach_posture",
     "code_version",
+    "encode_checkpoint",
     "load_checkpoint",
+    "migrate_checkpoint",
     "model_fingerprint",
+    "read_checkpoint_file",
     "save_checkpoint",
     "update_checkpoint",
+    "write_checkpoint_file",
 ]

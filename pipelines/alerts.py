@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,9 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detector.skeleton import KEYPOINT_NAMES
 
-SCHEMA_VERSION = 1
+#: Version of the alert message. 2 (session 8): adds ``snapshot`` (file name and web-view
+#: URL of the episode's picture) and ``model.id``; version 1 messages (neither field) are
+#: still read. 1: the first message.
+SCHEMA_VERSION: Literal[2] = 2
 EPS = 1e-6  # seconds: frame timestamps like i / fps do not add up exactly
 ALERT_NAMESPACE = uuid.UUID("6f1c1f0e-3a7b-5c2d-9e4f-70a5e0c1b2d3")
+
+log = logging.getLogger(__name__)
 
 
 class JointContribution(BaseModel):
@@ -47,6 +53,28 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(title="Model", description="Forecaster and sampler that scored the person.")
     version: str = Field(title="Version", description="Code version of the checkpoint.")
+    id: str = Field(
+        "",
+        title="Model id",
+        description="Hash of the weights (and posture flows) that scored: operator verdicts "
+        "refine the threshold of this model only. Empty in version 1 messages.",
+    )
+
+
+class SnapshotRef(BaseModel):
+    """Where a subscriber fetches the picture of an alert's episode."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(
+        title="File",
+        description="File name <camera>-<alert id>.jpg: in outputs.snapshots when set, and in "
+        "the alert store (`posewatch alerts show ID --snapshot FILE`).",
+    )
+    url: str | None = Field(
+        None,
+        title="URL",
+        description="The picture in the web view (when the UI is on): GET it for the JPEG.",
+    )
 
 
 class Alert(BaseModel):
@@ -54,8 +82,10 @@ class Alert(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = Field(
-        1, title="Schema version", description="Message schema version."
+    schema_version: Literal[1, 2] = Field(
+        SCHEMA_VERSION,
+        title="Schema version",
+        description="Message schema version: 2 adds `snapshot` and `model.id` (1 is still read).",
     )
     alert_id: str = Field(
         title="Alert id", description="Stable id of the episode (UUID5); dedupe on it."
@@ -92,6 +122,22 @@ class Alert(BaseModel):
     )
     model: ModelInfo = Field(title="Model", description="What produced the score.")
     produced_at: float = Field(title="Produced", description="UNIX time the message was made.")
+    snapshot: SnapshotRef | None = Field(
+        None,
+        title="Snapshot",
+        description="The episode's picture (the frame of `new`): file name, and its URL in "
+        "the web view when the UI is on. None when neither the alert store nor "
+        "outputs.snapshots keeps pictures.",
+    )
+
+
+def snapshot_file(camera: str, alert_id: str) -> str:
+    """The file name of an episode's snapshot.
+
+    >>> snapshot_file("gate", "1234")
+    'gate-1234.jpg'
+    """
+    return f"{camera}-{alert_id}.jpg"
 
 
 def alert_schema() -> dict[str, Any]:
@@ -171,6 +217,12 @@ class AlertLifecycle:
         self, ep: _Episode, kind: Literal["new", "update", "end"], track: int, end_ts: float | None
     ) -> Alert:
         last = ep.last
+        if kind != "update":  # one log line per episode start and end
+            log.info(
+                "alert %s: camera %s, person %d, score %.3f (peak %.3f, threshold %.3f)%s; id %s",
+                kind, self.camera, track, last["score"], ep.peak, self.threshold,
+                f", {last['ts'] - ep.since:.1f} s" if end_ts is not None else "", ep.alert_id,
+            )  # fmt: skip
         return Alert(
             alert_id=ep.alert_id,
             type=kind,

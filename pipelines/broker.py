@@ -3,6 +3,12 @@
 Used when no bootstrap servers are configured (memory storage on 127.0.0.1: alerts live as
 long as the process), and by the integration tests.
 
+It has no authentication, so it only ever listens on the loopback address: the listener is
+always ``tcp://127.0.0.1:PORT`` (the command line; tansu's own ``LISTENER_URL``-style
+environment variables are removed from its environment), and after start-up the sockets the
+process listens on are checked (Linux: ``/proc``); any other address stops it with a
+:class:`BrokerError`.
+
 Example:
     >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
     ...     print(broker.bootstrap)
@@ -11,10 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -58,58 +66,152 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies (Linux), so a posewatch process that
-    is killed (SIGKILL, a crash) leaves no orphan broker behind."""
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``), so a posewatch process that is killed (SIGKILL, a crash) leaves
+    no orphan broker behind; None where ``prctl`` is not available.
+
+    libc is looked up here, in the parent: the child only calls the function (no ``dlopen``
+    between fork and exec, which could block on a lock another thread held). Linux sends the
+    signal when the *thread* that started the child ends: start the broker from the main
+    thread (the services do).
+    """
     import ctypes
     import signal
 
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec
+
+
+#: The only address the embedded broker binds.
+LOOPBACK = "127.0.0.1"
+#: Environment variables tansu reads as settings (they must not reach it).
+TANSU_ENV = (
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "CLUSTER_ID",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "SCHEMA_REGISTRY_CACHE_EXPIRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "AUTHENTICATION",
+    "CERT",
+    "KEY",
+    "SILENT",
+)
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]] | None:
+    """``(address, port)`` of every TCP socket process ``pid`` listens on (IPv4 and IPv6,
+    read from ``/proc``); None where ``/proc`` is not available (not Linux)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    inodes = set()
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    out: list[tuple[str, int]] = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) < 10 or cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            # /proc prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            out.append((socket.inet_ntop(family, raw), int(hex_port, 16)))
+    return out
 
 
 class EmbeddedBroker:
-    """A tansu broker with memory storage on ``127.0.0.1:port``.
+    """A tansu broker with memory storage on ``127.0.0.1:port``, no authentication.
 
     Arguments:
         port: listening port (0: a free one).
         startup_timeout: seconds to wait for the port to accept connections.
+        advertised_port: the port announced to clients in metadata (default ``port``); a
+            TLS terminator in front of the broker (tests) announces its own.
+
+    Raises:
+        BrokerError: (from :meth:`start`) tansu is not installed, does not open the port in
+            time, or listens on an address other than 127.0.0.1.
     """
 
-    def __init__(self, port: int = 0, startup_timeout: float = 20.0):
+    def __init__(self, port: int = 0, startup_timeout: float = 20.0, advertised_port: int = 0):
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """``127.0.0.1:port`` (the broker's own port, whatever it advertises)."""
+        return f"{LOOPBACK}:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k not in TANSU_ENV}
         self.proc = subprocess.Popen(
             [
                 str(tansu_path()),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://{LOOPBACK}:{self.port}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://{LOOPBACK}:{self.advertised_port}",
+                "--storage-engine",
+                "memory://tansu/",
                 "--silent",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            env=env,
+            preexec_fn=_die_with_parent(),
         )
-        if not wait_for_port("127.0.0.1", self.port, self.startup_timeout):
+        if not wait_for_port(LOOPBACK, self.port, self.startup_timeout):
             self.stop()
             raise BrokerError(
-                f"embedded broker did not open 127.0.0.1:{self.port} within {self.startup_timeout:.0f} s"
+                f"embedded broker did not open {LOOPBACK}:{self.port} within "
+                f"{self.startup_timeout:.0f} s"
             )
+        self.verify_loopback()
         return self
+
+    def verify_loopback(self) -> None:
+        """Stop the broker and raise :class:`BrokerError` if it listens anywhere but
+        127.0.0.1 (a no-op where ``/proc`` cannot tell)."""
+        if self.proc is None:
+            return
+        found = listening_addresses(self.proc.pid) or []
+        other = sorted({f"{a}:{p}" for a, p in found if a != LOOPBACK})
+        if other:
+            self.stop()
+            raise BrokerError(
+                f"embedded broker listened on {', '.join(other)}, not only {LOOPBACK}; "
+                "stopped it (it has no authentication). Configure kafka.bootstrap_servers "
+                "for a broker of your own"
+            )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

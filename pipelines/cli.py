@@ -350,8 +350,19 @@ def calibrate(
         int, typer.Option("-k", "--samples", help="K futures per window.")
     ] = DEFAULT_SAMPLES,
     stride: Annotated[int, typer.Option(help="Score every n-th frame.")] = 1,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="Alert store (outputs.store) whose operator verdicts refine the threshold: "
+            "above the false alerts' peaks, below the confirmed ones'."
+        ),
+    ] = None,
+    camera: Annotated[
+        str | None, typer.Option(help="Use only this camera's verdicts (default: all).")
+    ] = None,
 ) -> None:
-    """Fit the alert threshold on normal validation footage for a target false-alert rate."""
+    """Fit the alert threshold on normal validation footage for a target false-alert rate
+    (and, with --feedback, the operators' verdicts)."""
     from pipelines.offline.evaluation import CalibrateRequest, run_calibrate
 
     _offline_logging()
@@ -369,6 +380,8 @@ def calibrate(
                 fps=fps,
                 samples=samples,
                 stride=stride,
+                feedback=feedback,
+                camera=camera,
             )
         )
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
@@ -491,14 +504,17 @@ def run(
     max_frames: Annotated[
         int | None, typer.Option(help="Stop after this many frames (all cameras).")
     ] = None,
+    log_level: _LogLevel = "INFO",
+    log_format: _LogFormat = "text",
 ) -> None:
-    """Run the service: cameras in, alerts to Kafka and JSONL, metrics on /metrics."""
+    """Run the service: cameras in, alerts to Kafka, JSONL and the alert store, metrics on
+    /metrics, the web view on http://127.0.0.1:8108/ (ui section)."""
 
     from pipelines.config import ConfigError, load_config
     from pipelines.run_service import Service
     from pipelines.serving import RuntimeConfigError
 
-    _service_logging()
+    _service_logging(log_level, log_format)
     try:
         if config is not None:
             cfg = load_config(config)
@@ -535,15 +551,80 @@ def run(
         typer.echo("some alerts are still in the spool; they are sent at the next start", err=True)
 
 
-def _service_logging() -> None:
-    """INFO to stderr; kafka-python's own INFO chatter (connection attempts, metadata) is
-    kept out (WARNING and above shown): posewatch logs delivery problems itself, once."""
-    import logging
+_LogLevel = Annotated[
+    str,
+    typer.Option(
+        "--log-level",
+        help="DEBUG, INFO, WARNING or ERROR (kafka-python's own lines: WARNING and up unless "
+        "DEBUG).",
+    ),
+]
+_LogFormat = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one JSON object per line (time, level, logger, message) for "
+        "log shippers.",
+    ),
+]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to the ``sys.stderr`` of the moment (a test runner may
+    swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message`` (and ``exception`` with the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from datetime import UTC, datetime
+
+        out = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _service_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Logs to stderr at ``level`` as text or JSON lines; kafka-python's own INFO chatter
+    (connection attempts, metadata) is kept out (WARNING and above shown, all at DEBUG):
+    posewatch logs delivery problems itself, once; so is uvicorn's access log."""
+    lvl = level.upper()
+    if lvl not in LOG_LEVELS:
+        raise _fail(f"--log-level must be {_or(LOG_LEVELS)}, got {level!r}", 2)
+    if fmt not in ("text", "json"):
+        raise _fail(f"--log-format must be text or json, got {fmt!r}", 2)
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        root.addHandler(handler)
+    handler.setFormatter(
+        JsonLogFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    root.setLevel(lvl)
+    logging.getLogger("kafka").setLevel(logging.DEBUG if lvl == "DEBUG" else logging.WARNING)
 
 
 def _run(service: Any, *args: Any) -> Any:
@@ -557,12 +638,14 @@ def _run(service: Any, *args: Any) -> Any:
         raise _fail(str(exc), 2) from exc
 
 
-def _start_service(factory: Callable[[Any], Any], config: Path) -> Any:
+def _start_service(
+    factory: Callable[[Any], Any], config: Path, log_level: str = "INFO", log_format: str = "text"
+) -> Any:
     """Logging, the configuration and the service; config errors exit 2 with field paths."""
     from pipelines.config import ConfigError, load_config
     from pipelines.serving import RuntimeConfigError
 
-    _service_logging()
+    _service_logging(log_level, log_format)
     try:
         service = factory(load_config(config))
     except ConfigError as exc:
@@ -579,11 +662,13 @@ def detect(
     config: Annotated[Path, typer.Option(help="YAML configuration file.")],
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    log_level: _LogLevel = "INFO",
+    log_format: _LogFormat = "text",
 ) -> None:
     """Scale-out detector: cameras -> YOLO-pose -> tracking -> PoseFrames on the poses topic."""
     from pipelines.detect_service import DetectService
 
-    service = _start_service(DetectService, config)
+    service = _start_service(DetectService, config, log_level, log_format)
     s = _run(service, max_seconds, max_frames)
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     typer.echo(
@@ -598,11 +683,13 @@ def detect(
 def score(
     config: Annotated[Path, typer.Option(help="YAML configuration file.")],
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    log_level: _LogLevel = "INFO",
+    log_format: _LogFormat = "text",
 ) -> None:
     """Scale-out scorer: one consumer-group member; poses topic -> scores -> alerts."""
     from pipelines.score_service import ScoreService
 
-    service = _start_service(ScoreService, config)
+    service = _start_service(ScoreService, config, log_level, log_format)
     s = _run(service, max_seconds)
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(
@@ -642,6 +729,221 @@ def consume(
         pass
     finally:
         c.close()
+
+
+@app.command()
+def ui(
+    config: Annotated[Path, typer.Option(help="YAML configuration file.")],
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    log_level: _LogLevel = "INFO",
+    log_format: _LogFormat = "text",
+) -> None:
+    """Split deployments: the web view of the alerts on the alerts topic (kafka section),
+    kept in the alert store (outputs.store) with the operators' verdicts."""
+    from pipelines.web.service import UiService
+
+    service = _start_service(UiService, config, log_level, log_format)
+    s = _run(service, max_seconds)
+    typer.echo(f"alert messages: {s.messages} ({s.invalid} malformed); {s.seconds:.0f} s")
+
+
+alerts_app = typer.Typer(
+    help="The alert history (outputs.store): list, show, export, mark.", no_args_is_help=True
+)
+app.add_typer(alerts_app, name="alerts")
+
+_Store = Annotated[
+    Path | None,
+    typer.Option(
+        "--store", help="Alert store file (default: outputs.store of --config, or runs/alerts.db)."
+    ),
+]
+_Config = Annotated[
+    Path | None, typer.Option("--config", help="Configuration whose outputs.store to read.")
+]
+_Camera = Annotated[str | None, typer.Option(help="Only this camera.")]
+_Since = Annotated[
+    str | None, typer.Option(help="First seen at or after: ISO 8601 (2026-11-30T14:05) or UNIX s.")
+]
+_Until = Annotated[str | None, typer.Option(help="First seen before (as --since).")]
+_Verdict = Annotated[
+    str | None, typer.Option(help="false_alert, confirmed, or none (no verdict yet).")
+]
+
+
+def _open_store(store: Path | None, config: Path | None) -> Any:
+    """The alert store named by ``--store`` / ``--config`` (exit 2 when there is none)."""
+    from pipelines.config import ConfigError, load_config
+    from pipelines.sinks.store import AlertStore, StoreError
+
+    if store is None and config is not None:
+        try:
+            store = load_config(config).outputs.store
+        except ConfigError as exc:
+            raise _fail(str(exc), 2) from exc
+        if store is None:
+            raise _fail(f"{config}: outputs.store is not set (no alert history kept)", 2)
+    try:
+        return AlertStore(store or Path("runs/alerts.db"), create=False)
+    except StoreError as exc:
+        raise _fail(str(exc), 2) from exc
+
+
+def _query(
+    camera: str | None, since: str | None, until: str | None, verdict: str | None, limit: int
+) -> Any:
+    from pipelines.sinks.store import VERDICTS, Query, parse_time
+
+    if verdict is not None and verdict not in (*VERDICTS, "none"):
+        raise _fail(f"--verdict must be {', '.join(VERDICTS)} or none, got {verdict!r}", 2)
+    try:
+        return Query(
+            camera=camera,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            verdict=verdict,
+            limit=limit,
+        )
+    except ValueError as exc:
+        raise _fail(f"--since/--until: {exc}", 2) from exc
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime
+
+    return "" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    store: _Store = None,
+    config: _Config = None,
+    camera: _Camera = None,
+    since: _Since = None,
+    until: _Until = None,
+    verdict: _Verdict = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most episodes, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Alert episodes, newest first: time, camera, person, peak / threshold, duration,
+    verdict, id."""
+    db = _open_store(store, config)
+    rows = db.query(_query(camera, since, until, verdict, limit))
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps(r.to_dict()))
+        return
+    typer.echo(f"{'first seen':<20}{'camera':<14}{'person':>7}{'peak':>9}{'thr':>8}"
+               f"{'dur s':>7}  {'verdict':<12}{'status':<7} id")  # fmt: skip
+    for r in rows:
+        typer.echo(
+            f"{_when(r.created_at):<20}{r.camera[:13]:<14}{r.track_id:>7}{r.peak_score:>9.3f}"
+            f"{r.threshold:>8.3f}{r.duration_s:>7.1f}  {r.verdict or '-':<12}{r.status:<7} "
+            f"{r.alert_id}"
+        )
+    typer.echo(f"{len(rows)} of {db.count(_query(camera, since, until, verdict, limit))} episodes")
+
+
+def _resolve(db: Any, alert_id: str) -> Any:
+    ids = db.resolve(alert_id) if len(alert_id) >= 4 else []
+    if len(ids) != 1:
+        what = "several alerts" if len(ids) > 1 else "no alert"
+        raise _fail(f"{what} with id {alert_id!r} in {db.path}", 1)
+    return db.get(ids[0])
+
+
+@alerts_app.command("show")
+def alerts_show(
+    alert_id: Annotated[str, typer.Argument(help="Alert id (or its first characters).")],
+    store: _Store = None,
+    config: _Config = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of text.")] = False,
+    snapshot: Annotated[
+        Path | None, typer.Option(help="Write the episode's picture (JPEG) to this file.")
+    ] = None,
+) -> None:
+    """One episode: its times, scores, model, joints, verdict (and every verdict given)."""
+    db = _open_store(store, config)
+    r = _resolve(db, alert_id)
+    log_ = db.verdict_log(r.alert_id)
+    if snapshot is not None:
+        jpeg = db.snapshot(r.alert_id)
+        if jpeg is None:
+            raise _fail(f"alert {r.alert_id} has no picture in {db.path}")
+        snapshot.write_bytes(jpeg)
+    if as_json:
+        out = {**r.to_dict(), "events": db.events(r.alert_id), "verdicts": log_}
+        typer.echo(json.dumps(out, indent=2))
+        return
+    joints = ", ".join(f"{j['name']} {j['score']:.2f}" for j in r.top_joints)
+    typer.echo(
+        f"alert {r.alert_id}\ncamera {r.camera}, person {r.track_id}, {r.status}\n"
+        f"first seen {_when(r.created_at)}; {r.duration_s:.1f} s (frame time {r.start_ts:.2f} "
+        f"to {r.start_ts + r.duration_s:.2f})\n"
+        f"peak score {r.peak_score:.3f}, threshold {r.threshold:.3f}; joints: {joints}\n"
+        f"model {r.model_name}, version {r.model_version}, id {r.model_id or '-'}\n"
+        f"verdict: {r.verdict or 'none'}" + (f" ({r.verdict_note})" if r.verdict_note else "")
+    )
+    for v in log_:
+        typer.echo(f"  {_when(v['at'])} {v['verdict']} ({v['source']}) {v['note']}")
+    if snapshot is not None:
+        typer.echo(f"picture written to {snapshot}")
+
+
+@alerts_app.command("export")
+def alerts_export(
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+    store: _Store = None,
+    config: _Config = None,
+    camera: _Camera = None,
+    since: _Since = None,
+    until: _Until = None,
+    verdict: _Verdict = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most episodes, newest first.")] = 1_000_000,
+) -> None:
+    """Every matching episode as CSV (one row each) or JSON (a list), newest first."""
+    import csv
+    import io
+
+    if fmt not in ("csv", "json"):
+        raise _fail(f"--format must be csv or json, got {fmt!r}", 2)
+    db = _open_store(store, config)
+    rows = [r.to_dict() for r in db.query(_query(camera, since, until, verdict, limit))]
+    if fmt == "json":
+        text = json.dumps(rows, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        cols = [c for c in (rows[0] if rows else {}) if c not in ("keypoints",)]
+        w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "top_joints": " ".join(j["name"] for j in r["top_joints"]),
+                        "bbox": " ".join(f"{v:.1f}" for v in r["bbox"])})  # fmt: skip
+        text = buf.getvalue()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"{len(rows)} episodes written to {out}", err=True)
+
+
+@alerts_app.command("mark")
+def alerts_mark(
+    alert_id: Annotated[str, typer.Argument(help="Alert id (or its first characters).")],
+    verdict: Annotated[str, typer.Option(help="false_alert or confirmed.")],
+    note: Annotated[str, typer.Option(help="Optional note.")] = "",
+    store: _Store = None,
+    config: _Config = None,
+) -> None:
+    """Give an episode a verdict from the command line (as the page's buttons do)."""
+    db = _open_store(store, config)
+    r = _resolve(db, alert_id)
+    try:
+        out = db.set_verdict(r.alert_id, verdict, note, source="cli")
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    typer.echo(f"alert {out.alert_id}: {out.verdict}")
 
 
 def main() -> None:  # pragma: no cover - console entry

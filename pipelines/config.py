@@ -21,10 +21,16 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from detector.pose import CAMERA_NAME
 from detector.pose_model import BackendName
+from detector.redaction import MASK, SECRET_NAME, redact
 from detector.tracking import TrackerName
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, ScorerName
 
@@ -328,6 +334,69 @@ class OutputsConfig(Base):
         description="Folder for one JPEG per `new` alert with the skeleton drawn (on a blank "
         "canvas in `posewatch score`, which has no images).",
     )
+    store: Path | None = Field(
+        None,
+        title="Alert store",
+        description="SQLite file of every alert event and operator verdict (the history the "
+        "web view and `posewatch alerts` read); default: alerts.db beside alerts_jsonl (or "
+        "runs/alerts.db). Set to null to keep no history.",
+    )
+    privacy: Literal["off", "skeletons_only"] = Field(
+        "off",
+        title="Privacy",
+        description="skeletons_only: no image of a person leaves the process: snapshots, "
+        "annotated video, the alert store and the web view show skeletons on an empty "
+        "background (detection itself needs no picture of anyone).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def default_store(cls, data: Any) -> Any:
+        """``store`` defaults into the run's output folder (that of ``alerts_jsonl``)."""
+        if isinstance(data, dict) and "store" not in data:
+            jsonl = data.get("alerts_jsonl", Path("runs/alerts.jsonl"))
+            folder = Path(jsonl).parent if jsonl is not None else Path("runs")
+            data = {**data, "store": folder / "alerts.db"}
+        return data
+
+
+class UiConfig(Base):
+    enabled: bool = Field(
+        True,
+        title="Enabled",
+        description="Serve the operator's web view (cameras, alerts, verdicts) from "
+        "`posewatch run` (and `posewatch ui`).",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        title="Bind address",
+        description="Address of the web view; 127.0.0.1 keeps it on this machine (it has "
+        "no login: put a reverse proxy with authentication in front to share it).",
+    )
+    port: int = Field(
+        8108, ge=0, le=65535, title="Port", description="Port of the web view (0: any free)."
+    )
+    public_url: str | None = Field(
+        None,
+        title="Public URL",
+        description="Base URL of the web view as subscribers reach it, used in the alerts' "
+        "snapshot links; default http://<host>:<port>.",
+    )
+    max_fps: float = Field(
+        4.0,
+        gt=0,
+        le=30,
+        title="Live frame rate",
+        description="Most live images per second and camera sent to viewers (each is drawn "
+        "and JPEG-encoded only while someone watches).",
+    )
+    max_width: int = Field(
+        960,
+        ge=64,
+        le=4096,
+        title="Live image width",
+        description="Live images wider than this are scaled down before encoding.",
+    )
 
 
 class ColdStartConfig(Base):
@@ -405,6 +474,9 @@ class PosewatchConfig(BaseSettings):
         title="Cold start",
         description="Learning a scene without a model.",
     )
+    ui: UiConfig = Field(
+        default_factory=UiConfig, title="Web view", description="The operator's web page."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -451,32 +523,105 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def resolve_secrets(value: Any, where: str = "") -> Any:
-    """Replace ``${ENV}`` placeholders and ``file:/path`` strings (recursively)."""
+def resolve_secrets(value: Any, where: str = "", found: set[str] | None = None) -> Any:
+    """Replace ``${ENV}`` placeholders and ``file:/path`` strings (recursively).
+
+    Arguments:
+        value: the parsed configuration (or any part of it).
+        where: field path of ``value`` (for error messages).
+        found: when given, every value that came from an environment variable or a file is
+            added to it (so error messages can be scrubbed of them).
+
+    Raises:
+        ConfigError: a secret file cannot be read, or a variable is not set (the message
+            names the field, the file or the variable, never a value).
+    """
     if isinstance(value, dict):
         return {
-            k: resolve_secrets(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()
+            k: resolve_secrets(v, f"{where}.{k}" if where else str(k), found)
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [resolve_secrets(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [resolve_secrets(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
     if value.startswith("file:"):
         path = Path(value[5:]).expanduser()
         try:
-            return path.read_text().strip()
-        except OSError as exc:
+            secret = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(
-                "config", [(where, f"cannot read secret file {path} ({exc.strerror})")]
-            ) from exc
+                "config", [(where, f"cannot read secret file {path} ({why})")]
+            ) from None
+        if found is not None:
+            found.add(secret)
+        return secret
 
     def sub(m: re.Match[str]) -> str:
         var = m.group(1)
         if var not in os.environ:
             raise ConfigError("config", [(where, f"environment variable {var} is not set")])
+        if found is not None:
+            found.add(os.environ[var])
         return os.environ[var]
 
     return ENV_PLACEHOLDER.sub(sub, value)
+
+
+def _inline_secrets(value: Any, name: str = "") -> set[str]:
+    """String values written in the file under secret-looking names (``sasl_password``,
+    ``token``, ...) and the sources of cameras (URLs that may hold credentials)."""
+    if isinstance(value, dict):
+        out: set[str] = set()
+        for k, v in value.items():
+            out |= _inline_secrets(v, str(k))
+        return out
+    if isinstance(value, list):
+        return set().union(*(_inline_secrets(v, name) for v in value)) if value else set()
+    if isinstance(value, str) and (SECRET_NAME.search(name) or redact(value) != value):
+        return {value}
+    return set()
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """``text`` with credentials in URLs redacted (:func:`detector.redaction.redact`) and
+    every known secret value (4 characters or longer) replaced by ``***``.
+
+    Example:
+        >>> scrub("bad value S3cret! in rtsp://u:pw@cam/x", {"S3cret!"})
+        'bad value *** in rtsp://***@cam/x'
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, MASK)
+    return redact(text)
+
+
+#: A quoted fragment of a YAML error message ('...' or "...").
+_QUOTED = re.compile(r"'[^']{3,}'|\"[^\"]{3,}\"")
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML error as ``line L, column C: problem`` without the offending line (PyYAML
+    prints it, secret included); quoted fragments of the problem are hidden too when the
+    line looks like it holds a secret (a secret-named key, a URL with credentials)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    context = getattr(exc, "context", None)
+    lines = text.splitlines()
+    where = ""
+    risky = False
+    for m in (mark, getattr(exc, "context_mark", None)):
+        if m is not None and 0 <= m.line < len(lines):
+            line = lines[m.line]
+            risky = risky or bool(SECRET_NAME.search(line)) or redact(line) != line
+    if mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    msg = f"{problem} ({context})" if context else str(problem)
+    if risky:
+        msg = _QUOTED.sub("'***'", msg)
+    return f"not valid YAML at {where}{msg} (the line is not shown: it may hold a secret)"
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -491,6 +636,10 @@ def load_config(
     path: str | Path | None = None, data: dict[str, Any] | None = None
 ) -> PosewatchConfig:
     """Load and validate a YAML file (or a dict), with ``${ENV}`` / ``file:`` secrets.
+
+    No error message echoes a secret: YAML errors give the line and column, not the line;
+    validation messages are scrubbed of every value that came from a variable or a file,
+    of values under secret-looking names and of URL credentials (:func:`scrub`).
 
     Raises:
         ConfigError: every problem with its field path.
@@ -515,17 +664,21 @@ def load_config(
         try:
             data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(source, [("(file)", f"not valid YAML: {exc}")]) from exc
+            raise ConfigError(source, [("(file)", _yaml_problem(exc, text))]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, [("(top level)", "expected a mapping of sections")])
+    secrets = _inline_secrets(data)
     try:
-        resolved = resolve_secrets(data)
+        resolved = resolve_secrets(data, found=secrets)
     except ConfigError as exc:
         raise ConfigError(source, exc.problems) from None
     try:
         return PosewatchConfig(**resolved)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
+        problems = _problems(exc)
+    except SettingsError as exc:  # a POSEWATCH_* variable that is not valid JSON
+        problems = [("(environment)", str(exc))]
+    raise ConfigError(source, [(scrub(w, secrets), scrub(m, secrets)) for w, m in problems])
 
 
 def json_schema() -> dict[str, Any]:

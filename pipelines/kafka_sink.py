@@ -180,6 +180,9 @@ class KafkaAlertSink:
     def _make_producer(self) -> Any:
         from kafka import KafkaProducer
 
+        from pipelines.kafka_errors import watch_network_errors
+
+        watch_network_errors()  # so a refused TLS handshake / SASL login can be named
         return KafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
@@ -293,10 +296,12 @@ class KafkaAlertSink:
             self.on_delivery(False, n)
         if self.connected or not self._warned:
             # Once per outage: when a connection is lost, or the first failed round at start.
+            from pipelines.kafka_errors import describe_failure
+
             log.warning(
                 "kafka: delivery to %s failed (%s); %d alerts wait in the spool",
                 ",".join(self.bootstrap_servers),
-                exc,
+                describe_failure(exc, self.producer_config),  # the TLS / SASL error, if any
                 self.spool.pending(),
             )
             self._warned = True

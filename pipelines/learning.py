@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,7 @@ from forecasting.torch_model import ModelConfig
 from forecasting.train import TrainConfig, build_windows, train
 from forecasting.windows import WindowConfig
 from pipelines.clip_scoring import calibrate_on_clips, score_split
+from pipelines.feedback import apply_feedback
 from pipelines.model_provider import ServedModel, served_model
 from pipelines.serving import (
     RuntimeConfigError,
@@ -83,6 +84,7 @@ class LearnSettings:
     samples: int = 20
     stride: int = 3
     batch: int = 256
+    store: Path | None = None  # alert store whose verdicts refine the threshold
 
     @classmethod
     def from_config(cls, cfg: PosewatchConfig) -> LearnSettings:
@@ -99,6 +101,7 @@ class LearnSettings:
             or cfg.alerting.target_false_alerts_per_hour,
             min_duration_s=cfg.alerting.min_duration_s,
             sigma=cfg.forecaster.smoothing_sigma,
+            store=cfg.outputs.store,
         )
 
 
@@ -309,6 +312,7 @@ class SceneLearner:
             log.warning("%s: %s; threshold = highest held-out score %.3f", self.camera, exc, top)
             hours = sum(len(c.frames) for c in cs) / fps / 3600
             cal = Calibration(top, s.target_per_hour, "holdout-max", fps, min_dur, hours)
+        cal, verdicts = self._feedback(cal, ck, scorer)
         update_checkpoint(
             tmp,
             calibration={
@@ -316,6 +320,7 @@ class SceneLearner:
                 **calibration_record(ck, scorer),
                 "sigma_causal": s.sigma,
                 "stride": s.stride,
+                **verdicts,
             },
         )
         ck = load_checkpoint(tmp)
@@ -325,6 +330,15 @@ class SceneLearner:
             "val_nll": float(result.best_val_nll),
         }
         return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
+
+    def _feedback(
+        self, cal: Calibration, ck: Checkpoint, scorer: ScorerConfig
+    ) -> tuple[Calibration, dict[str, float | int | str]]:
+        """The calibration after the operators' verdicts on this camera's alerts (the alert
+        store, :mod:`pipelines.feedback`), and what they did."""
+        s = self.s
+        fb = apply_feedback(cal.threshold, ck, scorer, s.store, self.camera, s.sigma, s.stride)
+        return replace(cal, threshold=fb.threshold), fb.record()
 
 
 class ColdStartProvider:

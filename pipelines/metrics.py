@@ -14,14 +14,19 @@ Example:
 
 from __future__ import annotations
 
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     Info,
     generate_latest,
-    start_http_server,
 )
 
 from pipelines import __version__
@@ -37,6 +42,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
+        self._server: ThreadingHTTPServer | None = None
         self.build_info = Info("posewatch_build", "posewatch version", registry=r)
         self.build_info.info({"version": __version__})
         self._camera_metrics(r)
@@ -231,6 +237,76 @@ class Metrics:
         return generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics``; returns the bound port (useful with port 0)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        """Serve the metrics over HTTP on ``host:port`` (port 0: a free one) from a daemon
+        thread; returns the bound port.
+
+        The endpoint takes no input: ``GET`` (or ``HEAD``) of any path, with any query,
+        answers the whole exposition (``/metrics`` by convention); query parameters do not
+        filter it; every other method is refused with 405 without reading a body; errors
+        echo nothing of the request; nothing is logged per request.
+
+        Raises:
+            OSError: the address cannot be bound (port in use, unknown address).
+        """
+        server = _metrics_server(host, port, self.registry)
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        return int(server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving (when :meth:`serve` was called)."""
+        server = self._server
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._server = None
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """Answers ``GET`` / ``HEAD`` of any path with the registry's exposition; nothing else."""
+
+    registry: CollectorRegistry
+    server_version = "posewatch"
+    sys_version = ""
+    timeout = 10  # seconds a client may take to send its request
+
+    def _answer(self, body: bool) -> None:
+        data = generate_latest(self.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """An empty error response that echoes nothing of the request (the default one
+        echoes the request line); a method other than GET / HEAD (501 in the stdlib) is
+        refused with 405 without reading its body."""
+        self.close_connection = True
+        code = 405 if code == 501 else code
+        self.send_response(code)
+        if code == 405:
+            self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing is logged per request."""
+
+
+def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> ThreadingHTTPServer:
+    """A threading HTTP server of :class:`_MetricsHandler` bound to ``host:port``."""
+    handler = type("Handler", (_MetricsHandler,), {"registry": registry})
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_cls = type(
+        "MetricsServer", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True}
+    )
+    return cast(ThreadingHTTPServer, server_cls((host, port), handler))

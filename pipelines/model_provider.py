@@ -73,7 +73,9 @@ def served_model(
     thr = threshold_for(ckpt, sc, threshold if threshold is not None else cfg.alerting.threshold)
     spec = ServingSpec.of(ckpt, sc)
     info = ModelInfo(
-        name=f"gru-nf/{spec.sampler}/{spec.scorer}", version=str(ckpt.meta.get("code_version"))
+        name=f"gru-nf/{spec.sampler}/{spec.scorer}",
+        version=str(ckpt.meta.get("code_version")),
+        id=spec.model,
     )
     f = cfg.forecaster
     track_scorer = TrackScorer(ckpt, sc, f.stride, f.smoothing_sigma)

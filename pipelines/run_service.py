@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,7 @@ class Service(ServiceBase):
             self.init_metrics,
             self.init_broker,
             self.init_sinks,
+            self.init_ui,
             self.init_detector,
             self.init_cameras,
         )
@@ -133,6 +135,20 @@ class Service(ServiceBase):
         self.router = AlertRouter(build_sinks(self.cfg, kafka), self.metrics)
         jsonl = self.cfg.outputs.alerts_jsonl
         self.summary.alerts_file = str(jsonl) if jsonl is not None else None
+
+    #: The web view's server (``ui`` section), while it runs.
+    ui_server: Any = None
+
+    def init_ui(self) -> None:
+        """The operator's web view (``ui.enabled``): live cameras, alerts, verdicts."""
+        if not self.cfg.ui.enabled or self.router is None:
+            return
+        from pipelines.web.server import start_ui
+
+        def states() -> dict[str, tuple[str, str]]:
+            return {n: (s.stats().status.value, self.phase(n)) for n, s in self.sources.items()}
+
+        self.ui_server = start_ui(self.cfg, self.cameras, self.router, states)
 
     def init_detector(self) -> None:
         self.detecting = DetectStage(
@@ -277,7 +293,13 @@ class Service(ServiceBase):
 
     # -- shutdown -------------------------------------------------------------------------
     def stop_steps(self) -> Sequence[Callable[[], None]]:
-        return (self.close_episodes, self.stop_cameras, self.close_sinks, self.stop_broker)
+        return (
+            self.close_episodes,
+            self.stop_cameras,
+            self.close_sinks,
+            self.stop_ui,
+            self.stop_broker,
+        )
 
     def close_episodes(self) -> None:
         alerts = self.scoring.close(time.time())
@@ -305,6 +327,11 @@ class Service(ServiceBase):
         for sink in self.router.sinks:
             if isinstance(sink, AnnotatedVideoSink):
                 self.summary.videos += sink.paths
+
+    def stop_ui(self) -> None:
+        if self.ui_server is not None:
+            self.ui_server.stop()
+            self.ui_server = None
 
     def stop_broker(self) -> None:
         if self.broker is not None:

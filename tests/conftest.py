@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# Every service a test starts serves its web view on a free port (tests run beside other
+# processes; POSEWATCH_ environment variables override configuration files).
+os.environ.setdefault("POSEWATCH_UI__PORT", "0")
+
+#: Helper programs tests start as subprocesses (with other interpreters), not test modules.
+collect_ignore = ["tools"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

@@ -53,6 +53,7 @@ from pipelines.clip_scoring import (
     score_split,
     score_split_many,
 )
+from pipelines.feedback import apply_feedback
 from pipelines.offline.plots import plot_roc, plot_timeline
 from pipelines.serving import ServingSpec, calibration_record, scorer_config
 
@@ -122,6 +123,8 @@ class CalibrateRequest:
         samples: K futures per window.
         stride: score every n-th frame.
         progress: show a progress bar (stderr).
+        feedback: alert store whose verdicts refine the threshold (:mod:`pipelines.feedback`).
+        camera: only the verdicts of this camera (default: every camera's).
     """
 
     model: Path
@@ -136,6 +139,8 @@ class CalibrateRequest:
     samples: int = DEFAULT_SAMPLES
     stride: int = 1
     progress: bool = True
+    feedback: Path | None = None
+    camera: str | None = None
 
 
 @dataclass(slots=True)
@@ -436,6 +441,8 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
             or sampler, or no normal footage to fit on.
         FileNotFoundError: no such checkpoint.
     """
+    if req.feedback is not None and not Path(req.feedback).is_file():
+        raise FileNotFoundError(f"--feedback: no alert store at {req.feedback}")
     ckpt = load_checkpoint(req.model)
     val = set(ckpt.meta.get("validation_clips") or [])
     clips = [c for c in load_clips(req.data, req.split) if not val or c.name in val]
@@ -446,6 +453,10 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
     cs, _, _ = score_split(ckpt, clips, cfg, req.stride, progress=req.progress)
     cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, req.min_duration)
+    fb = apply_feedback(
+        cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride
+    )
+    cal = replace(cal, threshold=fb.threshold)
     update_checkpoint(
         req.model,
         calibration={
@@ -453,6 +464,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
             **calibration_record(ckpt, cfg),  # "scorer" and "model"
             "sigma_causal": req.causal_sigma,
             "stride": req.stride,
+            **(fb.record() if req.feedback is not None else {}),
         },
     )
     log.info(
@@ -460,6 +472,8 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
         f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {len(clips)} clips); "
         f"stored in {req.model}"
     )
+    if req.feedback is not None:
+        log.info(fb.note())
     return cal
 
 

@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forecasting.checkpoint import load_checkpoint, save_checkpoint
+from forecasting.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_file,
+    save_checkpoint,
+    write_checkpoint_file,
+)
 from forecasting.scoring import (
     POSTURE_SCORERS,
     SAMPLE_SCORERS,
@@ -78,9 +83,9 @@ def test_scale_is_saved_and_old_checkpoints_load_unscaled(tmp_path: Path) -> Non
     scale = fit_error_scale(model, w.poses, w.mask, w.visible)
     path = save_checkpoint(tmp_path / "m.pt", model, WCFG)
     np.testing.assert_allclose(load_checkpoint(path).model.error_scale.numpy(), scale)
-    blob = torch.load(path, weights_only=False)
-    del blob["state_dict"]["error_scale"]  # a checkpoint written before the scale existed
-    torch.save(blob, path)
+    meta, tensors = read_checkpoint_file(path)
+    del tensors["error_scale"]  # a checkpoint written before the scale existed
+    write_checkpoint_file(path, meta, tensors)
     assert torch.equal(load_checkpoint(path).model.error_scale, torch.ones(17))
 
 

@@ -80,7 +80,10 @@ def test_alert_message_fields_and_schema() -> None:
     joints[15], joints[9] = 3.0, 2.0
     a = life.update(7, 12.5, 125, 4.0, bbox=[1, 2, 3, 4], keypoints=kp, joints=joints)[0]
     d = json.loads(a.model_dump_json())
-    assert d["schema_version"] == 1 and d["camera"] == "gate" and d["track_id"] == 7
+    assert d["schema_version"] == 2 and d["camera"] == "gate" and d["track_id"] == 7
+    assert d["snapshot"] is None  # filled by the sinks' stamp when pictures are kept
+    old = {k: v for k, v in d.items() if k != "snapshot"}  # a version 1 message is still read
+    Alert.model_validate({**old, "schema_version": 1, "model": {"name": "m", "version": "v"}})
     assert [j["name"] for j in d["top_joints"]] == ["left_ankle", "left_wrist"]
     assert d["keypoints"][3] == [0.0, 0.0, 0.0] and len(d["keypoints"]) == 17
     Alert.model_validate(d)

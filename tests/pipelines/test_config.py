@@ -12,9 +12,14 @@ EXAMPLE = REPO / "config" / "posewatch.example.yaml"
 runner = CliRunner()
 
 
-def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GATE_CAMERA_USER", "admin")
     monkeypatch.setenv("GATE_CAMERA_PASSWORD", "s3cret")
+    # `config check` also checks that the model file exists: the example's runs/model.pt,
+    # relative to where posewatch runs.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "model.pt").write_bytes(b"")
     cfg = load_config(EXAMPLE)
     assert set(cfg.cameras) == {"lawn", "gate"}
     assert cfg.cameras["gate"].source == "rtsp://admin:s3cret@10.0.0.5:554/stream1"

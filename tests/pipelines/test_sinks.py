@@ -131,11 +131,11 @@ def test_video_and_scores_sinks_see_every_frame(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("outputs", "names"),
     [
-        ({}, ["jsonl"]),
-        ({"alerts_jsonl": None}, []),
+        ({}, ["snapshot_ref", "store", "jsonl"]),  # the store beside the JSONL file
+        ({"alerts_jsonl": None, "store": None}, []),
         (
             {"snapshots": "s", "annotated_video": "v", "scores_jsonl": "x.jsonl"},
-            ["jsonl", "snapshots", "video", "scores"],
+            ["snapshot_ref", "store", "jsonl", "snapshots", "video", "scores"],
         ),
     ],
 )
