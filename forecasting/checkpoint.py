@@ -91,7 +91,15 @@ def code_version() -> str:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """A loaded model with everything needed to use it."""
+    """A loaded model with everything needed to use it.
+
+    Attributes:
+        model: the forecaster (eval mode, on the device asked for).
+        window_config: how its windows are cut.
+        sampler: its default sampler.
+        meta: the JSON header (configurations, ``calibration``, ``history``, ...).
+        path: the file it came from.
+    """
 
     model: Forecaster
     window_config: WindowConfig
