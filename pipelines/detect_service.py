@@ -99,6 +99,7 @@ class DetectService(ServiceBase):
             max_in_flight_requests_per_connection=1,
             linger_ms=5,
             max_block_ms=2000,
+            bootstrap_timeout_ms=10_000,
             **kafka_client_config(cfg),
         )
 

@@ -52,6 +52,10 @@ from pipelines.sinks.kafka import KafkaSink
 
 log = logging.getLogger(__name__)
 
+#: Largest dead-letter value (bytes): the record plus its headers stays under the
+#: producer's default 1 MiB request size.
+DLQ_MAX_VALUE = 1_000_000
+
 
 @dataclass(slots=True)
 class ScoreSummary:
@@ -109,6 +113,8 @@ class ScoreService(ServiceBase):
         self.consumed = 0  # messages taken from the poses topic (valid or not)
         self.summary = ScoreSummary()
         self._dlq_sources: set[str] = set()  # messages on the dead-letter topic
+        self._dlq_futures: list[Any] = []  # dead letters sent since the last commit
+        self.dlq_failed = 0  # dead letters not acknowledged (commits stop)
         self._dlq_loaded = False
         self.router: AlertRouter | None = None
         self.consumer: Any = None
@@ -198,7 +204,13 @@ class ScoreService(ServiceBase):
         client = kafka_client_config(self.cfg)
         member = f"{socket.gethostname()}-{os.getpid()}"
         self.dlq = KafkaProducer(
-            bootstrap_servers=k.bootstrap_servers, acks="all", retries=5, **client
+            bootstrap_servers=k.bootstrap_servers,
+            acks="all",
+            retries=5,
+            max_block_ms=10_000,
+            bootstrap_timeout_ms=10_000,
+            max_request_size=1_048_576 + 16_384,
+            **client,
         )
         self.consumer = KafkaConsumer(
             bootstrap_servers=k.bootstrap_servers,
@@ -209,6 +221,7 @@ class ScoreService(ServiceBase):
             max_poll_records=k.max_poll_records,
             session_timeout_ms=int(k.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(k.session_timeout_s * 1000 / 4)),
+            bootstrap_timeout_ms=10_000,
             **client,
         )
         self.consumer.subscribe([k.poses_topic], listener=_rebalance_listener(self))
@@ -228,7 +241,6 @@ class ScoreService(ServiceBase):
                     for rec in records:
                         self.handle_record(tp, rec)
                 if polled:
-                    self.dlq.flush(timeout=self.cfg.kafka.ack_timeout_s)
                     self.flush_and_commit()
                 assert self.router is not None
                 self.router.tick()
@@ -248,6 +260,7 @@ class ScoreService(ServiceBase):
         self.consumed += 1
         self.metrics.messages_consumed.labels(partition=str(tp.partition)).inc()
         where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
+        frame: PoseFrame | None = None
         try:
             frame = decode_poseframe(rec.value, where)
             self.admit(frame.camera, tp)
@@ -256,6 +269,10 @@ class ScoreService(ServiceBase):
             self.dead_letter(tp, rec, where, exc)
         except Exception as exc:  # a poison message must not kill the member
             log.exception("scoring %s failed", where)
+            if frame is not None:  # tracks it started must not hold the replay point back
+                for p in frame.persons:
+                    if self.track_start.get((frame.camera, p.track_id)) == rec.offset:
+                        del self.track_start[(frame.camera, p.track_id)]
             self.dead_letter(tp, rec, where, RuntimeError(f"{where}: scoring failed: {exc!r}"))
         self.position[tp] = rec.offset + 1
 
@@ -281,18 +298,49 @@ class ScoreService(ServiceBase):
             return
         self._dlq_sources.add(where)
         log.warning("dead-lettered %s", exc)
-        self.dlq.send(
-            self.cfg.kafka.dead_letter_topic,
-            key=rec.key,
-            value=rec.value,
-            headers=[("error", str(exc).encode()[:1000]), ("source", where.encode())],
-        )
+        value = rec.value if isinstance(rec.value, bytes | bytearray) else b""
+        headers = [("error", str(exc).encode()[:1000]), ("source", where.encode())]
+        if len(value) > DLQ_MAX_VALUE:  # leave room for the headers under the size limit
+            headers.append(
+                ("truncated", f"{len(value)} bytes, first {DLQ_MAX_VALUE} kept".encode())
+            )
+            value = value[:DLQ_MAX_VALUE]
+        try:
+            fut = self.dlq.send(
+                self.cfg.kafka.dead_letter_topic, key=rec.key, value=value, headers=headers
+            )
+        except Exception as err:  # the DLQ must not kill the member either
+            self.dlq_failed += 1
+            log.error("%s: cannot be dead-lettered (%s); offsets not committed", where, err)
+            return
+        self._dlq_futures.append(fut)
+
+    def _dlq_delivered(self) -> bool:
+        """Flush the dead-letter producer; True when every dead letter since the last call
+        was acknowledged (a commit may then move past them)."""
+        if self.dlq is None:
+            return True
+        futures, self._dlq_futures = self._dlq_futures, []
+        if futures:
+            self.dlq.flush(timeout=self.cfg.kafka.ack_timeout_s)
+        failed = sum(1 for f in futures if not (f.is_done and f.succeeded()))
+        self.dlq_failed += failed
+        if self.dlq_failed:
+            log.error(
+                "%d dead letters not acknowledged; offsets not committed (they are replayed "
+                "at the next start)",
+                self.dlq_failed,
+            )
+            return False
+        return True
 
     def flush_and_commit(self) -> bool:
         """Commit replay points once every sink has the alerts so far."""
         from kafka.structs import OffsetAndMetadata
 
         assert self.router is not None
+        if not self._dlq_delivered():
+            return False
         if not self.router.flush(timeout=self.cfg.kafka.ack_timeout_s):
             log.warning("alerts not acknowledged yet; offsets not committed")
             return False
@@ -390,6 +438,9 @@ def _rebalance_listener(service: ScoreService) -> Any:
             service.summary.rebalances += 1
 
         def on_partitions_assigned(self, assigned: Any) -> None:
+            # Partitions taken over: what their earlier owner dead-lettered is read again
+            # (lazily, on the main thread) before the next dead letter.
+            service._dlq_loaded = False
             keep = set(assigned)
             for tp in [tp for tp in service.position if tp not in keep]:
                 service.drop_partition(tp)

@@ -165,7 +165,7 @@ class ScoreStage:
     ) -> list[ScoredFrame]:
         t0 = time.perf_counter()
         served: list[tuple[PoseFrame, ServedModel]] = []
-        restarted: dict[int, list[Alert]] = {}
+        restarted: dict[int, tuple[list[Alert], list[int]]] = {}
         for pf in frames:
             model = self.provider.model_for(pf.camera)
             if model is None:
@@ -191,17 +191,20 @@ class ScoreStage:
                 if model is not None
                 else ScoredFrame(pf)
             )
-            done.alerts[:0] = restarted.get(id(pf), [])
+            ended, dropped = restarted.get(id(pf), ([], []))
+            done.alerts[:0] = ended
+            done.lost[:0] = [t for t in dropped if t not in done.lost]
             out.append(done)
         self.timing = StageTiming(forecast_s, time.perf_counter() - t0 - forecast_s)
         return out
 
-    def _restart_camera(self, pf: PoseFrame, model: ServedModel) -> list[Alert]:
-        """The camera's stream started over: end its episodes, forget its state."""
+    def _restart_camera(self, pf: PoseFrame, model: ServedModel) -> tuple[list[Alert], list[int]]:
+        """The camera's stream started over: end its episodes, forget its state; returns
+        the ``end`` alerts and the track ids forgotten."""
         self.camera_restarts += 1
         life = self.lifecycles.pop(pf.camera, None)
         ended = life.close_all(pf.timestamp) if life is not None else []
-        model.scorer.drop_camera(pf.camera)
+        dropped = model.scorer.drop_camera(pf.camera)
         self._last_frame[pf.camera] = pf.frame_index
         log.warning(
             "camera %s: frame index went back to %d (its producer restarted?); its tracks and "
@@ -209,7 +212,7 @@ class ScoreStage:
             pf.camera,
             pf.frame_index,
         )
-        return ended
+        return ended, dropped
 
     def _alerts(self, pf: PoseFrame, model: ServedModel, scores: list[PersonScore]) -> ScoredFrame:
         """A frame's lifecycle updates and lost tracks."""

@@ -70,14 +70,26 @@ class ServiceBase:
                 port in use, the spool folder held by another process, the embedded broker
                 not starting); the message names the setting.
         """
+        from kafka.errors import KafkaError
+
         from pipelines.broker import BrokerError
+        from pipelines.kafka_errors import describe_failure, watch_network_errors
+        from pipelines.kafka_util import kafka_client_config
         from pipelines.spool import SpoolLockedError
 
+        watch_network_errors()
         for step in self.start_steps():
             try:
                 step()
             except (SpoolLockedError, BrokerError) as exc:
                 raise RuntimeConfigError(str(exc)) from exc
+            except KafkaError as exc:  # unreachable, TLS refused, login refused, ...
+                servers = ",".join(self.cfg.kafka.bootstrap_servers) or "the embedded broker"
+                why = describe_failure(exc, kafka_client_config(self.cfg))
+                raise RuntimeConfigError(
+                    f"kafka: cannot connect to {servers} ({why}); check "
+                    "kafka.bootstrap_servers and the kafka security settings"
+                ) from exc
 
     def shutdown(self) -> None:
         for step in self.stop_steps():

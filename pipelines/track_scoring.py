@@ -100,10 +100,13 @@ class TrackScorer:
     def cameras(self) -> set[str]:
         return {c for c, _ in self._tracks}
 
-    def drop_camera(self, camera: str) -> None:
-        """Forget every buffer of a camera (e.g. its partition moved to another scorer)."""
-        for key in [k for k in self._tracks if k[0] == camera]:
+    def drop_camera(self, camera: str) -> list[int]:
+        """Forget every buffer of a camera (e.g. its partition moved to another scorer);
+        returns the track ids forgotten."""
+        keys = [k for k in self._tracks if k[0] == camera]
+        for key in keys:
             del self._tracks[key]
+        return [k[1] for k in keys]
 
     def forget_stale(self, camera: str, frame_index: int) -> list[int]:
         """Drop tracks of ``camera`` unseen for ``max_missing`` frames; returns their ids."""

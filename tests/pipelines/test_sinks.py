@@ -73,21 +73,47 @@ def test_a_failing_sink_is_counted_and_the_others_still_get_every_alert(tmp_path
     assert router.counts == {"new": 1, "end": 1}
 
 
-class BrokenRequired(Broken):
+class Flaky(AlertSink):
+    """A required sink whose disk is full until ``healthy`` is set."""
+
     name = "spool"
     required = True
 
+    def __init__(self) -> None:
+        self.healthy = False
+        self.taken: list[str] = []
 
-def test_an_alert_a_required_sink_lost_is_not_reported_delivered(tmp_path: Path) -> None:
+    def publish(self, alert: Alert, view: FrameView | None = None) -> None:
+        if not self.healthy:
+            raise OSError(28, "No space left on device")
+        self.taken.append(f"{alert.alert_id}/{alert.type}")
+
+
+def test_alerts_a_required_sink_failed_to_take_wait_and_go_out_in_order(
+    tmp_path: Path,
+) -> None:
     m = Metrics()
+    flaky = Flaky()
     jsonl = JsonlSink(tmp_path / "alerts.jsonl")
-    router = AlertRouter([BrokenRequired(), jsonl], m)
+    router = AlertRouter([flaky, jsonl], m, retry_max=3)
     assert router.flush() is True
-    router.publish(_alerts()[:1])
-    assert router.lost == {"spool": 1}
-    assert router.flush() is False  # `score` does not commit: the alert is replayed
-    assert router.close() is False
-    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 1
+    new, end = _alerts()
+    router.publish([new])
+    assert [len(q) for q in router.waiting.values()] == [1]
+    assert router.flush() is False  # `score` does not commit while an alert waits
+    router.tick()  # still failing: nothing moves, nothing is lost
+    router.publish([end])  # behind the waiting one, never ahead of it
+    assert flaky.taken == [] and router.flush() is False
+    flaky.healthy = True  # space is back: the next round delivers, in order
+    router.tick()
+    assert flaky.taken == [f"{new.alert_id}/new", f"{end.alert_id}/end"]
+    assert router.flush() is True and router.lost == {}
+    assert _count(m, "posewatch_sink_errors_total", sink="spool") == 4  # one per failed try
+    assert len((tmp_path / "alerts.jsonl").read_text().splitlines()) == 2
+    # A waiting list that overflows loses its oldest (counted), and says so at close.
+    flaky.healthy = False
+    router.publish(_alerts() * 2)
+    assert router.lost == {"spool": 1} and router.close() is False
 
 
 def test_snapshot_with_and_without_an_image(tmp_path: Path) -> None:
