@@ -570,6 +570,28 @@ _LogFormat = Annotated[
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+class _RedactingFilter(logging.Filter):
+    """Every log record leaves with credentials and known secret values hidden
+    (:func:`detector.redaction.redact`): its message, arguments and traceback, whichever
+    library wrote it (kafka-python, OpenCV's FFmpeg messages through our sources, uvicorn)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from detector.redaction import redact
+
+        try:
+            msg = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its message
+            msg = str(record.msg)
+        record.msg, record.args = redact(msg), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes to the ``sys.stderr`` of the moment (a test runner may
     swap it)."""
@@ -617,6 +639,7 @@ def _service_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
         handler = _StderrHandler()
+        handler.addFilter(_RedactingFilter())
         root.addHandler(handler)
     handler.setFormatter(
         JsonLogFormatter()

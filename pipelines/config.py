@@ -30,7 +30,7 @@ from pydantic_settings import (
 
 from detector.pose import CAMERA_NAME
 from detector.pose_model import BackendName
-from detector.redaction import MASK, SECRET_NAME, redact
+from detector.redaction import MASK, SECRET_NAME, redact, register_secrets
 from detector.tracking import TrackerName
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, ScorerName
 
@@ -672,6 +672,7 @@ def load_config(
         resolved = resolve_secrets(data, found=secrets)
     except ConfigError as exc:
         raise ConfigError(source, exc.problems) from None
+    register_secrets(secrets)  # hidden from every log line, error and metric from now on
     try:
         return PosewatchConfig(**resolved)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Secrets never leak: 16 secrets in every form the configuration accepts (inline, ``${ENV}``,
+"""Secrets never leak: 18 secrets in every form the configuration accepts (inline, ``${ENV}``,
 ``file:``, a ``POSEWATCH_*`` override; RTSP / HTTP user info with reserved characters,
 secret-named query parameters, the SASL password) go through `posewatch config check`
 (valid and invalid files), `posewatch run` (cameras failing and reconnecting against a
@@ -63,12 +63,15 @@ class Secrets:
             "sasl_password ${ENV}": "SaslEnv/Pw#2",
             "sasl_password file:": "SaslFile:Pw@3",
             "sasl_password POSEWATCH_ override": "SaslOverride-Pw4",
+            "env token in the URL path (UniFi Protect)": "PathTok3n9Zq",
+            "query jwt": "Jwt-eyJhbGc1",
         }
         v = self.values
         self.env = {
             "CAM_URL": f"rtsp://admin:{v['env URL, userinfo with @ and :']}@{h}/b",
             "CAM_PW": v["env password with ? and &"],
             "SASL_PW": v["sasl_password ${ENV}"],
+            "UNIFI_TOKEN": v["env token in the URL path (UniFi Protect)"],
         }
         (root / "secrets").mkdir(parents=True, exist_ok=True)
         self.cam_file = root / "secrets" / "cam_url"
@@ -88,6 +91,8 @@ class Secrets:
             "params": f"rtsp://{h}/j?pwd={v['query pwd']}&secret={v['query secret']}",
             "basic": f"http://cam:{v['query passwd (http basic too)']}@{h}/k?passwd="
             f"{v['query passwd (http basic too)']}",
+            "unifi": f"rtsps://{h}/${{UNIFI_TOKEN}}?enableSrtp",
+            "jwt": f"rtsp://{h}/m?jwt={v['query jwt']}",
         }
 
     def camera_section(self) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def test_config_check_never_echoes_a_secret(tmp_path: Path) -> None:
         p = subprocess.run([EXE, "config", "check", str(cfg)], capture_output=True, text=True,
                            env=env, timeout=60)  # fmt: skip
         assert p.returncode == 0, p.stderr
-        assert "valid (11 cameras, 11 enabled" in p.stdout
+        assert "valid (13 cameras, 13 enabled" in p.stdout
         outputs += [p.stdout, p.stderr]
     # Invalid files: a YAML error on the line of a secret, validation errors next to secrets.
     bad_yaml = tmp_path / "bad.yaml"
@@ -210,7 +215,7 @@ def test_config_check_never_echoes_a_secret(tmp_path: Path) -> None:
 
 @pytest.mark.broker
 def test_run_cli_with_failing_cameras_leaks_no_secret(tmp_path: Path) -> None:
-    """`posewatch run` as a process: 11 cameras refused and reconnecting, the broker
+    """`posewatch run` as a process: 13 cameras refused and reconnecting, the broker
     refusing the SASL login; its stdout and stderr (C libraries included), its /metrics
     and every file it writes hold no secret."""
     sec = Secrets(tmp_path)
@@ -243,7 +248,7 @@ def test_run_cli_with_failing_cameras_leaks_no_secret(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.5)
                 continue
-            if metric_sum(body.decode(), "posewatch_camera_reconnects_total") >= 22:
+            if metric_sum(body.decode(), "posewatch_camera_reconnects_total") >= 26:
                 break
             time.sleep(0.5)
         stdout, stderr = proc.communicate(timeout=240)
@@ -252,9 +257,9 @@ def test_run_cli_with_failing_cameras_leaks_no_secret(tmp_path: Path) -> None:
             proc.kill()
     text = body.decode() if isinstance(body, bytes) else body
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    assert metric_sum(text, "posewatch_camera_reconnects_total") >= 22, text[-2000:]
+    assert metric_sum(text, "posewatch_camera_reconnects_total") >= 26, text[-2000:]
     err = stderr.decode()
-    assert err.count("retrying in") >= 11  # every camera logged its reconnects
+    assert err.count("retrying in") >= 13  # every camera logged its reconnects
     assert all(f"camera {c!r}" in err for c in sec.cameras)  # each camera's own lines
     assert "frames: none" in stdout.decode()  # the run summary
     leaks = sec.leaks(stdout, "stdout") + sec.leaks(stderr, "stderr")
@@ -305,7 +310,7 @@ def test_alerts_spool_metrics_summary_and_logs_hold_no_secret(
         while time.monotonic() < deadline:
             service.housekeeping()
             body = service.metrics.render().decode()
-            if metric_sum(body, "posewatch_camera_reconnects_total") >= 22 and metric(
+            if metric_sum(body, "posewatch_camera_reconnects_total") >= 26 and metric(
                 body, "posewatch_publish_errors_total"
             ):
                 break
@@ -315,7 +320,7 @@ def test_alerts_spool_metrics_summary_and_logs_hold_no_secret(
     finally:
         service.shutdown()
     s = service.summary
-    assert metric_sum(http.decode(), "posewatch_camera_reconnects_total") >= 22
+    assert metric_sum(http.decode(), "posewatch_camera_reconnects_total") >= 26
     assert metric(http.decode(), "posewatch_publish_errors_total") >= 1
     assert len(s.camera_errors) + sum("retrying in" in r.getMessage() for r in caplog.records) > 0
     alerts = (out / "alerts.jsonl").read_text().splitlines()
