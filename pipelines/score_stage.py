@@ -16,7 +16,9 @@ A camera whose frame index goes back by more than a window (its producer, ``pose
 detect``, restarted and counts from 0 again; track ids start over too) is restarted: its
 open episodes end (``end`` alerts), its buffers and episodes are dropped and counted in
 :attr:`ScoreStage.camera_restarts`. A smaller step back only restarts the persons it
-concerns (:class:`~pipelines.track_scoring.TrackScorer`).
+concerns (:class:`~pipelines.track_scoring.TrackScorer`). A frame index jumping forward by
+more than :data:`JUMP_FRAMES` is skipped (counted in :attr:`ScoreStage.frames_held`) unless
+the next frame continues from it: one stray index cannot end a camera's episodes.
 
 No Kafka, no YOLO, no clock: a plain class fed with :class:`~detector.pose.PoseFrame` s.
 
@@ -46,6 +48,10 @@ from pipelines.track_scoring import PersonScore
 log = logging.getLogger(__name__)
 
 Seeding = Literal["frame", "batch"]
+
+#: A camera's frame index moving forward by more than this is a jump: the frame is skipped
+#: unless the next one continues from it (a stray index must not restart the camera).
+JUMP_FRAMES = 600
 
 
 def frame_seed(camera: str, frame_index: int) -> int:
@@ -103,8 +109,10 @@ class ScoreStage:
         self.seeding: Seeding = seeding
         self.lifecycles: dict[str, AlertLifecycle] = {}
         self.timing = StageTiming()
-        self._last_frame: dict[str, int] = {}  # camera -> highest frame index seen
+        self._last_frame: dict[str, int] = {}  # camera -> last frame index scored
+        self._held: dict[str, int] = {}  # camera -> a far jump forward awaiting a second frame
         self.camera_restarts = 0
+        self.frames_held = 0  # frames skipped: a lone jump far forward
 
     def _lifecycle(self, camera: str, model: ServedModel) -> AlertLifecycle:
         life = self.lifecycles.get(camera)
@@ -173,8 +181,18 @@ class ScoreStage:
                 continue
             last = self._last_frame.get(pf.camera)
             if last is not None and pf.frame_index < last - model.scorer.span:
-                restarted[id(pf)] = self._restart_camera(pf, model)
-            self._last_frame[pf.camera] = max(pf.frame_index, self._last_frame.get(pf.camera, -1))
+                if self._held.pop(pf.camera, None) is None:  # (a held jump: not a restart)
+                    restarted[id(pf)] = self._restart_camera(pf, model)
+            elif last is not None and pf.frame_index > last + JUMP_FRAMES:
+                held = self._held.get(pf.camera)
+                if held is None or pf.frame_index < held:
+                    self._held[pf.camera] = pf.frame_index  # one far jump: wait for another
+                    self.frames_held += 1
+                    continue
+                del self._held[pf.camera]  # a second frame continues it: the stream jumped
+            else:
+                self._held.pop(pf.camera, None)  # the stream went on: the jump was a stray
+            self._last_frame[pf.camera] = pf.frame_index
             served.append((pf, model))
         scorers = {id(m.scorer): m.scorer for _, m in served}
         fc0 = sum(sc.forecast_s for sc in scorers.values())
@@ -240,6 +258,7 @@ class ScoreStage:
             model.scorer.drop_camera(camera)
         self.lifecycles.pop(camera, None)
         self._last_frame.pop(camera, None)
+        self._held.pop(camera, None)
 
     def close(self, ts: float) -> list[Alert]:
         """End every open episode (graceful shutdown of ``posewatch run``)."""
