@@ -35,6 +35,19 @@ def _pt(kp: np.ndarray, i: int) -> tuple[int, int] | None:
     return round(float(x)), round(float(y))
 
 
+#: Largest blank canvas drawn when a frame has no image (split mode, privacy mode): a pose
+#: message may state any image size up to 16384 px; pictures of it are cut at 4K.
+MAX_CANVAS = (3840, 2160)
+
+
+def blank_canvas(width: float, height: float, value: int = 32) -> np.ndarray:
+    """A dark ``(H, W, 3)`` uint8 canvas of the frame's size, at most :data:`MAX_CANVAS`
+    (people beyond it are clipped by the drawing)."""
+    w = min(max(1, int(width)), MAX_CANVAS[0])
+    h = min(max(1, int(height)), MAX_CANVAS[1])
+    return np.full((h, w, 3), value, np.uint8)
+
+
 def draw_persons(
     image: np.ndarray,
     persons: Sequence[Person],

@@ -233,9 +233,13 @@ class KafkaAlertSink:
         cannot take (disk full); None when idle."""
         with self._mem_lock:
             self._spool_memory()
-        batch = self.spool.peek(self.batch)
+        batch, end = self.spool.peek_batch(self.batch)
         if batch:
-            return self._send(batch, self.spool.ack) == len(batch)
+
+            def ack(n: int) -> None:  # the whole batch to its end; a prefix by count
+                self.spool.ack(n, end if n == len(batch) else None)
+
+            return self._send(batch, ack) == len(batch)
         with self._mem_lock:
             self._spool_memory()  # once more: the spool may have room now
             mem = list(self.memory)[: self.batch]

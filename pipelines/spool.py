@@ -309,8 +309,14 @@ class DiskSpool:
     def peek(self, n: int) -> list[tuple[str, bytes]]:
         """Up to ``n`` undelivered messages, oldest first (not removed). Corrupt records are
         acknowledged and counted (:attr:`corrupt`), never returned."""
+        return self.peek_batch(n)[0]
+
+    def peek_batch(self, n: int) -> tuple[list[tuple[str, bytes]], tuple[int, int]]:
+        """:meth:`peek`, plus the position just after the last message returned (give it
+        to :meth:`ack` so that a bound enforced meanwhile cannot shift what is acked)."""
         with self._lock:
             out: list[tuple[str, bytes]] = []
+            end = (self._seg, self._off)
             for seg, off, line in self._iter_from(self._seg, self._off):
                 rec = _decode(line)
                 if rec is None:
@@ -318,31 +324,42 @@ class DiskSpool:
                         self.corrupt += 1
                         self._count -= 1
                         self._seg, self._off = seg, off
+                        end = (seg, off)
                         self._write_cursor()
                         log.error("spool %s: skipped a corrupt record", self.folder)
                         continue
                     break  # handled when it reaches the head
                 out.append(rec)
+                end = (seg, off)
                 if len(out) >= n:
                     break
-            return out
+            return out, end
 
-    def ack(self, n: int) -> None:
-        """Mark the ``n`` oldest undelivered messages delivered (persisted)."""
+    def ack(self, n: int, end: tuple[int, int] | None = None) -> None:
+        """Mark the ``n`` oldest undelivered messages delivered (persisted). With ``end``
+        (from :meth:`peek_batch`) the cursor moves to that position: when the size bound
+        dropped segments meanwhile, only what is still there is acknowledged."""
         if n <= 0:
             return
         with self._lock:
-            last = None
-            for rec in self._iter_from(self._seg, self._off, n):
-                last = rec
-            if last is None:
-                return
-            seg, off, _ = last
-            self._seg, self._off = seg, off
-            self._count -= n
+            if end is None:
+                last = None
+                for rec in self._iter_from(self._seg, self._off, n):
+                    last = rec
+                if last is None:
+                    return
+                end = (last[0], last[1])
+            if end <= (self._seg, self._off):
+                return  # dropped by the bound meanwhile (counted there)
+            dropped_meanwhile = end[0] < self._seg or not self._path(end[0]).exists()
+            self._seg, self._off = end
+            if dropped_meanwhile:  # recount what is left rather than trust n
+                self._count = sum(1 for _ in self._iter_from(self._seg, self._off))
+            else:
+                self._count -= n
             self._write_cursor()
             for s in self._segments():
-                if s < seg:
+                if s < end[0]:
                     self._path(s).unlink(missing_ok=True)
 
     def pending(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 
 from detector.pose import Person
 from pipelines.alerts import Alert
+from pipelines.annotate import blank_canvas
 from pipelines.track_scoring import PersonScore
 
 
@@ -55,7 +56,7 @@ class FrameView:
         if self.image is not None:
             return self.image
         w, h = self.image_size
-        return np.full((max(1, int(h)), max(1, int(w)), 3), 32, np.uint8)
+        return blank_canvas(w, h)
 
     def smoothed(self) -> Mapping[int, float]:
         """Smoothed score per track id at this frame."""

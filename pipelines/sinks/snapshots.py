@@ -13,7 +13,7 @@ import numpy as np
 
 from detector.pose import Person
 from pipelines.alerts import Alert
-from pipelines.annotate import snapshot_jpeg
+from pipelines.annotate import blank_canvas, snapshot_jpeg
 from pipelines.sinks.base import AlertSink, FrameView
 
 
@@ -52,7 +52,7 @@ def _blank(alert: Alert) -> np.ndarray:
     """A dark canvas that holds the alert's box (no frame size is known)."""
     w = max(64, int(np.ceil(max(alert.bbox[2], 1.0))) + 16)
     h = max(64, int(np.ceil(max(alert.bbox[3], 1.0))) + 16)
-    return np.full((h, w, 3), 32, np.uint8)
+    return blank_canvas(w, h)
 
 
 __all__ = ["SnapshotSink"]

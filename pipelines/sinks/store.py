@@ -38,7 +38,7 @@ import numpy as np
 
 from detector.pose import Person
 from pipelines.alerts import Alert, SnapshotRef, snapshot_file
-from pipelines.annotate import snapshot_jpeg
+from pipelines.annotate import blank_canvas, snapshot_jpeg
 from pipelines.serving import RuntimeConfigError
 from pipelines.sinks.base import AlertSink, FrameView
 
@@ -600,7 +600,7 @@ def alert_snapshot(alert: Alert, view: FrameView | None, privacy: bool = False) 
         canvas = view.canvas()
     else:
         w, h = view.image_size if view is not None else _extent(alert)
-        canvas = np.full((max(1, int(h)), max(1, int(w)), 3), 32, np.uint8)
+        canvas = blank_canvas(w, h)
     return snapshot_jpeg(canvas, person, alert.score, alert.threshold, quality=85)
 
 

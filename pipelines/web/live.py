@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
-import numpy as np
 
 from pipelines.alerts import Alert
-from pipelines.annotate import RED, draw_persons
+from pipelines.annotate import RED, blank_canvas, draw_persons
 from pipelines.sinks.base import FrameView
 
 
@@ -168,7 +167,7 @@ class LiveHub:
     def _encode(self, view: FrameView) -> bytes:
         if self.privacy or view.image is None:
             w, h = view.image_size
-            canvas = np.full((max(1, int(h)), max(1, int(w)), 3), 32, np.uint8)
+            canvas = blank_canvas(w, h)
         else:
             canvas = view.image
         thr = view.threshold if view.threshold is not None else None

@@ -176,3 +176,14 @@ def test_every_output_setting_builds_its_sink(
         }
     )
     assert [s.name for s in build_sinks(cfg)] == names
+
+
+def test_a_huge_stated_image_size_draws_a_capped_canvas(tmp_path: Path) -> None:
+    """A pose message may say 16384 x 16384 (validation allows it): no sink allocates that."""
+    new, _ = _alerts()
+    p = _person()
+    view = FrameView("gate", 10, 1.0, (16384, 16384), [p], None, [], 1.0, {4})
+    assert view.canvas().shape == (2160, 3840, 3)
+    sink = SnapshotSink(tmp_path)
+    sink.publish(new, view)
+    assert cv2.imread(str(sink.path_of(new))).shape == (2160, 3840, 3)

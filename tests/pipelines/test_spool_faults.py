@@ -191,3 +191,21 @@ def test_a_second_process_on_the_same_spool_is_refused_naming_the_holder(tmp_pat
         holder.kill()
         holder.wait()
     DiskSpool(folder).close()  # free once the holder is gone (a crash releases it too)
+
+
+def test_an_ack_after_the_bound_dropped_segments_acks_only_what_was_sent(tmp_path: Path) -> None:
+    """The broker comes back to a full spool: the sender peeks a batch, the bound drops the
+    oldest segments while it is in flight; the ack must not mark unsent messages."""
+    sp = DiskSpool(tmp_path, max_bytes=600, segment_bytes=200)
+    for i in range(8):
+        sp.append("c", json.dumps({"i": i}).encode())
+    batch, end = sp.peek_batch(3)
+    sent = [json.loads(v)["i"] for _, v in batch]
+    for i in range(8, 30):  # meanwhile: new alerts, the bound drops old segments
+        sp.append("c", json.dumps({"i": i}).encode())
+    sp.ack(len(batch), end)
+    left = _values(sp)
+    assert sp.pending() == len(left) and left == sorted(left)
+    assert left[-1] == 29 and not set(sent) & set(left)
+    assert sp.pending() + sp.dropped + len(sent) >= 30  # nothing unaccounted for
+    sp.close()
