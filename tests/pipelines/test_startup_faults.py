@@ -136,3 +136,29 @@ def test_a_killed_service_leaves_no_broker_behind(tiny_ckpt: Path, tmp_path: Pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("command", ["score", "detect"])
+def test_an_unreachable_broker_at_start_is_one_line_exit_2(
+    tiny_ckpt: Path, tmp_path: Path, command: str
+) -> None:
+    calibrate(tiny_ckpt, 1.0, samples=42)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens
+    cfg = _write(tmp_path, {
+        "cameras": {"a": {"source": str(tmp_path / "later.mp4")}},
+        "forecaster": {"checkpoint": str(tiny_ckpt)},
+        "kafka": {"bootstrap_servers": [f"127.0.0.1:{port}"], "spool_dir": str(tmp_path / "sp")},
+        "metrics": {"enabled": False},
+        "ui": {"enabled": False},
+    })  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.run([EXE, command, "--config", str(cfg)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "YOLO_OFFLINE": "1"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(err) == 1 and f"kafka: cannot connect to 127.0.0.1:{port}" in err[0]
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 60
