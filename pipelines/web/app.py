@@ -88,9 +88,30 @@ def _local(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def create_app(hub: LiveHub, store_path: str | Path | None, title: str = "posewatch") -> FastAPI:
-    """The web application over a live hub and the alert store (None: no history)."""
+#: Host names a page served on a loopback address answers to (anything else is refused:
+#: a DNS-rebinding page in the operator's browser cannot read snapshots of people).
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def allowed_hosts(bind: str) -> list[str] | None:
+    """The ``Host`` names to accept when serving on ``bind``: the loopback names for a
+    loopback address; None (any) when the operator exposes it (behind their proxy)."""
+    return LOOPBACK_HOSTS if bind in ("127.0.0.1", "localhost", "::1") else None
+
+
+def create_app(
+    hub: LiveHub,
+    store_path: str | Path | None,
+    title: str = "posewatch",
+    hosts: list[str] | None = None,
+) -> FastAPI:
+    """The web application over a live hub and the alert store (None: no history);
+    ``hosts``: the only ``Host`` header values accepted (None: any)."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    if hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # type: ignore[arg-type]
     store = AlertStore(store_path) if store_path is not None else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["local"] = _local

@@ -21,7 +21,7 @@ from pipelines.sinks.privacy import redact
 from pipelines.sinks.router import AlertRouter
 from pipelines.sinks.store import SnapshotStamp
 from pipelines.sinks.ui import UiSink
-from pipelines.web.app import create_app
+from pipelines.web.app import allowed_hosts, create_app
 from pipelines.web.live import LiveHub
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def start_ui(
     """
     privacy = cfg.outputs.privacy
     hub = LiveHub(cameras, cfg.ui.max_fps, cfg.ui.max_width, privacy=privacy != "off")
-    server = UiServer(create_app(hub, cfg.outputs.store), cfg.ui.host, cfg.ui.port, hub).start()
+    app = create_app(hub, cfg.outputs.store, hosts=allowed_hosts(cfg.ui.host))
+    server = UiServer(app, cfg.ui.host, cfg.ui.port, hub).start()
     router.sinks.extend(redact([UiSink(hub, states)], privacy))
     base = cfg.ui.public_url or server.url
     for sink in router.sinks:

@@ -26,7 +26,7 @@ from pipelines.metrics import Metrics
 from pipelines.service_base import RuntimeConfigError, ServiceBase
 from pipelines.sinks.store import StoreSink
 from pipelines.sinks.ui import UiSink
-from pipelines.web.app import create_app
+from pipelines.web.app import allowed_hosts, create_app
 from pipelines.web.live import LiveHub
 from pipelines.web.server import UiServer
 
@@ -78,7 +78,7 @@ class UiService(ServiceBase):
 
     def init_server(self) -> None:
         ui = self.cfg.ui
-        app = create_app(self.hub, self.cfg.outputs.store)
+        app = create_app(self.hub, self.cfg.outputs.store, hosts=allowed_hosts(ui.host))
         self.server = UiServer(app, ui.host, ui.port, self.hub).start()
         self.summary.url = self.server.url
         log.info("web view on %s/ (alerts of topic %s)", self.server.url, self.cfg.kafka.topic)

@@ -223,3 +223,16 @@ def test_a_port_in_use_is_one_clear_start_up_error() -> None:
         with pytest.raises(RuntimeConfigError, match=rf"ui: cannot listen on 127\.0\.0\.1:{port} "
                            r"\(Address already in use\).*ui\.port.*ui\.enabled: false"):  # fmt: skip
             UiServer(create_app(LiveHub([]), None), "127.0.0.1", port)
+
+
+def test_a_page_served_on_loopback_refuses_other_host_names() -> None:
+    """A DNS-rebinding page (evil.example resolving to 127.0.0.1) gets nothing."""
+    from pipelines.web.app import allowed_hosts
+
+    hosts = allowed_hosts("127.0.0.1")
+    client = TestClient(create_app(LiveHub([]), None, hosts=hosts), base_url="http://127.0.0.1")
+    assert client.get("/api/cameras").status_code == 200
+    for host in ("evil.example", "evil.example:8108", "127.0.0.1.evil.example"):
+        r = client.get("/api/cameras", headers={"host": host})
+        assert r.status_code == 400, host
+    assert allowed_hosts("0.0.0.0") is None  # exposed on purpose: behind the site's proxy
