@@ -327,6 +327,33 @@ def save_checkpoint(
     return write_checkpoint_file(path, meta, dict(model.state_dict()))
 
 
+#: Largest integer a model configuration may hold (a width, a layer count): the model is
+#: built from the header before its tensors are loaded, so the header is bounded first.
+MAX_MODEL_SIZE = 8192
+
+
+def _check_sizes(path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Refuse a header that would build a model other than the one whose tensors the file
+    holds (a crafted ``members`` or width would exhaust memory before the mismatch shows)."""
+    in_file = {k.split(".")[1] for k in state if k.startswith("members.")}
+    members = int(meta.get("members", 1))
+    if members != max(1, len(in_file)):
+        raise CheckpointError(
+            f"{path}: the header says {members} ensemble members, the tensors hold "
+            f"{max(1, len(in_file))}; a damaged or foreign file"
+        )
+    for name, value in (meta.get("model_config") or {}).items():
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (0 <= value <= MAX_MODEL_SIZE)
+        ):
+            raise CheckpointError(
+                f"{path}: model_config.{name} = {value} is outside 0..{MAX_MODEL_SIZE}; "
+                "a damaged or foreign file"
+            )
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint` (no code runs while reading).
 
@@ -342,6 +369,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     path = Path(path)
     meta, state = read_checkpoint_file(path)
     try:
+        _check_sizes(path, meta, state)
         mcfg = ModelConfig(**meta["model_config"])
         std = Standardizer.from_dict(meta["standardizer"])
         members = int(meta.get("members", 1))
@@ -358,7 +386,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state)
         window_config = WindowConfig(**meta["window_config"])
         sampler = SamplerConfig.from_dict(meta["sampler"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: a damaged posewatch checkpoint ({exc}); retrain") from None
     model.to(device).eval()
     return Checkpoint(

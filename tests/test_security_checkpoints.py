@@ -270,3 +270,23 @@ def test_migrate_converts_an_old_checkpoint_that_then_scores_identically(tmp_pat
         app, ["model", "migrate", str(tmp_path / "notes.txt"), str(tmp_path / "y.pt")]
     )
     assert foreign.exit_code == 1 and "not a readable checkpoint" in foreign.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("members", 1_000_000, r"says 1000000 ensemble members, the tensors hold 1"),
+        ("model_config", {"hidden": 10**9}, r"model_config.hidden = 1000000000 is outside"),
+    ],
+)
+def test_a_header_that_would_build_a_huge_model_is_refused(
+    tmp_path: Path, field: str, value: Any, why: str
+) -> None:
+    """The model is built from the header before its tensors load: a crafted size must not
+    exhaust memory."""
+    path = save_checkpoint(tmp_path / "m.pt", _model(), WindowConfig())
+    if field == "model_config":
+        value = {**read_checkpoint_file(path)[0]["model_config"], **value}
+    update_checkpoint(path, **{field: value})
+    with pytest.raises(CheckpointError, match=why):
+        load_checkpoint(path)
