@@ -217,6 +217,7 @@ class Chaos:
         model = self.args.model or tiny_model(self.work / "tiny.pt")
         cfg = self.config(model)
         self.start_service(cfg)
+        self.faults["poison camera (random bytes, whole run)"] = 1
         t_end = time.monotonic() + 60 * self.args.minutes
         free_at = 0.0
         while time.monotonic() < t_end:
