@@ -297,3 +297,11 @@ def test_unknown_sampler_is_a_config_error_naming_the_choices(
     caplog.set_level(logging.INFO)
     with pytest.raises(RuntimeConfigError, match=r"unknown sampler 'fast'; choose from default"):
         Service(config(tiny_ckpt, sampler="fast"))
+
+
+def test_a_camera_is_offline_until_it_delivers_a_frame(tiny_ckpt: Path) -> None:
+    calibrate(tiny_ckpt, 1.0)
+    run = Service(config(tiny_ckpt))
+    assert (run.phase("gate"), run.phase("lawn")) == ("offline", "offline")
+    run.handle_poses([f for f in synthetic_frames(3) if f.camera == "gate"])
+    assert (run.phase("gate"), run.phase("lawn")) == ("scoring", "offline")

@@ -209,3 +209,35 @@ def test_an_ack_after_the_bound_dropped_segments_acks_only_what_was_sent(tmp_pat
     assert left[-1] == 29 and not set(sent) & set(left)
     assert sp.pending() + sp.dropped + len(sent) >= 30  # nothing unaccounted for
     sp.close()
+
+
+@pytest.mark.broker
+def test_after_a_torn_tail_the_records_before_and_after_it_are_delivered(tmp_path: Path) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    sp = DiskSpool(tmp_path / "spool")
+    for i in range(5):
+        sp.append("gate", json.dumps({"i": i}).encode())
+    sp.close()
+    seg = sorted((tmp_path / "spool").glob("*.log"))[-1]
+    with open(seg, "ab") as fh:  # power cut in the middle of the sixth append
+        fh.write(b'{"k": "gate", "v": "eyJpIjog')
+    with EmbeddedBroker() as broker:
+        ensure_topic(broker.bootstrap, TOPIC)
+        sink = KafkaAlertSink([broker.bootstrap], TOPIC, tmp_path / "spool")
+        assert sink.spool.torn == 1  # counted as lost
+        for i in range(6, 9):
+            sink.publish("gate", json.dumps({"i": i}).encode())
+        assert sink.flush(30)
+        sink.close()
+        c = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+        tp = TopicPartition(TOPIC, 0)
+        c.assign([tp])
+        c.seek_to_beginning(tp)
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 8 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=500).values():
+                got += [json.loads(r.value)["i"] for r in recs]
+        c.close()
+    assert got == [0, 1, 2, 3, 4, 6, 7, 8]  # before it, and every later one, in order
