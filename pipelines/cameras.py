@@ -8,14 +8,15 @@ per-camera metrics of a detected frame. Used by ``posewatch run`` and ``posewatc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from detector.pose_model import PoseModel
-from detector.sources import CameraSource, SourceConfig
-from detector.stage import DetectedFrame
+from detector.sources import CameraSource, Frame, SourceConfig
+from detector.stage import DetectedFrame, DetectStage
 from pipelines.config import PosewatchConfig
 from pipelines.metrics import Metrics
+from pipelines.service_base import ServiceBase
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,43 @@ def observe_detected(metrics: Metrics, detected: Sequence[DetectedFrame]) -> Non
         metrics.persons_tracked.labels(camera=cam).set(len(d.poses.persons))
 
 
+class CameraService(ServiceBase):
+    """A service that reads cameras through the detect stage (``run``, ``detect``): its
+    start-up steps :meth:`init_detector` and :meth:`init_cameras`, and :meth:`detect`, one
+    batch with its per-camera metrics, never fatal."""
+
+    detecting: DetectStage | None = None
+    sources: dict[str, CameraSource]
+    monitor: CameraMonitor | None = None
+
+    def init_detector(self) -> None:
+        self.detecting = DetectStage(
+            pose_model(self.cfg), self.cfg.detector.tracker, camera_rois(self.cfg)
+        )
+
+    def init_cameras(self) -> None:
+        self.sources = open_sources(self.cfg)
+        self.monitor = CameraMonitor(self.sources, self.metrics)
+
+    def detect(
+        self, batch: Sequence[Frame], handle: Callable[[list[DetectedFrame]], object]
+    ) -> None:
+        """Detect one batch, record its metrics and ``handle`` it; a batch that fails is
+        logged, counted (``posewatch_batch_errors_total``) and skipped."""
+        assert self.detecting is not None
+        try:
+            detected = self.detecting.process(batch)
+            observe_detected(self.metrics, detected)
+            handle(detected)
+        except Exception:
+            self.metrics.batch_errors.inc()
+            cams = ", ".join(sorted({f.camera for f in batch}))
+            log.exception("a batch of %d frames (%s) failed; skipped", len(batch), cams)
+
+
 __all__ = [
     "CameraMonitor",
+    "CameraService",
     "camera_rois",
     "observe_detected",
     "open_sources",

@@ -20,19 +20,14 @@ from typing import Any
 
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
-from detector.sources import CameraSource
-from detector.stage import DetectedFrame, DetectStage
+from detector.stage import DetectedFrame
 from pipelines.cameras import (
-    CameraMonitor,
-    camera_rois,
-    observe_detected,
-    open_sources,
-    pose_model,
+    CameraService,
 )
 from pipelines.config import PosewatchConfig
 from pipelines.kafka_util import kafka_client_config
 from pipelines.metrics import Metrics
-from pipelines.service_base import RuntimeConfigError, ServiceBase
+from pipelines.service_base import RuntimeConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +49,7 @@ def encode_poseframe(pf: PoseFrame) -> bytes:
     return json.dumps(pf.to_dict(), separators=(",", ":")).encode()
 
 
-class DetectService(ServiceBase):
+class DetectService(CameraService):
     """Detect and track on every camera, publish PoseFrames.
 
     Arguments:
@@ -74,9 +69,7 @@ class DetectService(ServiceBase):
         super().__init__(cfg, metrics)
         self.summary = DetectSummary()
         self.producer: Any = None
-        self.detecting: DetectStage | None = None
-        self.sources: dict[str, CameraSource] = {}
-        self.monitor: CameraMonitor | None = None
+        self.sources = {}
 
     def start_steps(self) -> Sequence[Callable[[], None]]:
         return (
@@ -103,15 +96,6 @@ class DetectService(ServiceBase):
             **kafka_client_config(cfg),
         )
 
-    def init_detector(self) -> None:
-        self.detecting = DetectStage(
-            pose_model(self.cfg), self.cfg.detector.tracker, camera_rois(self.cfg)
-        )
-
-    def init_cameras(self) -> None:
-        self.sources = open_sources(self.cfg)
-        self.monitor = CameraMonitor(self.sources, self.metrics)
-
     def run(self, max_seconds: float | None = None, max_frames: int | None = None) -> DetectSummary:
         """Detect and publish until stopped, every source finished, ``max_seconds`` passed or
         ``max_frames`` frames (all cameras) were processed."""
@@ -132,13 +116,7 @@ class DetectService(ServiceBase):
                     if mux.done:
                         break
                     continue
-                try:
-                    detected = self.detecting.process(batch)
-                    observe_detected(self.metrics, detected)
-                    self.publish(detected)
-                except Exception:  # a bad batch must not stop the cameras
-                    self.metrics.batch_errors.inc()
-                    log.exception("a batch of %d frames failed; skipped", len(batch))
+                self.detect(batch, self.publish)
         finally:
             self.shutdown()
         self.summary.seconds = time.monotonic() - t0

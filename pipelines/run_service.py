@@ -25,22 +25,17 @@ import numpy as np
 
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
-from detector.sources import CameraSource, Frame
-from detector.stage import DetectedFrame, DetectStage
+from detector.stage import DetectedFrame
 from pipelines.broker import EmbeddedBroker
 from pipelines.cameras import (
-    CameraMonitor,
-    camera_rois,
-    observe_detected,
-    open_sources,
-    pose_model,
+    CameraService,
 )
 from pipelines.config import PosewatchConfig
 from pipelines.kafka_util import ensure_topic, kafka_client_config
 from pipelines.metrics import Metrics
 from pipelines.model_provider import make_provider
 from pipelines.score_stage import ScoredFrame, ScoreStage
-from pipelines.service_base import RuntimeConfigError, ServiceBase
+from pipelines.service_base import RuntimeConfigError
 from pipelines.sinks import AlertRouter, FrameView, build_sinks
 from pipelines.sinks.kafka import KafkaSink
 from pipelines.sinks.video import AnnotatedVideoSink
@@ -68,7 +63,7 @@ class RunSummary:
     phases: dict[str, str] = field(default_factory=dict)  # camera -> model phase at the end
 
 
-class Service(ServiceBase):
+class Service(CameraService):
     """The single-process service.
 
     Arguments:
@@ -88,9 +83,7 @@ class Service(ServiceBase):
         self.scoring = ScoreStage(self.provider, cfg.alerting, cfg.forecaster.seeding)
         self.broker: EmbeddedBroker | None = None
         self.router: AlertRouter | None = None
-        self.detecting: DetectStage | None = None
-        self.sources: dict[str, CameraSource] = {}
-        self.monitor: CameraMonitor | None = None
+        self.sources = {}
         self._t0 = time.monotonic()
 
     # -- start-up -------------------------------------------------------------------------
@@ -150,14 +143,8 @@ class Service(ServiceBase):
 
         self.ui_server = start_ui(self.cfg, self.cameras, self.router, states)
 
-    def init_detector(self) -> None:
-        self.detecting = DetectStage(
-            pose_model(self.cfg), self.cfg.detector.tracker, camera_rois(self.cfg)
-        )
-
     def init_cameras(self) -> None:
-        self.sources = open_sources(self.cfg)
-        self.monitor = CameraMonitor(self.sources, self.metrics)
+        super().init_cameras()
         for n in self.cameras:
             self.metrics.set_phase(n, self.phase(n))
 
@@ -179,24 +166,11 @@ class Service(ServiceBase):
                     continue
                 if not self.summary.startup_s:
                     self.summary.startup_s = time.monotonic() - self._t0
-                self.handle_batch(batch)
+                self.detect(batch, self.handle_detected)
         finally:
             self.shutdown()
         self.summary.seconds = time.monotonic() - self._t0
         return self.summary
-
-    def handle_batch(self, batch: Sequence[Frame]) -> None:
-        """Detect, score and route one batch; a batch that fails is logged, counted
-        (``posewatch_batch_errors_total``) and skipped: the service goes on."""
-        assert self.detecting is not None
-        try:
-            detected = self.detecting.process(batch)
-            observe_detected(self.metrics, detected)
-            self.handle_detected(detected)
-        except Exception:
-            self.metrics.batch_errors.inc()
-            cams = sorted({f.camera for f in batch})
-            log.exception("a batch of %d frames (%s) failed; skipped", len(batch), ", ".join(cams))
 
     def _limit_reached(self, max_seconds: float | None, max_frames: int | None) -> bool:
         if max_seconds is not None and time.monotonic() - self._t0 > max_seconds:

@@ -53,6 +53,28 @@ def random_keypoints(rng: np.random.Generator, n: int) -> np.ndarray:
     return kp
 
 
+def tiny_checkpoint(path: Path) -> Path:
+    """A small untrained GRU-NF (4 flow layers, as cold start builds), standardised on
+    random windows: enough to exercise scoring paths, not to detect anything."""
+    import torch
+
+    from forecasting.checkpoint import save_checkpoint
+    from forecasting.torch_model import GRUNF, ModelConfig
+    from forecasting.windows import Standardizer, WindowConfig, Windows
+
+    rng = np.random.default_rng(0)
+    L = WindowConfig().length
+    poses = rng.normal(0, 0.3, (64, L, 17, 2)).astype(np.float32)
+    ones = np.ones((64, L, 17), bool)
+    w = Windows(poses, ones, ones, np.ones((64, 3), np.float32), np.zeros(64, np.int64),
+                np.zeros(64, np.int64))  # fmt: skip
+    torch.manual_seed(0)
+    model = GRUNF(
+        ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8), Standardizer.fit(w)
+    ).eval()
+    return save_checkpoint(path, model, WindowConfig())
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small GRU-NF trained on AIHub2 train normal windows (a few minutes on 2 cores), with

@@ -21,32 +21,12 @@ import pytest
 
 from detector.pose import Person, PoseFrame
 from pipelines.broker import EmbeddedBroker, free_port, wait_for_port
+from tests.conftest import tiny_checkpoint as tiny_checkpoint  # shared
 
 TOPIC = "posewatch.alerts"
 
 
 # -- a model and poses ---------------------------------------------------------------------
-def tiny_checkpoint(path: Path) -> Path:
-    """A small untrained GRU-NF (as cold start builds), standardised on random windows."""
-    import torch
-
-    from forecasting.checkpoint import save_checkpoint
-    from forecasting.torch_model import GRUNF, ModelConfig
-    from forecasting.windows import Standardizer, WindowConfig, Windows
-
-    rng = np.random.default_rng(0)
-    L = WindowConfig().length
-    poses = rng.normal(0, 0.3, (64, L, 17, 2)).astype(np.float32)
-    ones = np.ones((64, L, 17), bool)
-    w = Windows(poses, ones, ones, np.ones((64, 3), np.float32), np.zeros(64, np.int64),
-                np.zeros(64, np.int64))  # fmt: skip
-    torch.manual_seed(0)
-    model = GRUNF(
-        ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8), Standardizer.fit(w)
-    ).eval()
-    return save_checkpoint(path, model, WindowConfig())
-
-
 def walking_frames(camera: str = "gate", n: int = 40) -> list[PoseFrame]:
     """``n`` frames at 10 fps of two persons walking right (tracks 1 and 2)."""
     rng = np.random.default_rng(7)

@@ -14,8 +14,6 @@ import torch
 from detector.pose import Person, PoseFrame
 from forecasting.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER
-from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.windows import Standardizer, WindowConfig, Windows
 from pipelines.config import ForecasterConfig, PosewatchConfig
 from pipelines.learning import ColdStartProvider, LearnSettings
 from pipelines.model_provider import CheckpointProvider
@@ -29,6 +27,7 @@ from pipelines.serving import (
     resolve_threshold,
     scorer_config,
 )
+from tests.conftest import tiny_checkpoint
 
 SAMPLES = 8
 
@@ -79,19 +78,8 @@ def synthetic_frames(n: int = 110, cameras: tuple[str, ...] = ("gate", "lawn")) 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small untrained GRU-NF (4 flow layers, as cold start builds), standardised on
-    random windows: enough to exercise scoring paths, not to detect anything."""
-    rng = np.random.default_rng(0)
-    L = 25
-    poses = rng.normal(0, 0.3, (64, L, 17, 2)).astype(np.float32)
-    ones = np.ones((64, L, 17), bool)
-    w = Windows(poses, ones, ones, np.ones((64, 3), np.float32), np.zeros(64, np.int64),
-                np.zeros(64, np.int64))  # fmt: skip
-    torch.manual_seed(0)
-    model = GRUNF(
-        ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8), Standardizer.fit(w)
-    ).eval()
-    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt", model, WindowConfig())
+    """:func:`tests.conftest.tiny_checkpoint`, one per test module."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pt")
 
 
 def config(ckpt: Path, **forecaster: Any) -> PosewatchConfig:

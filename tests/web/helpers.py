@@ -16,28 +16,7 @@ from detector.pose import Person
 from pipelines.alerts import Alert, AlertLifecycle
 from pipelines.sinks.base import FrameView
 from pipelines.track_scoring import PersonScore
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    """A small untrained GRU-NF (as tests/pipelines/test_score_stage.py's ``tiny_ckpt``):
-    enough to exercise every path cheaply, not to detect anything."""
-    import torch
-
-    from forecasting.checkpoint import save_checkpoint
-    from forecasting.torch_model import GRUNF, ModelConfig
-    from forecasting.windows import Standardizer, WindowConfig, Windows
-
-    rng = np.random.default_rng(0)
-    L = 25
-    poses = rng.normal(0, 0.3, (64, L, 17, 2)).astype(np.float32)
-    ones = np.ones((64, L, 17), bool)
-    w = Windows(poses, ones, ones, np.ones((64, 3), np.float32), np.zeros(64, np.int64),
-                np.zeros(64, np.int64))  # fmt: skip
-    torch.manual_seed(0)
-    model = GRUNF(
-        ModelConfig(hidden=16, flow_layers=4, flow_hidden=16, embed_dim=8), Standardizer.fit(w)
-    ).eval()
-    return save_checkpoint(path, model, WindowConfig())
+from tests.conftest import tiny_checkpoint as tiny_checkpoint  # shared
 
 
 def run_config(tmp: Path, video: Path, ckpt: Path, **sections: dict[str, Any]) -> dict[str, Any]:
