@@ -363,7 +363,6 @@ class ScoreService(ServiceBase):
             c = KafkaConsumer(
                 bootstrap_servers=k.bootstrap_servers,
                 enable_auto_commit=False,
-                consumer_timeout_ms=2000,
                 **kafka_client_config(self.cfg),
             )
             try:
@@ -374,12 +373,17 @@ class ScoreService(ServiceBase):
                     ends = c.end_offsets(tps)
                     for tp in tps:
                         c.seek(tp, max(0, ends[tp] - tail))
-                    for rec in c:
-                        src = dict(rec.headers or []).get("source")
-                        if src:
-                            self._dlq_sources.add(src.decode(errors="replace"))
-                        if all(c.position(tp) >= ends[tp] for tp in tps):
-                            break
+                    # Read up to the end offsets taken above, however slow the broker is
+                    # (a timeout between two fetches is not the end), within one deadline.
+                    deadline = time.monotonic() + max(10.0, k.ack_timeout_s)
+                    while any(c.position(tp) < ends[tp] for tp in tps):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("read timed out before its end offsets")
+                        for records in c.poll(timeout_ms=500).values():
+                            for rec in records:
+                                src = dict(rec.headers or []).get("source")
+                                if src:
+                                    self._dlq_sources.add(src.decode(errors="replace"))
             finally:
                 c.close()
         except Exception as exc:  # the DLQ unreadable: duplicates are possible, not loss
