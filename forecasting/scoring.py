@@ -53,11 +53,15 @@ from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer r
 from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
+from forecasting.stacked import stacked_of
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
 #: Scorers that need K drawn futures.
 SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
+#: Scorers whose score only falls as futures are added (best-of-K): early stopping is exact
+#: about which windows stay below a bound.
+EARLY_STOP_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "fused")
 #: Scorers that need the checkpoint's posture flows (:mod:`forecasting.posture`).
 POSTURE_SCORERS: tuple[ScorerName, ...] = ("posture", "fused")
 
@@ -76,6 +80,16 @@ class ScorerConfig:
         horizon_power: ``minhde`` weighs horizon frame ``h`` by ``h ** horizon_power``.
         batch: windows per model call.
         seed: torch seed before scoring (reproducible scores).
+        exact: draw member by member through ``nn.GRU`` and the flow modules (the path
+            before the stacked one, kept for comparison); the default evaluates every
+            member in one batched call (:mod:`forecasting.stacked`), same draws and scores
+            up to float rounding, and falls back to this path for samplers it lacks.
+        stop_below: early stop: a window whose score from the first member's futures is
+            already below this is not drawn further (its reported score is that upper
+            bound of the full-K score; best-of-K errors only fall with more futures). For
+            the best-of-K scorers and ``fused`` of an ensemble on the stacked path; None
+            (default) draws all K for every window. Live serving sets it from the alert
+            threshold minus a margin (``forecaster.early_stop_margin``).
     """
 
     name: ScorerName = "minhde"
@@ -87,6 +101,8 @@ class ScorerConfig:
     horizon_power: float = 3.0
     batch: int = 256
     seed: int = 0
+    exact: bool = False
+    stop_below: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -167,6 +183,7 @@ def score_windows(
     mask: np.ndarray,
     visible: np.ndarray,
     cfg: ScorerConfig,
+    seeds: np.ndarray | None = None,
 ) -> WindowScores:
     """Score windows with the configured scorer, batched.
 
@@ -176,8 +193,11 @@ def score_windows(
         mask: ``(N, L, 17)`` seen-or-filled keypoints.
         visible: ``(N, L, 17)`` really-seen keypoints (only these are scored).
         cfg: scorer configuration.
+        seeds: ``(N,)`` a seed per window: consecutive windows with the same seed are a
+            group drawing from a generator of that seed (a live camera frame's persons),
+            with the futures they would get scored alone; default: one group, ``cfg.seed``.
     """
-    return score_windows_many(model, poses, mask, visible, cfg, (cfg.name,))[cfg.name]
+    return score_windows_many(model, poses, mask, visible, cfg, (cfg.name,), seeds)[cfg.name]
 
 
 def score_windows_many(
@@ -187,11 +207,13 @@ def score_windows_many(
     visible: np.ndarray,
     cfg: ScorerConfig,
     names: Sequence[str],
+    seeds: np.ndarray | None = None,
 ) -> dict[str, WindowScores]:
     """Score windows with several scorers; the sample-based ones share one draw of futures.
 
     Arguments are those of :func:`score_windows`; ``names`` replaces ``cfg.name``. Each
-    scorer's scores equal those of a :func:`score_windows` call with that name alone.
+    scorer's scores equal those of a :func:`score_windows` call with that name alone
+    (early stopping, ``cfg.stop_below``, applies only when one scorer is asked for).
     """
     for name in names:
         if name not in SCORERS:
@@ -208,13 +230,25 @@ def score_windows_many(
             "add them with `posewatch posture --model CKPT`, or choose minhde"
         )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    # A generator of its own: the same seed gives the same draws even while other threads
-    # (cold start training) use torch's global generator.
-    gen = torch.Generator(device=P.device).manual_seed(cfg.seed)
+    # Generators of their own: the same seed gives the same draws even while other threads
+    # (cold start training) use torch's global generator. One per group of windows.
+    run = np.zeros(n, np.int64)
+    if seeds is None:
+        gens = [torch.Generator(device=P.device).manual_seed(cfg.seed)]
+    else:
+        seeds = np.asarray(seeds, np.int64)
+        if seeds.shape != (n,):
+            raise ValueError(f"seeds must have shape ({n},), got {seeds.shape}")
+        run[1:] = np.cumsum(seeds[1:] != seeds[:-1])
+        starts = np.flatnonzero(np.r_[True, seeds[1:] != seeds[:-1]])
+        gens = [torch.Generator(device=P.device).manual_seed(int(seeds[i])) for i in starts]
     scores: dict[str, list[Tensor]] = {k: [] for k in names}
     joints: dict[str, list[Tensor]] = {k: [] for k in names}
     forecast_s = 0.0
     sampled = [k for k in names if k in SAMPLE_SCORERS]
+    stacked = None if cfg.exact else stacked_of(model)
+    if stacked is not None and not stacked.supports(cfg.sampler):
+        stacked = None
     grad_ok = cfg.sampler.kernel == "mala"
     ctx = torch.no_grad() if grad_ok else torch.inference_mode()
     with ctx:
@@ -233,20 +267,79 @@ def score_windows_many(
                     joints["posture"].append(jp.float().cpu())
             if not sampled:
                 continue
+
+            post = (posture, sp, jp) if posture is not None and sp is not None and jp is not None else None  # fmt: skip
+
+            def finish(name: str, smp: Tensor, rows: slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:  # fmt: skip
+                return _best_of_k_scores(name, model, cfg, smp, truth[rows], v[rows], post, rows)  # noqa: B023
+
             t_fc = time.perf_counter()
-            out = model.sample(
-                p[:, :n_obs], m[:, :n_obs], None, cfg.num_samples, cfg.sampler, generator=gen
+            brun = run[sl]
+            groups = torch.as_tensor(brun - brun[0], device=P.device)
+            bgens = gens[int(brun[0]) : int(brun[-1]) + 1]
+            early = (
+                stacked is not None
+                and cfg.stop_below is not None
+                and stacked.M > 1
+                and len(sampled) == 1
+                and sampled[0] in EARLY_STOP_SCORERS
+            )
+            if stacked is None:  # member by member, one call per group
+                outs = [
+                    model.sample(
+                        p[groups == g][:, :n_obs],
+                        m[groups == g][:, :n_obs],
+                        None,
+                        cfg.num_samples,
+                        cfg.sampler,
+                        generator=gen,
+                    )
+                    for g, gen in enumerate(bgens)
+                ]
+                smp = torch.cat([o.poses for o in outs])
+                lw = torch.cat([o.log_weights for o in outs])
+            elif not early:
+                smp, _ = stacked.sample(
+                    p[:, :n_obs], m[:, :n_obs], cfg.num_samples, cfg.sampler, bgens, groups
+                )
+                lw = torch.zeros(smp.shape[:2], device=P.device)
+            if not early:
+                forecast_s += time.perf_counter() - t_fc
+                for name in sampled:
+                    if name == "kde":
+                        s, j = _sample_scores(name, model, cfg, smp, lw, truth, v)
+                    else:
+                        s, j = finish(name, smp)
+                    scores[name].append(s.float().cpu())
+                    joints[name].append(j.float().cpu())
+                continue
+            # Early stop: the first member's futures for every window, the others' only for
+            # the windows whose score is not yet below cfg.stop_below.
+            assert stacked is not None and cfg.stop_below is not None
+            (name,) = sampled
+            first, steps = stacked.sample(
+                p[:, :n_obs], m[:, :n_obs], cfg.num_samples, cfg.sampler, bgens, groups, [0]
+            )
+            s, j = finish(name, first)
+            rest = torch.nonzero(s >= cfg.stop_below).flatten()
+            more, _ = stacked.sample(
+                p[:, :n_obs],
+                m[:, :n_obs],
+                cfg.num_samples,
+                cfg.sampler,
+                bgens,
+                groups,
+                range(1, stacked.M),
+                rows=rest,
+                step_sizes=steps,
             )
             forecast_s += time.perf_counter() - t_fc
-            for name in sampled:
-                motion = "minhde" if name == "fused" else name
-                s, j = _sample_scores(motion, model, cfg, out.poses, out.log_weights, truth, v)
-                if name == "fused":
-                    assert posture is not None and sp is not None and jp is not None
-                    s = posture.fuse(s, sp)
-                    j = j + posture.cfg.weight * jp
-                scores[name].append(s.float().cpu())
-                joints[name].append(j.float().cpu())
+            if len(rest):
+                s2, j2 = finish(name, torch.cat([first[rest], more], 1), rest)
+                s, j = s.clone(), j.clone()
+                s[rest], j[rest] = s2, j2
+            scores[name].append(s.float().cpu())
+            joints[name].append(j.float().cpu())
     return {
         k: WindowScores(torch.cat(scores[k]).numpy(), torch.cat(joints[k]).numpy(), forecast_s)
         for k in names
@@ -299,6 +392,28 @@ def _inputs(
     M = to_tensor(mask, device)
     V = to_tensor(visible[:, n_obs:] & mask[:, n_obs:], device)
     return n_obs, P, M, V
+
+
+def _best_of_k_scores(
+    name: str,
+    model: Forecaster,
+    cfg: ScorerConfig,
+    smp: Tensor,
+    truth: Tensor,
+    v: Tensor,
+    post: tuple[PostureModel, Tensor, Tensor] | None,
+    rows: slice | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """A best-of-K scorer (``fused``: ``minhde`` fused with the posture scores ``post``
+    of the batch, taken at ``rows``)."""
+    motion = "minhde" if name == "fused" else name
+    s, j = _sample_scores(motion, model, cfg, smp, torch.zeros(smp.shape[:2]), truth, v)
+    if name == "fused":
+        assert post is not None
+        posture, sp, jp = post
+        s = posture.fuse(s, sp[rows])
+        j = j + posture.cfg.weight * jp[rows]
+    return s, j
 
 
 def _sample_scores(

@@ -32,7 +32,7 @@ from detector.pose import CAMERA_NAME
 from detector.pose_model import BackendName
 from detector.redaction import MASK, SECRET_NAME, redact, register_secrets
 from detector.tracking import TrackerName
-from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, ScorerName
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, EARLY_STOP_MARGIN, ScorerName
 
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -178,6 +178,21 @@ class ForecasterConfig(Base):
         6.0, ge=0, title="Smoothing", description="Causal Gaussian smoothing of scores, frames."
     )
     batch: int = Field(256, ge=1, title="Batch", description="Most person windows per model call.")
+    early_stop_margin: float | None = Field(
+        EARLY_STOP_MARGIN,
+        ge=0,
+        title="Early stop margin",
+        description="A person window whose score from the first ensemble member's futures is "
+        "already this far below the alert threshold (score units) is not drawn further: its "
+        "score is that upper bound of the full score (most windows are normal; only those "
+        "near the threshold need all K futures). null: draw all K for every window.",
+    )
+    exact: bool = Field(
+        False,
+        title="Exact path",
+        description="Draw futures member by member (the path before the batched ensemble "
+        "call, kept for comparison; same scores, slower) and never stop early.",
+    )
     threads: int | None = Field(
         None,
         ge=1,

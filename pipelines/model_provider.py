@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from detector.pose import PoseFrame
@@ -78,7 +78,9 @@ def served_model(
         id=spec.model,
     )
     f = cfg.forecaster
-    track_scorer = TrackScorer(ckpt, sc, f.stride, f.smoothing_sigma)
+    margin = None if f.exact else f.early_stop_margin
+    live = replace(sc, exact=f.exact, stop_below=None if margin is None else thr - margin)
+    track_scorer = TrackScorer(ckpt, live, f.stride, f.smoothing_sigma)
     return ServedModel(ckpt, sc, spec, thr, info, track_scorer)
 
 

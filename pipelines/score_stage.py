@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import zlib
@@ -133,20 +132,27 @@ class ScoreStage:
     def phase(self, camera: str) -> str:
         return self.provider.phase(camera)
 
-    def _score(self, frames: Sequence[tuple[PoseFrame, ServedModel]]) -> list[PersonScore]:
-        """Scores of frames that have a model: one model call per scorer (``batch``), or
-        the single frame of a ``frame``-seeded call with its own seed."""
+    def _score(
+        self, frames: Sequence[tuple[PoseFrame, ServedModel]]
+    ) -> tuple[list[PersonScore], dict[int, list[int]]]:
+        """Scores of frames that have a model, one model call per scorer (with ``frame``
+        seeding each frame's persons draw from that frame's seed), and the track ids
+        forgotten after each frame (by ``id`` of the frame)."""
         groups: dict[int, tuple[ServedModel, list[PoseFrame]]] = {}
         for pf, model in frames:
             groups.setdefault(id(model.scorer), (model, []))[1].append(pf)
         out: list[PersonScore] = []
+        lost: dict[int, list[int]] = {}
         for model, group in groups.values():
-            if self.seeding == "frame":
-                (pf,) = group
-                seed = frame_seed(pf.camera, pf.frame_index)
-                model.scorer.cfg = dataclasses.replace(model.scorer_config, seed=seed)
-            out += model.scorer.add(group)
-        return out
+            seeds = (
+                [frame_seed(pf.camera, pf.frame_index) for pf in group]
+                if self.seeding == "frame"
+                else None
+            )
+            scores, gone = model.scorer.step(group, seeds, forget=True)
+            out += scores
+            lost.update((id(pf), g) for pf, g in zip(group, gone, strict=True))
+        return out, lost
 
     def process(
         self, frames: Sequence[PoseFrame], fps: Mapping[str, float] | None = None
@@ -154,17 +160,29 @@ class ScoreStage:
         """Score frames (any cameras, in order per camera); one :class:`ScoredFrame` each,
         in input order. ``fps``: cameras' frame rates, for learners.
 
-        With ``frame`` seeding each frame is scored, run through its lifecycle and its lost
-        tracks forgotten before the next one, exactly as ``posewatch score`` does with one
-        message at a time; with ``batch`` the frames share one model call."""
+        The frames' persons go through the model in one call. With ``frame`` seeding each
+        frame's persons draw from that frame's seed and the frames are taken in order (a
+        frame's lifecycle updates and lost tracks before the next frame's), so the scores
+        and alerts are those of feeding one frame at a time, as ``posewatch score`` does
+        with one message at a time; a frame index going back starts a new call."""
         if self.seeding == "batch":
             return self._process(frames, fps)
         timing = StageTiming()
-        out = []
-        for pf in frames:
-            out += self._process([pf], fps)
+        out: list[ScoredFrame] = []
+        start = 0
+        while start < len(frames):
+            end = start + 1
+            last = {frames[start].camera: frames[start].frame_index}
+            while end < len(frames):
+                pf = frames[end]
+                if pf.frame_index <= last.get(pf.camera, -1):
+                    break  # a step back (a restart?) is handled between two calls
+                last[pf.camera] = pf.frame_index
+                end += 1
+            out += self._process(frames[start:end], fps)
             timing.forecast_s += self.timing.forecast_s
             timing.score_s += self.timing.score_s
+            start = end
         self.timing = timing
         return out
 
@@ -197,7 +215,8 @@ class ScoreStage:
         scorers = {id(m.scorer): m.scorer for _, m in served}
         fc0 = sum(sc.forecast_s for sc in scorers.values())
         by_frame: dict[tuple[str, int], list[PersonScore]] = {}
-        for s in self._score(served):
+        scores, lost = self._score(served)
+        for s in scores:
             by_frame.setdefault((s.camera, s.frame_index), []).append(s)
         forecast_s = sum(sc.forecast_s for sc in scorers.values()) - fc0
         models = {id(pf): m for pf, m in served}
@@ -205,7 +224,7 @@ class ScoreStage:
         for pf in frames:
             model = models.get(id(pf))
             done = (
-                self._alerts(pf, model, by_frame.get((pf.camera, pf.frame_index), []))
+                self._alerts(pf, model, by_frame.get((pf.camera, pf.frame_index), []), lost[id(pf)])
                 if model is not None
                 else ScoredFrame(pf)
             )
@@ -232,8 +251,10 @@ class ScoreStage:
         )
         return ended, dropped
 
-    def _alerts(self, pf: PoseFrame, model: ServedModel, scores: list[PersonScore]) -> ScoredFrame:
-        """A frame's lifecycle updates and lost tracks."""
+    def _alerts(
+        self, pf: PoseFrame, model: ServedModel, scores: list[PersonScore], lost: list[int]
+    ) -> ScoredFrame:
+        """A frame's lifecycle updates and lost tracks (forgotten after it was scored)."""
         life = self._lifecycle(pf.camera, model)
         done = ScoredFrame(pf, scores, threshold=model.threshold)
         for s in scores:
@@ -241,7 +262,7 @@ class ScoreStage:
                 s.track_id, s.timestamp, s.frame_index, s.smoothed, s.bbox.tolist(), s.keypoints,
                 s.joints,
             )  # fmt: skip
-        done.lost = model.scorer.forget_stale(pf.camera, pf.frame_index)
+        done.lost = list(lost)
         for tid in done.lost:
             done.alerts += life.lost(tid, pf.timestamp)
         done.alerting = {p.track_id for p in pf.persons if life.is_open(p.track_id)}

@@ -49,9 +49,12 @@ class PersonScore:
     keypoints: np.ndarray  # (17, 3)
 
 
+_Row = tuple[int, np.ndarray, np.ndarray, float]  # frame, keypoints, bbox, timestamp
+
+
 @dataclass(slots=True)
 class _Track:
-    rows: deque[tuple[int, np.ndarray, np.ndarray, float]]  # frame, keypoints, bbox, ts
+    rows: deque[_Row]
     smoother: CausalSmoother
     last_frame: int = -1
     scored_at: int = -(10**9)
@@ -129,12 +132,37 @@ class TrackScorer:
                 kp[f - first] = k
         return kp
 
-    def add(self, frames: Sequence[PoseFrame]) -> list[PersonScore]:
-        """Add frames (any cameras, in order per camera); returns the scores they produce."""
-        due: list[
-            tuple[tuple[str, int], np.ndarray, tuple[int, np.ndarray, np.ndarray, float]]
-        ] = []
-        for fr in frames:
+    def add(
+        self, frames: Sequence[PoseFrame], seeds: Sequence[int] | None = None
+    ) -> list[PersonScore]:
+        """Add frames (any cameras, in order per camera); returns the scores they produce.
+        ``seeds``: see :meth:`step`."""
+        return self.step(frames, seeds)[0]
+
+    def step(
+        self, frames: Sequence[PoseFrame], seeds: Sequence[int] | None = None, forget: bool = False
+    ) -> tuple[list[PersonScore], list[list[int]]]:
+        """Add frames (any cameras, in order per camera) and score the persons due, all in
+        one model call.
+
+        Arguments:
+            frames: tracked frames.
+            seeds: one per frame: the persons of frame ``i`` draw their futures from a
+                generator seeded with ``seeds[i]``, so they get the scores they would get
+                in a call of their own (:func:`forecasting.scoring.score_windows`);
+                default: the whole call draws from ``cfg.seed``.
+            forget: after each frame, forget that camera's tracks unseen for
+                ``max_missing`` frames (as :meth:`forget_stale`), before the next frame is
+                buffered.
+
+        Returns:
+            The scores, in frame order, and per frame the track ids forgotten after it.
+        """
+        if seeds is not None and len(seeds) != len(frames):
+            raise ValueError(f"{len(seeds)} seeds for {len(frames)} frames")
+        due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row]] = []
+        lost: list[list[int]] = []
+        for i, fr in enumerate(frames):
             for p in fr.persons:
                 key = (fr.camera, p.track_id)
                 tr = self._tracks.get(key)
@@ -154,36 +182,37 @@ class TrackScorer:
                     continue
                 if fr.frame_index - tr.scored_at < self.stride:
                     continue
-                due.append((key, self._window(tr), tr.rows[-1]))
+                due.append((tr, key, self._window(tr), i, tr.rows[-1]))
                 tr.scored_at = fr.frame_index
-        if not due:
-            return []
+            lost.append(self.forget_stale(fr.camera, fr.frame_index) if forget else [])
         wcfg = self.ckpt.window_config
         parts, owners = [], []
-        for key, kp, row in due:
+        for tr, key, kp, i, row in due:
             w = cut_windows(kp, wcfg, starts=np.array([0]), fill="window")
             if len(w):
                 parts.append(w)
-                owners.append((key, row))
+                owners.append((tr, key, i, row))
         if not parts:
-            return []
+            return [], lost
         batch = Windows.concat(parts)
-        s = score_windows(self.ckpt.model, batch.poses, batch.mask, batch.visible, self.cfg)
+        win_seeds = None if seeds is None else np.array([seeds[o[2]] for o in owners], np.int64)
+        s = score_windows(
+            self.ckpt.model, batch.poses, batch.mask, batch.visible, self.cfg, win_seeds
+        )
         self.forecast_s += s.forecast_s
         out = []
-        for i, (key, (f, k, bbox, ts)) in enumerate(owners):
-            tr = self._tracks[key]
+        for n, (tr, key, _, (f, k, bbox, ts)) in enumerate(owners):
             out.append(
                 PersonScore(
                     camera=key[0],
                     track_id=key[1],
                     frame_index=f,
                     timestamp=ts,
-                    score=float(s.score[i]),
-                    smoothed=tr.smoother.update(float(s.score[i])),
-                    joints=s.joints[i],
+                    score=float(s.score[n]),
+                    smoothed=tr.smoother.update(float(s.score[n])),
+                    joints=s.joints[n],
                     bbox=bbox,
                     keypoints=k,
                 )
             )
-        return out
+        return out, lost

@@ -157,6 +157,65 @@ def test_batch_seeding_scores_differ_from_frame_seeding(tiny_ckpt: Path) -> None
     assert max(diff) > 1e-4  # the setting is honoured: other seeds, other draws
 
 
+@pytest.fixture(scope="module")
+def tiny_ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small GRU-NF members with random weights: early stopping needs several."""
+    from forecasting.torch_model import Ensemble
+
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ens") / "member.pt")
+    ck = load_checkpoint(path)
+    members = []
+    for seed in range(3):
+        m = load_checkpoint(path).model
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        members.append(m)
+    return save_checkpoint(path.with_name("ens.pt"), Ensemble(members).eval(), ck.window_config)  # type: ignore[arg-type]
+
+
+def test_frames_batched_in_one_call_score_as_one_frame_at_a_time(tiny_ensemble: Path) -> None:
+    """One model call for many frames (frame seeding, early stop on) gives each person the
+    score and each episode the alerts of feeding the frames one by one; the exact
+    member-by-member path gives the same scores without early stop."""
+    frames = synthetic_frames(110)  # gate's person 1 is lost at frame 100
+    thr = percentile_threshold(tiny_ensemble, frames, 70)
+    results = {}
+    for label, exact, margin, batch in (
+        ("one call", False, 0.1, len(frames)),
+        ("one by one", False, 0.1, 1),
+        ("exact", True, None, 1),
+        ("stacked", False, None, 7),
+    ):
+        cfg = config(tiny_ensemble, exact=exact, early_stop_margin=margin)
+        cfg.alerting.threshold = thr
+        stage = ScoreStage(CheckpointProvider(cfg, warmup=False), cfg.alerting)
+        outs = [o for i in range(0, len(frames), batch) for o in stage.process(frames[i : i + batch])]  # fmt: skip
+        results[label] = (
+            {(s.camera, s.track_id, s.frame_index): s.smoothed for o in outs for s in o.scores},
+            [(a.alert_id, a.type, a.frame_index) for o in outs for a in o.alerts],
+            [(o.poses.camera, o.poses.frame_index, o.lost) for o in outs if o.lost],
+        )
+    scores, alerts, lost = results["one call"]
+    assert len(scores) > 100 and sum(t == "new" for _, t, _ in alerts) >= 2 and lost
+    for label in ("one by one", "exact", "stacked"):
+        other = results[label]
+        assert other[0].keys() == scores.keys(), label
+        if label in ("one by one",):
+            assert other[1] == alerts and other[2] == lost
+            for k, v in scores.items():
+                assert other[0][k] == pytest.approx(v, abs=1e-5)
+    exact, stacked = results["exact"][0], results["stacked"][0]
+    for k, v in exact.items():
+        assert stacked[k] == pytest.approx(v, abs=1e-5)
+    # Early stop (margin 0.1: ~3 standard deviations of this model's scores) raises only
+    # scores that stay below the threshold: no smoothed score crosses it.
+    early = results["one call"][0]
+    assert any(early[k] > exact[k] + 1e-4 for k in exact)  # some windows did stop early
+    assert all((early[k] > thr) == (exact[k] > thr) for k in exact)
+
+
 def test_stage_scores_at_stride_ends_lost_tracks_and_closes_episodes(tiny_ckpt: Path) -> None:
     cfg = config(tiny_ckpt)
     cfg.alerting.threshold = -1e9  # every scored person alerts

@@ -1,0 +1,420 @@
+"""Every member of a forecaster in one batched call: stacked weights, batched matmuls.
+
+:meth:`forecasting.torch_model.Ensemble.sample` rolls out its members one after another,
+each through ``nn.GRU`` and the flow's layers: for the default 7 members, 12 horizon frames
+and 8 flow layers that is thousands of small kernels per call, which dominate a live call
+of a few persons. :class:`StackedForecaster` holds the members' weights stacked along a
+leading member axis ``M`` and evaluates the GRU cell, the flow's generative pass and the
+GRU-SNF default's Metropolis step for all members at once (``torch.baddbmm``).
+
+Same draws, same futures: the random numbers are drawn from each group's generator in
+exactly the order the member-by-member path draws them (member by member; per horizon frame
+the base sample ``z``, then the Metropolis proposal noise and its uniform), and the adaptive
+step size is kept per (member, group), so a window's futures equal those of
+:meth:`Ensemble.sample` called on its group alone with that group's generator (up to float
+rounding of batched matmuls, ~1e-6). A *group* is a run of consecutive windows sharing one
+seed: the frame-seeded live path (one seed per camera frame) scores many frames in one call
+and still gets each frame's own draws.
+
+Supported samplers (:meth:`StackedForecaster.supports`): GRU-NF and random-walk Metropolis
+toward the point head in data space without path weights (the GRU-SNF default). Others go
+through the member-by-member path.
+
+Shapes: ``past (B, 1 + t_obs, 17, 2)``, futures ``(B, K, H, 17, 2)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from forecasting.flow import ConditionalAffine, ConditionalAffineCoupling
+from forecasting.snf import SamplerConfig
+from forecasting.torch_model import GRUNF, Ensemble, Forecaster
+
+J = 17
+D = 2 * J
+
+
+def _stack(ts: Sequence[Tensor]) -> Tensor:
+    return torch.stack([t.detach() for t in ts]).contiguous()
+
+
+def _lin(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x (M, N, in) @ w (M, in, out) + b (M, 1, out)``."""
+    return torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)
+
+
+def _stack_coupling(cs: Sequence[nn.Module]) -> tuple[Tensor, ...]:
+    """One coupling layer of every member: ``w_inp^T, b_inp, w_hid^T, b_hid, w_out^T, b_out``."""
+    out: list[Tensor] = []
+    for name in ("inp", "hid", "out"):
+        lins = [getattr(c, name) for c in cs]
+        out += [_stack([x.weight.T for x in lins]), _stack([x.bias for x in lins])[:, None]]
+    return tuple(out)
+
+
+def member_ks(num_samples: int, members: int) -> list[int]:
+    """Futures per member: ``K // M``, one more for the first ``K % M`` (as
+    :meth:`Ensemble.sample`).
+
+    >>> member_ks(42, 7), member_ks(20, 7)
+    ([6, 6, 6, 6, 6, 6, 6], [3, 3, 3, 3, 3, 3, 2])
+    """
+    return [num_samples // members + (i < num_samples % members) for i in range(members)]
+
+
+@dataclass
+class _Weights:
+    """Stacked weights of some members (leading axis ``M``); see :class:`StackedForecaster`."""
+
+    pose_mean: Tensor
+    pose_std: Tensor
+    disp_mean: Tensor
+    disp_std: Tensor
+    gru: list[tuple[Tensor, Tensor, Tensor, Tensor]]  # per layer: w_ih^T, w_hh^T, b_ih, b_hh
+    state_w: Tensor  # embedding and point head, one matmul
+    state_b: Tensor
+    point_log_scale: Tensor
+    ctx_w: Tensor  # every layer's context projection, one matmul
+    ctx_b: Tensor
+    couplings: list[tuple[Tensor, ...]]  # per coupling: w_inp^T, b_inp, w_hid^T, b_hid, ...
+
+    def select(self, sel: Tensor) -> _Weights:
+        def pick(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return x[sel].contiguous()
+            return type(x)(pick(v) for v in x)
+
+        return _Weights(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
+
+class StackedForecaster:
+    """A forecaster's members with stacked weights (inference only; weights are copied).
+
+    Arguments:
+        model: a :class:`GRUNF` (one member) or an :class:`Ensemble` (members share the
+            architecture). Multi-layer GRUs are supported; the flow must be couplings
+            followed by one conditional affine (:class:`~forecasting.flow.ConditionalFlow`).
+    """
+
+    def __init__(self, model: Forecaster):
+        members = model.member_list() if isinstance(model, Ensemble) else [model]
+        self.members: list[GRUNF] = members
+        self.M = len(members)
+        first = members[0]
+        self.cfg = first.cfg
+        self.num_layers = first.flow.num_layers
+        self.device = next(first.parameters()).device
+
+        def buf(name: str) -> Tensor:
+            return _stack([getattr(m, name) for m in members])[:, None, :]  # (M, 1, D)
+
+        gru = []
+        for layer in range(first.gru.num_layers):
+            w_ih, w_hh, b_ih, b_hh = (
+                _stack([getattr(m.gru, f"{n}_l{layer}") for m in members])
+                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            gru.append(
+                (
+                    w_ih.transpose(1, 2).contiguous(),
+                    w_hh.transpose(1, 2).contiguous(),
+                    b_ih[:, None],
+                    b_hh[:, None],
+                )
+            )
+        emb = [cast(nn.Linear, m.flow.embed[0]) for m in members]
+        self.E = int(emb[0].out_features)
+        layers = [list(m.flow.layers) for m in members]
+        if not all(
+            isinstance(ly[-1], ConditionalAffine)
+            and all(isinstance(c, ConditionalAffineCoupling) for c in ly[:-1])
+            for ly in layers
+        ):
+            raise TypeError("a flow must be affine couplings followed by one conditional affine")
+        couplings = [cast(list[ConditionalAffineCoupling], ly[:-1]) for ly in layers]
+        finals = [cast(ConditionalAffine, ly[-1]) for ly in layers]
+        ctx_parts = [
+            [c.ctx.weight for c in cs] + [f.lin.weight]
+            for cs, f in zip(couplings, finals, strict=True)
+        ]
+        self.ctx_sizes = [int(p.shape[0]) for p in ctx_parts[0]]
+        n_coupling_ctx = sum(self.ctx_sizes[:-1])
+        self.final_max = float(finals[0].max_log_scale)
+        c0s = couplings[0]
+        self.masks = [(c.idx_a, c.idx_b, c.perm_inv, float(c.max_log_scale)) for c in c0s]
+        for cs in couplings[1:]:
+            for c, c0 in zip(cs, c0s, strict=True):
+                if not torch.equal(c.idx_a, c0.idx_a):
+                    raise TypeError("ensemble members' coupling masks differ")
+        self.w = _Weights(
+            pose_mean=buf("pose_mean"),
+            pose_std=buf("pose_std"),
+            disp_mean=buf("disp_mean"),
+            disp_std=buf("disp_std"),
+            gru=gru,
+            state_w=_stack(
+                [torch.cat([e.weight, m.point.weight]).T for e, m in zip(emb, members, strict=True)]
+            ),
+            state_b=_stack(
+                [torch.cat([e.bias, m.point.bias]) for e, m in zip(emb, members, strict=True)]
+            )[:, None],
+            point_log_scale=buf("point_log_scale"),
+            ctx_w=_stack([torch.cat(parts).T for parts in ctx_parts]),
+            ctx_b=_stack(
+                [
+                    torch.cat([torch.zeros(n_coupling_ctx), f.lin.bias.detach().cpu()])
+                    for f in finals
+                ]
+            )[:, None].to(self.device),
+            couplings=[_stack_coupling([cs[k] for cs in couplings]) for k in range(len(c0s))],
+        )
+        self._subsets: dict[tuple[int, ...], _Weights] = {tuple(range(self.M)): self.w}
+
+    def weights(self, members: Sequence[int]) -> _Weights:
+        """The stacked weights of ``members`` (cached)."""
+        key = tuple(members)
+        if key not in self._subsets:
+            self._subsets[key] = self.w.select(torch.as_tensor(key, device=self.device))
+        return self._subsets[key]
+
+    # -- which samplers ---------------------------------------------------------------------
+    def supports(self, sampler: SamplerConfig) -> bool:
+        """GRU-NF, or one random-walk Metropolis block toward the point head in data space
+        without path weights (the GRU-SNF default)."""
+        if sampler.mean_feedback:
+            return False
+        if sampler.kernel == "none":
+            return True
+        if sampler.kernel != "rwm" or sampler.target != "point" or sampler.weights:
+            return False
+        L = self.num_layers
+        blocks = tuple(sampler.blocks) if sampler.blocks is not None else tuple(range(1, L + 1))
+        return tuple(k if k >= 0 else L + 1 + k for k in blocks) == (L,)
+
+    # -- pieces -------------------------------------------------------------------------------
+    @staticmethod
+    def _gru_cell(w: _Weights, layer: int, gi: Tensor, h: Tensor) -> Tensor:
+        """One GRU step (``nn.GRU``'s equations); ``gi (M, N, 3C)`` the input projection."""
+        _, w_hh, _, b_hh = w.gru[layer]
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z, h_n = _lin(h, w_hh, b_hh).chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return n + z * (h - n)
+
+    def _gru_step(self, w: _Weights, x: Tensor, hs: list[Tensor]) -> list[Tensor]:
+        out = []
+        for layer, h in enumerate(hs):
+            w_ih, _, b_ih, _ = w.gru[layer]
+            x = self._gru_cell(w, layer, _lin(x, w_ih, b_ih), h)
+            out.append(x)
+        return out
+
+    def _features(self, w: _Weights, poses: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`GRUNF.features` of every member in ``w``: ``(M, B, T-1, 85)``."""
+        clip = self.cfg.clip
+        B, T = poses.shape[:2]
+        P = poses.reshape(1, B, T, D)
+        m = mask.float().reshape(1, B, T, J)
+        m2 = m.repeat_interleave(2, dim=-1)
+        fp = (P - w.pose_mean[:, :, None]) / w.pose_std[:, :, None] * m2
+        both = m2[:, :, 1:] * m2[:, :, :-1]
+        fd = (
+            ((P[:, :, 1:] - P[:, :, :-1]) - w.disp_mean[:, :, None]) / w.disp_std[:, :, None] * both
+        )
+        fp = torch.nan_to_num(fp).clamp(-clip, clip)
+        fd = torch.nan_to_num(fd).clamp(-clip, clip)
+        Ms = fp.shape[0]
+        return torch.cat([fp[:, :, 1:], fd, m[:, :, 1:].expand(Ms, -1, -1, -1)], dim=-1)
+
+    def encode(self, w: _Weights, past: Tensor, past_mask: Tensor) -> list[Tensor]:
+        """GRU states ``[(M, B, C)] * layers`` after the observed frames."""
+        x = self._features(w, past, past_mask)
+        Ms, B, T, _ = x.shape
+        hs = []
+        for layer in range(len(w.gru)):
+            w_ih, _, b_ih, _ = w.gru[layer]
+            gi = _lin(x.reshape(Ms, B * T, -1), w_ih, b_ih).reshape(Ms, B, T, -1)
+            h = torch.zeros(Ms, B, self.cfg.hidden, device=past.device)
+            outs = []
+            for t in range(T):
+                h = self._gru_cell(w, layer, gi[:, :, t], h)
+                outs.append(h)
+            x = torch.stack(outs, 2)
+            hs.append(h)
+        return hs
+
+    def _flow_g(self, w: _Weights, z: Tensor, ctx: list[Tensor]) -> Tensor:
+        """The flow's generative pass ``z (M, N, D) -> x``."""
+        y = z
+        for (ia, ib, perm, mls), (wi, bi, wh, bh, wo, bo), c in zip(
+            self.masks, w.couplings, ctx, strict=False
+        ):
+            ya, yb = y[..., ia], y[..., ib]
+            h = torch.nn.functional.silu(_lin(ya, wi, bi) + c)
+            h = torch.nn.functional.silu(_lin(h, wh, bh))
+            s, t = _lin(h, wo, bo).chunk(2, dim=-1)
+            s = mls * torch.tanh(s / mls)
+            y = torch.cat([ya, yb * torch.exp(s) + t], dim=-1)[..., perm]
+        s, m = ctx[-1].chunk(2, dim=-1)
+        s = self.final_max * torch.tanh(s / self.final_max)
+        return y * torch.exp(s) + m
+
+    # -- sampling -------------------------------------------------------------------------------
+    def sample(
+        self,
+        past: Tensor,
+        past_mask: Tensor,
+        num_samples: int,
+        sampler: SamplerConfig,
+        generators: Sequence[torch.Generator],
+        groups: Tensor,
+        members: Sequence[int] | None = None,
+        rows: Tensor | None = None,
+        step_sizes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Draw the futures of the selected members for every window.
+
+        Arguments:
+            past: ``(B, 1 + t_obs, 17, 2)`` observed frames of every window of the call.
+            past_mask: ``(B, 1 + t_obs, 17)``.
+            num_samples: K of the whole forecaster (split as :func:`member_ks`).
+            sampler: a sampler :meth:`supports` accepts.
+            generators: one per group, in group order; each is advanced exactly as the
+                member-by-member path advances it for the selected members (draw members
+                in ascending order across calls to reproduce that path).
+            groups: ``(B,)`` int64 group of each window (non-decreasing: a group's windows
+                are consecutive).
+            members: member indices to draw from (default all), ascending.
+            rows: ``(B',)`` windows to roll out (default all); random numbers are still
+                drawn for every window of a group, so the selected ones get their own
+                draws whatever else is in the call (the adaptive step size, a mean over
+                the rows rolled out, is the one thing that depends on the selection).
+            step_sizes: ``(M, G)`` Metropolis step size per member and group to start from
+                (default ``sampler.step_size``).
+
+        Returns:
+            ``poses (B', K', H, 17, 2)`` with ``K'`` the selected members' futures (member
+            by member), and the ``(M, G)`` step sizes after the call.
+
+        Raises:
+            ValueError: a sampler this path does not support.
+        """
+        if not self.supports(sampler):
+            raise ValueError(f"sampler {sampler.name!r} is not supported by the stacked path")
+        device = past.device
+        B = past.shape[0]
+        G = len(generators)
+        sel = list(range(self.M)) if members is None else list(members)
+        w = self.weights(sel)
+        ks_all = member_ks(num_samples, self.M)
+        ks = [ks_all[i] for i in sel]
+        kmax, Ms, H = max(ks), len(sel), self.cfg.horizon
+        rwm = sampler.kernel == "rwm"
+        S = sampler.steps if rwm else 0
+        # Random numbers in the member-by-member path's order: per group, per member, per
+        # horizon frame: z, then per Metropolis step the proposal noise and its uniform.
+        zs = torch.zeros(Ms, H, B, kmax, D, device=device)
+        noise = torch.zeros(Ms, H, S, B, kmax, D, device=device)
+        us = torch.ones(Ms, H, S, B, kmax, device=device)
+        start = 0
+        for g, n in enumerate(torch.bincount(groups, minlength=G).tolist()):
+            gen, end = generators[g], start + n
+            for j, k in enumerate(ks if n else []):
+                for t in range(H):
+                    zs[j, t, start:end, :k] = torch.randn(n, k, D, generator=gen, device=device)
+                    for s in range(S):
+                        noise[j, t, s, start:end, :k] = torch.randn(
+                            n, k, D, generator=gen, device=device
+                        )
+                        us[j, t, s, start:end, :k] = torch.rand(n, k, generator=gen, device=device)
+            start = end
+        if rows is not None:
+            zs, noise, us = zs[:, :, rows], noise[:, :, :, rows], us[:, :, :, rows]
+            groups, past, past_mask = groups[rows], past[rows], past_mask[rows]
+        Bs = past.shape[0]
+        steps = (
+            torch.full((self.M, G), sampler.step_size, device=device)
+            if step_sizes is None
+            else step_sizes.clone()
+        )
+        if Bs == 0:
+            return torch.empty(0, sum(ks), H, J, 2, device=device), steps
+        N = Bs * kmax
+        hs = [h.repeat_interleave(kmax, dim=1) for h in self.encode(w, past, past_mask)]
+        last = torch.where(
+            past_mask[:, -1, :, None],
+            torch.nan_to_num(past[:, -1]),
+            w.pose_mean.reshape(Ms, 1, J, 2),
+        )  # (M, B', 17, 2)
+        P = last.reshape(Ms, Bs, 1, D).expand(Ms, Bs, kmax, D).reshape(Ms, N, D)
+        ones = torch.ones(Ms, N, J, device=device)
+        out = torch.empty(Ms, H, N, D, device=device)
+        sel_t = torch.as_tensor(sel, device=device)
+        if rwm:  # padding futures (members with fewer than kmax) do not count
+            valid = torch.arange(kmax, device=device) < torch.tensor(ks, device=device)[:, None]
+            vmask = valid[:, None, :].expand(Ms, Bs, kmax).float()
+            per_group = torch.zeros(Ms, G, device=device).index_add_(1, groups, vmask.sum(-1))
+        for t in range(H):
+            st = _lin(hs[-1], w.state_w, w.state_b)
+            e = torch.nn.functional.silu(st[..., : self.E])
+            ctx = list(_lin(e, w.ctx_w, w.ctx_b).split(self.ctx_sizes, -1))
+            x = self._flow_g(w, zs[:, t].reshape(Ms, N, D), ctx)
+            if rwm:
+                mu = st[..., self.E :]
+                cur = _point_logpdf(x, mu, w.point_log_scale)
+                for s in range(S):
+                    eps = steps[sel_t][:, groups].repeat_interleave(kmax, dim=1)[..., None]
+                    prop = x + eps * noise[:, t, s].reshape(Ms, N, D)
+                    new = _point_logpdf(prop, mu, w.point_log_scale)
+                    accept = torch.log(us[:, t, s].reshape(Ms, N)) < new - cur
+                    x = torch.where(accept[..., None], prop, x)
+                    cur = torch.where(accept, new, cur)
+                    if sampler.adapt:
+                        acc = (accept.reshape(Ms, Bs, kmax).float() * vmask).sum(-1)
+                        rate = torch.zeros(Ms, G, device=device).index_add_(1, groups, acc)
+                        rate = rate / per_group.clamp_min(1)
+                        old = steps[sel_t]
+                        adapted = old * torch.exp(0.5 * (rate - sampler.target_accept))
+                        steps[sel_t] = torch.where(per_group > 0, adapted, old)
+            x = x.clamp(-self.cfg.clip, self.cfg.clip)
+            P = P + x * w.disp_std + w.disp_mean
+            out[:, t] = P
+            inp = torch.cat([(P - w.pose_mean) / w.pose_std, x, ones], -1)
+            hs = self._gru_step(w, inp, hs)
+        fut = out.reshape(Ms, H, Bs, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B', M, kmax, ..)
+        if all(k == kmax for k in ks):
+            return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
+        return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+
+
+def _point_logpdf(x: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """:func:`forecasting.flow.diag_normal_logpdf` over ``(M, N, D)``."""
+    r = (x - mu) * torch.exp(-log_sigma)
+    return -0.5 * (r * r).sum(-1) - log_sigma.sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], StackedForecaster]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def stacked_of(model: Forecaster) -> StackedForecaster:
+    """The :class:`StackedForecaster` of ``model``, built once and rebuilt when any of its
+    weights changed in place since (training steps bump the tensors' version counters)."""
+    versions = tuple(t._version for t in itertools.chain(model.parameters(), model.buffers()))
+    hit = _CACHE.get(model)
+    if hit is None or hit[0] != versions:
+        hit = (versions, StackedForecaster(model))
+        _CACHE[model] = hit
+    return hit[1]
