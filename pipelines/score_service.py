@@ -141,26 +141,33 @@ class ScoreService(ServiceBase):
 
     def score_frame(self, frame: PoseFrame, tp: Any, offset: int) -> ScoredFrame:
         """Score one PoseFrame (message ``offset`` of ``tp``) through the score stage."""
-        cam = frame.camera
-        self.camera_tp[cam] = tp
-        for p in frame.persons:
-            self.track_start.setdefault((cam, p.track_id), offset)
-        t0 = time.perf_counter()
-        (scored,) = self.scoring.process([frame])
-        self.metrics.stage_latency.labels(camera=cam, stage="score").observe(
-            time.perf_counter() - t0
-        )
-        self.metrics.windows_scored.labels(camera=cam).inc(len(scored.scores))
-        self.windows += len(scored.scores)
-        for s in scored.scores:
-            self.metrics.anomaly_score.labels(camera=cam).observe(s.smoothed)
-        for tid in scored.lost:
-            self.track_start.pop((cam, tid), None)
+        (scored,) = self.score_frames([(frame, tp, offset)])
         return scored
 
-    def process(self, frame: PoseFrame, tp: Any, offset: int) -> list[Alert]:
-        """Score one PoseFrame and route what it causes; returns its alerts."""
-        scored = self.score_frame(frame, tp, offset)
+    def score_frames(self, items: Sequence[tuple[PoseFrame, Any, int]]) -> list[ScoredFrame]:
+        """Score PoseFrames (each with its partition and offset) in one score-stage call:
+        the model sees every person due in them at once; each frame keeps its own seed
+        (``frame`` seeding), so the scores are those of one message at a time."""
+        for frame, tp, offset in items:
+            self.camera_tp[frame.camera] = tp
+            for p in frame.persons:
+                self.track_start.setdefault((frame.camera, p.track_id), offset)
+        t0 = time.perf_counter()
+        scored = self.scoring.process([f for f, _, _ in items])
+        share = (time.perf_counter() - t0) / len(items)
+        for done in scored:
+            cam = done.poses.camera
+            self.metrics.stage_latency.labels(camera=cam, stage="score").observe(share)
+            self.metrics.windows_scored.labels(camera=cam).inc(len(done.scores))
+            self.windows += len(done.scores)
+            for s in done.scores:
+                self.metrics.anomaly_score.labels(camera=cam).observe(s.smoothed)
+            for tid in done.lost:
+                self.track_start.pop((cam, tid), None)
+        return scored
+
+    def route(self, scored: ScoredFrame) -> list[Alert]:
+        """Send a scored frame's alerts and view to the sinks; returns its alerts."""
         if self.router is not None:
             pf = scored.poses
             view = FrameView(
@@ -177,6 +184,10 @@ class ScoreService(ServiceBase):
             self.router.publish(scored.alerts, view)
             self.router.frame(view)
         return scored.alerts
+
+    def process(self, frame: PoseFrame, tp: Any, offset: int) -> list[Alert]:
+        """Score one PoseFrame and route what it causes; returns its alerts."""
+        return self.route(self.score_frame(frame, tp, offset))
 
     # -- start-up -------------------------------------------------------------------------
     def start_steps(self) -> Sequence[Callable[[], None]]:
@@ -237,9 +248,7 @@ class ScoreService(ServiceBase):
                 if max_seconds is not None and time.monotonic() - self._t0 > max_seconds:
                     break
                 polled = self.consumer.poll(timeout_ms=500)
-                for tp, records in polled.items():
-                    for rec in records:
-                        self.handle_record(tp, rec)
+                self.handle_records([(tp, rec) for tp, recs in polled.items() for rec in recs])
                 if polled:
                     self.flush_and_commit()
                 assert self.router is not None
@@ -253,28 +262,69 @@ class ScoreService(ServiceBase):
         self.summary.seconds = time.monotonic() - self._t0
         return self.summary
 
-    def handle_record(self, tp: Any, rec: Any) -> None:
-        """One pose message: decode, admit, score and route; a message that fails any step
-        goes to the dead-letter topic with the reason (never fatal)."""
+    def handle_records(self, records: Sequence[tuple[Any, Any]]) -> None:
+        """The pose messages of one poll: each decoded and admitted (a bad one goes to the
+        dead-letter topic), the valid ones scored in one call and routed in order. If that
+        call fails, they are scored one message at a time, so only the message that fails
+        on its own is dead-lettered."""
+        valid: list[tuple[Any, Any, PoseFrame]] = []
+        for tp, rec in records:
+            frame = self.decode_record(tp, rec)
+            if frame is not None:
+                valid.append((tp, rec, frame))
+        if not valid:
+            return
+        try:
+            scored = self.score_frames([(f, tp, rec.offset) for tp, rec, f in valid])
+        except Exception as exc:
+            log.warning(
+                "scoring %d messages in one call failed (%r); scoring them one at a time",
+                len(valid),
+                exc,
+            )
+            for tp, rec, frame in valid:
+                self.handle_record(tp, rec, frame)
+            return
+        for done in scored:
+            self.route(done)
+
+    def decode_record(self, tp: Any, rec: Any) -> PoseFrame | None:
+        """Count, decode and admit one pose message; None (dead-lettered) when invalid."""
         self.summary.messages += 1
         self.consumed += 1
         self.metrics.messages_consumed.labels(partition=str(tp.partition)).inc()
         where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
-        frame: PoseFrame | None = None
+        self.position[tp] = rec.offset + 1
         try:
             frame = decode_poseframe(rec.value, where)
             self.admit(frame.camera, tp)
-            self.process(frame, tp, rec.offset)
         except PoseFileError as exc:
             self.dead_letter(tp, rec, where, exc)
+            return None
+        except Exception as exc:  # a poison message must not kill the member
+            log.exception("decoding %s failed", where)
+            self.dead_letter(tp, rec, where, RuntimeError(f"{where}: decoding failed: {exc!r}"))
+            return None
+        return frame
+
+    def handle_record(self, tp: Any, rec: Any, frame: PoseFrame | None = None) -> None:
+        """One pose message: decode and admit it (unless ``frame`` is given: done), score
+        and route; a message that fails any step goes to the dead-letter topic with the
+        reason (never fatal)."""
+        if frame is None:
+            frame = self.decode_record(tp, rec)
+            if frame is None:
+                return
+        where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
+        try:
+            self.process(frame, tp, rec.offset)
         except Exception as exc:  # a poison message must not kill the member
             log.exception("scoring %s failed", where)
-            if frame is not None:  # tracks it started must not hold the replay point back
-                for p in frame.persons:
-                    if self.track_start.get((frame.camera, p.track_id)) == rec.offset:
-                        del self.track_start[(frame.camera, p.track_id)]
+            # tracks it started must not hold the replay point back
+            for p in frame.persons:
+                if self.track_start.get((frame.camera, p.track_id)) == rec.offset:
+                    del self.track_start[(frame.camera, p.track_id)]
             self.dead_letter(tp, rec, where, RuntimeError(f"{where}: scoring failed: {exc!r}"))
-        self.position[tp] = rec.offset + 1
 
     def admit(self, camera: str, tp: Any) -> None:
         """Refuse a camera beyond ``kafka.max_cameras`` (each is a metric label series).

@@ -165,6 +165,18 @@ class ScoreStage:
         frame's lifecycle updates and lost tracks before the next frame's), so the scores
         and alerts are those of feeding one frame at a time, as ``posewatch score`` does
         with one message at a time; a frame index going back starts a new call."""
+        # If scoring raises, the stage is as before the call (the track buffers restore
+        # themselves): the caller may retry the frames one at a time.
+        saved = (dict(self._last_frame), dict(self._held), self.frames_held)
+        try:
+            return self._process_all(frames, fps)
+        except BaseException:
+            self._last_frame, self._held, self.frames_held = saved[0], saved[1], saved[2]
+            raise
+
+    def _process_all(
+        self, frames: Sequence[PoseFrame], fps: Mapping[str, float] | None
+    ) -> list[ScoredFrame]:
         if self.seeding == "batch":
             return self._process(frames, fps)
         timing = StageTiming()

@@ -160,6 +160,27 @@ class TrackScorer:
         """
         if seeds is not None and len(seeds) != len(frames):
             raise ValueError(f"{len(seeds)} seeds for {len(frames)} frames")
+        # All or nothing: if anything below raises, the buffers are as before the call (so
+        # the caller can retry the frames one at a time without them counting as repeats).
+        cams = {fr.camera for fr in frames}
+        before = {k: (t, list(t.rows), t.last_frame, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
+        counts = (self.duplicates, self.restarts)
+        try:
+            return self._step(frames, seeds, forget)
+        except BaseException:
+            for k in [k for k in self._tracks if k[0] in cams]:
+                del self._tracks[k]
+            for k, (t, rows, last, scored_at) in before.items():
+                t.rows.clear()
+                t.rows.extend(rows)
+                t.last_frame, t.scored_at = last, scored_at
+                self._tracks[k] = t
+            self.duplicates, self.restarts = counts
+            raise
+
+    def _step(
+        self, frames: Sequence[PoseFrame], seeds: Sequence[int] | None, forget: bool
+    ) -> tuple[list[PersonScore], list[list[int]]]:
         due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row]] = []
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
