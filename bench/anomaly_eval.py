@@ -20,15 +20,18 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.checkpoint import load_checkpoint
-from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES
+from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import (
     POSTURE_SCORERS,
@@ -38,8 +41,14 @@ from forecasting.scoring import (
     posture_of,
 )
 from forecasting.snf import GRU_NF, SNF_DEFAULT
-from pipelines.clip_scoring import score_split_many
-from pipelines.offline.evaluation import load_clips, report, scoring_passes
+from pipelines.clip_scoring import ClipScores, score_split_many
+from pipelines.offline.evaluation import (
+    CalibrateRequest,
+    load_clips,
+    report,
+    run_calibrate,
+    scoring_passes,
+)
 from pipelines.offline.training import (
     EnsembleRequest,
     PostureRequest,
@@ -48,6 +57,74 @@ from pipelines.offline.training import (
     run_posture,
     run_training,
 )
+from pipelines.serving import ServingSpec, scorer_config
+
+
+def episodes(clips: list[ClipScores], thr: float, sigma: float, min_frames: int) -> set[tuple[str, int, int]]:  # fmt: skip
+    """Alert episodes as the service raises them, approximately: per person, runs of at
+    least ``min_frames`` frames whose causal-smoothed score is above ``thr``; (clip,
+    person, first frame) each."""
+    out = set()
+    for c in clips:
+        for tid, x in c.persons.items():
+            seen = np.isfinite(x)
+            if not seen.any():
+                continue
+            sm = np.full(len(x), -np.inf)
+            sm[seen] = smooth(x[seen], sigma, causal=True)
+            above = np.r_[False, sm > thr, False]
+            starts = np.flatnonzero(~above[:-1] & above[1:])
+            ends = np.flatnonzero(above[:-1] & ~above[1:])
+            out |= {(c.name, tid, int(a)) for a, b in zip(starts, ends, strict=True) if b - a >= min_frames}  # fmt: skip
+    return out
+
+
+def early_stop_row(
+    ck_path: Path, clips: list[Any], args: argparse.Namespace, seed: int, margin: float
+) -> dict[str, Any]:
+    """minhde with the checkpoint's own sampler, all K futures and with early stop at the
+    calibrated threshold minus ``margin``: the report of the early-stopped scores, their
+    seconds against the full draw's, and the alert episodes that differ."""
+    ck = load_checkpoint(ck_path)
+    full_cfg = scorer_config(ck, "minhde", DEFAULT_SAMPLER, args.samples)
+    spec = ServingSpec.from_calibration(ck.calibration)
+    if spec is None or spec.differences(ServingSpec.of(ck, full_cfg)):
+        run_calibrate(CalibrateRequest(ck_path, args.data, samples=args.samples))
+        ck = load_checkpoint(ck_path)
+    thr = float(ck.calibration["threshold"])
+    full_cfg = replace(full_cfg, seed=seed)
+    early_cfg = replace(full_cfg, stop_below=thr - margin)
+    full, full_s, nw = score_split_many(ck, clips, full_cfg, ("minhde",), 1, progress=False)
+    early, early_s, _ = score_split_many(ck, clips, early_cfg, ("minhde",), 1, progress=False)
+    r = report("minhde", f"{full_cfg.sampler.name}+stop{margin:g}", early["minhde"], args.sigma,
+               args.causal_sigma, 30.0, early_s, nw)  # fmt: skip
+    a = episodes(full["minhde"], thr, args.causal_sigma, 15)
+    b = episodes(early["minhde"], thr, args.causal_sigma, 15)
+    raw_full = np.concatenate([x for c in full["minhde"] for x in c.persons.values()])
+    raw_early = np.concatenate([x for c in early["minhde"] for x in c.persons.values()])
+    ok = np.isfinite(raw_full)
+    d = asdict(r)
+    d.update(
+        seed=seed,
+        margin=margin,
+        threshold=thr,
+        full_seconds=full_s,
+        speedup_vs_full=full_s / early_s,
+        windows_stopped=int(np.sum(raw_early[ok] > raw_full[ok] + 1e-6)),
+        windows=int(ok.sum()),
+        episodes_full=len(a),
+        episodes_early=len(b),
+        episodes_only_early=len(b - a),
+        episodes_only_full=len(a - b),
+    )
+    print(
+        f"seed {seed} early stop margin {margin:g}: AUC off {100 * r.auc_offline:.2f} causal "
+        f"{100 * r.auc_causal:.2f}; {d['windows_stopped']}/{d['windows']} windows stopped; "
+        f"x{d['speedup_vs_full']:.2f} vs all K; episodes {len(a)} full, {len(b)} early, "
+        f"{len(b - a)} only early, {len(a - b)} only full",
+        flush=True,
+    )
+    return d
 
 
 def main() -> None:
@@ -79,6 +156,15 @@ def main() -> None:
     )
     ap.add_argument(
         "--samples", type=int, default=DEFAULT_SAMPLES, help="K futures per window (all members)"
+    )
+    ap.add_argument(
+        "--early-stop-margin",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also score minhde with the checkpoint's sampler and early stop at the "
+        "calibrated threshold minus each margin (calibrating first if needed), and count "
+        "the alert episodes that differ from the full-K scores",
     )
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
@@ -159,6 +245,8 @@ def main() -> None:
                     f"seed {seed} {scorer}/{d['sampler']}: AUC off {100 * r.auc_offline:.1f} causal {100 * r.auc_causal:.1f} ({secs:.0f} s)",
                     flush=True,
                 )
+        for margin in args.early_stop_margin:
+            rows.append(early_stop_row(ck_path, clips, args, seed, margin))
     keys = sorted(
         {(r["scorer"], r["sampler"]) for r in rows},
         key=lambda k: (SCORERS.index(k[0]), k),
