@@ -322,6 +322,12 @@ def score_windows_many(
             )
             s, j = finish(name, first)
             rest = torch.nonzero(s >= cfg.stop_below).flatten()
+            # Groups none of whose windows go on need no more draws, unless their generator
+            # serves the next batch too.
+            going = torch.zeros(len(bgens), dtype=torch.bool)
+            going[groups[rest].cpu()] = True
+            if sl.stop < n and run[sl.stop] == run[sl.stop - 1]:
+                going[-1] = True
             more, _ = stacked.sample(
                 p[:, :n_obs],
                 m[:, :n_obs],
@@ -332,6 +338,7 @@ def score_windows_many(
                 range(1, stacked.M),
                 rows=rest,
                 step_sizes=steps,
+                skip=(~going).tolist(),
             )
             forecast_s += time.perf_counter() - t_fc
             if len(rest):

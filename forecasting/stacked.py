@@ -282,6 +282,7 @@ class StackedForecaster:
         members: Sequence[int] | None = None,
         rows: Tensor | None = None,
         step_sizes: Tensor | None = None,
+        skip: Sequence[bool] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Draw the futures of the selected members for every window.
 
@@ -302,6 +303,8 @@ class StackedForecaster:
                 the rows rolled out, is the one thing that depends on the selection).
             step_sizes: ``(M, G)`` Metropolis step size per member and group to start from
                 (default ``sampler.step_size``).
+            skip: per group, True to draw nothing from its generator (none of its windows
+                is in ``rows`` and the generator is not used again).
 
         Returns:
             ``poses (B', K', H, 17, 2)`` with ``K'`` the selected members' futures (member
@@ -330,7 +333,7 @@ class StackedForecaster:
         start = 0
         for g, n in enumerate(torch.bincount(groups, minlength=G).tolist()):
             gen, end = generators[g], start + n
-            for j, k in enumerate(ks if n else []):
+            for j, k in enumerate(ks if n and not (skip and skip[g]) else []):
                 for t in range(H):
                     zs[j, t, start:end, :k] = torch.randn(n, k, D, generator=gen, device=device)
                     for s in range(S):

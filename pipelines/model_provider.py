@@ -41,7 +41,8 @@ class ServedModel:
 
     Attributes:
         checkpoint: the forecaster.
-        scorer_config: how windows are scored (seed set per frame by the score stage).
+        scorer_config: how windows are scored as calibrated (the scorer serves it with the
+            live settings: early stop, exact path; seeds per frame from the score stage).
         spec: scorer, sampler, K and model id (what the threshold was checked against).
         threshold: alert threshold (score units of ``spec.scorer``).
         info: model name and version stamped on alerts.
