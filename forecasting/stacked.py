@@ -82,6 +82,8 @@ class _Weights:
     gru: list[tuple[Tensor, Tensor, Tensor, Tensor]]  # per layer: w_ih^T, w_hh^T, b_ih, b_hh
     state_w: Tensor  # embedding and point head, one matmul
     state_b: Tensor
+    head_w: Tensor  # state_w and the last GRU layer's hidden weights: one matmul per step
+    head_b: Tensor
     point_log_scale: Tensor
     ctx_w: Tensor  # every layer's context projection, one matmul
     ctx_b: Tensor
@@ -147,10 +149,20 @@ class StackedForecaster:
             for cs, f in zip(couplings, finals, strict=True)
         ]
         self.ctx_sizes = [int(p.shape[0]) for p in ctx_parts[0]]
-        n_coupling_ctx = sum(self.ctx_sizes[:-1])
         self.final_max = float(finals[0].max_log_scale)
         c0s = couplings[0]
-        self.masks = [(c.idx_a, c.idx_b, c.perm_inv, float(c.max_log_scale)) for c in c0s]
+        # Each coupling works on its state laid out as [a half | b half]; one gather per
+        # layer takes its output to the next layer's layout (the last one's: natural order).
+        layouts = [torch.cat([c.idx_a, c.idx_b]) for c in c0s]
+        self.first_layout = layouts[0]
+        self.masks = [
+            (
+                int(c.idx_a.numel()),
+                c.perm_inv[layouts[k + 1]] if k + 1 < len(c0s) else c.perm_inv,
+                float(c.max_log_scale),
+            )
+            for k, c in enumerate(c0s)
+        ]
         for cs in couplings[1:]:
             for c, c0 in zip(cs, c0s, strict=True):
                 if not torch.equal(c.idx_a, c0.idx_a):
@@ -167,16 +179,22 @@ class StackedForecaster:
             state_b=_stack(
                 [torch.cat([e.bias, m.point.bias]) for e, m in zip(emb, members, strict=True)]
             )[:, None],
+            head_w=torch.empty(0),
+            head_b=torch.empty(0),
             point_log_scale=buf("point_log_scale"),
             ctx_w=_stack([torch.cat(parts).T for parts in ctx_parts]),
             ctx_b=_stack(
                 [
-                    torch.cat([torch.zeros(n_coupling_ctx), f.lin.bias.detach().cpu()])
-                    for f in finals
+                    # the couplings' input biases ride on their context projections
+                    torch.cat([*(c.inp.bias.detach().cpu() for c in cs), f.lin.bias.detach().cpu()])
+                    for cs, f in zip(couplings, finals, strict=True)
                 ]
             )[:, None].to(self.device),
             couplings=[_stack_coupling([cs[k] for cs in couplings]) for k in range(len(c0s))],
         )
+        w_hh, b_hh = self.w.gru[-1][1], self.w.gru[-1][3]
+        self.w.head_w = torch.cat([self.w.state_w, w_hh], -1).contiguous()
+        self.w.head_b = torch.cat([self.w.state_b, b_hh], -1).contiguous()
         self._subsets: dict[tuple[int, ...], _Weights] = {tuple(range(self.M)): self.w}
 
     def weights(self, members: Sequence[int]) -> _Weights:
@@ -202,21 +220,25 @@ class StackedForecaster:
 
     # -- pieces -------------------------------------------------------------------------------
     @staticmethod
-    def _gru_cell(w: _Weights, layer: int, gi: Tensor, h: Tensor) -> Tensor:
-        """One GRU step (``nn.GRU``'s equations); ``gi (M, N, 3C)`` the input projection."""
+    def _gru_cell(
+        w: _Weights, layer: int, gi: Tensor, h: Tensor, gh: Tensor | None = None
+    ) -> Tensor:
+        """One GRU step (``nn.GRU``'s equations); ``gi (M, N, 3C)`` the input projection,
+        ``gh`` the hidden one when already computed."""
         _, w_hh, _, b_hh = w.gru[layer]
         i_r, i_z, i_n = gi.chunk(3, -1)
-        h_r, h_z, h_n = _lin(h, w_hh, b_hh).chunk(3, -1)
+        h_r, h_z, h_n = (_lin(h, w_hh, b_hh) if gh is None else gh).chunk(3, -1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         return n + z * (h - n)
 
-    def _gru_step(self, w: _Weights, x: Tensor, hs: list[Tensor]) -> list[Tensor]:
+    def _gru_step(self, w: _Weights, x: Tensor, hs: list[Tensor], gh_last: Tensor) -> list[Tensor]:
         out = []
         for layer, h in enumerate(hs):
             w_ih, _, b_ih, _ = w.gru[layer]
-            x = self._gru_cell(w, layer, _lin(x, w_ih, b_ih), h)
+            gh = gh_last if layer == len(hs) - 1 else None
+            x = self._gru_cell(w, layer, _lin(x, w_ih, b_ih), h, gh)
             out.append(x)
         return out
 
@@ -255,17 +277,18 @@ class StackedForecaster:
         return hs
 
     def _flow_g(self, w: _Weights, z: Tensor, ctx: list[Tensor]) -> Tensor:
-        """The flow's generative pass ``z (M, N, D) -> x``."""
-        y = z
-        for (ia, ib, perm, mls), (wi, bi, wh, bh, wo, bo), c in zip(
+        """The flow's generative pass ``z (M, N, D) -> x`` (each coupling's input bias is in
+        its context ``ctx``)."""
+        y = z[..., self.first_layout]
+        for (da, to_next, mls), (wi, _, wh, bh, wo, bo), c in zip(
             self.masks, w.couplings, ctx, strict=False
         ):
-            ya, yb = y[..., ia], y[..., ib]
-            h = torch.nn.functional.silu(_lin(ya, wi, bi) + c)
+            ya, yb = y[..., :da], y[..., da:]
+            h = torch.nn.functional.silu(torch.baddbmm(c, ya, wi))
             h = torch.nn.functional.silu(_lin(h, wh, bh))
             s, t = _lin(h, wo, bo).chunk(2, dim=-1)
             s = mls * torch.tanh(s / mls)
-            y = torch.cat([ya, yb * torch.exp(s) + t], dim=-1)[..., perm]
+            y = torch.cat([ya, yb * torch.exp(s) + t], dim=-1)[..., to_next]
         s, m = ctx[-1].chunk(2, dim=-1)
         s = self.final_max * torch.tanh(s / self.final_max)
         return y * torch.exp(s) + m
@@ -369,7 +392,8 @@ class StackedForecaster:
             vmask = valid[:, None, :].expand(Ms, Bs, kmax).float()
             per_group = torch.zeros(Ms, G, device=device).index_add_(1, groups, vmask.sum(-1))
         for t in range(H):
-            st = _lin(hs[-1], w.state_w, w.state_b)
+            head = _lin(hs[-1], w.head_w, w.head_b)
+            st, gh_last = head[..., : self.E + D], head[..., self.E + D :]
             e = torch.nn.functional.silu(st[..., : self.E])
             ctx = list(_lin(e, w.ctx_w, w.ctx_b).split(self.ctx_sizes, -1))
             x = self._flow_g(w, zs[:, t].reshape(Ms, N, D), ctx)
@@ -394,7 +418,7 @@ class StackedForecaster:
             P = P + x * w.disp_std + w.disp_mean
             out[:, t] = P
             inp = torch.cat([(P - w.pose_mean) / w.pose_std, x, ones], -1)
-            hs = self._gru_step(w, inp, hs)
+            hs = self._gru_step(w, inp, hs, gh_last)
         fut = out.reshape(Ms, H, Bs, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B', M, kmax, ..)
         if all(k == kmax for k in ks):
             return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
@@ -407,7 +431,7 @@ def _point_logpdf(x: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
     return -0.5 * (r * r).sum(-1) - log_sigma.sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi)
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], StackedForecaster]] = (
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[Tensor], list[int], StackedForecaster]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -415,9 +439,10 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], StackedForec
 def stacked_of(model: Forecaster) -> StackedForecaster:
     """The :class:`StackedForecaster` of ``model``, built once and rebuilt when any of its
     weights changed in place since (training steps bump the tensors' version counters)."""
-    versions = tuple(t._version for t in itertools.chain(model.parameters(), model.buffers()))
     hit = _CACHE.get(model)
-    if hit is None or hit[0] != versions:
-        hit = (versions, StackedForecaster(model))
-        _CACHE[model] = hit
-    return hit[1]
+    if hit is not None and all(t._version == v for t, v in zip(hit[0], hit[1], strict=True)):
+        return hit[2]
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    stacked = StackedForecaster(model)
+    _CACHE[model] = (tensors, [t._version for t in tensors], stacked)
+    return stacked
