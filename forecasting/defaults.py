@@ -42,4 +42,4 @@ POSTURE_WEIGHT = 1.0
 #: Early stop (``forecaster.early_stop_margin``, score units): live scoring stops drawing
 #: futures for a window whose score from the first member's futures is this far below the
 #: alert threshold (docs/DECISIONS.md, issue 21).
-EARLY_STOP_MARGIN = 1.0
+EARLY_STOP_MARGIN = 1.5
