@@ -100,6 +100,12 @@ def early_stop_row(
                args.causal_sigma, 30.0, early_s, nw)  # fmt: skip
     a = episodes(full["minhde"], thr, args.causal_sigma, 15)
     b = episodes(early["minhde"], thr, args.causal_sigma, 15)
+    # The calibrated threshold may raise no episode on test; a lower one that does (the
+    # 99.5th percentile of the full-K window scores), with early stop relative to it.
+    thr_low = float(np.nanpercentile(np.concatenate([x for c in full["minhde"] for x in c.persons.values()]), 99.5))  # fmt: skip
+    low, _, _ = score_split_many(ck, clips, replace(full_cfg, stop_below=thr_low - margin), ("minhde",), 1, progress=False)  # fmt: skip
+    a_low = episodes(full["minhde"], thr_low, args.causal_sigma, 15)
+    b_low = episodes(low["minhde"], thr_low, args.causal_sigma, 15)
     raw_full = np.concatenate([x for c in full["minhde"] for x in c.persons.values()])
     raw_early = np.concatenate([x for c in early["minhde"] for x in c.persons.values()])
     ok = np.isfinite(raw_full)
@@ -116,12 +122,17 @@ def early_stop_row(
         episodes_early=len(b),
         episodes_only_early=len(b - a),
         episodes_only_full=len(a - b),
+        low_threshold=thr_low,
+        low_episodes_full=len(a_low),
+        low_episodes_only_early=len(b_low - a_low),
+        low_episodes_only_full=len(a_low - b_low),
     )
     print(
         f"seed {seed} early stop margin {margin:g}: AUC off {100 * r.auc_offline:.2f} causal "
         f"{100 * r.auc_causal:.2f}; {d['windows_stopped']}/{d['windows']} windows stopped; "
         f"x{d['speedup_vs_full']:.2f} vs all K; episodes {len(a)} full, {len(b)} early, "
-        f"{len(b - a)} only early, {len(a - b)} only full",
+        f"{len(b - a)} only early, {len(a - b)} only full; at threshold {thr_low:.3f}: "
+        f"{len(a_low)} full, {len(b_low - a_low)} only early, {len(a_low - b_low)} only full",
         flush=True,
     )
     return d

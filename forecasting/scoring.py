@@ -62,6 +62,20 @@ SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "
 #: Scorers whose score only falls as futures are added (best-of-K): early stopping is exact
 #: about which windows stay below a bound.
 EARLY_STOP_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "fused")
+
+
+def early_stop_stages(members: int) -> list[list[int]]:
+    """Members drawn per early-stop stage: the first alone, then (7 members) the next two,
+    then the rest; a window below the bound after a stage draws no more.
+
+    >>> early_stop_stages(7), early_stop_stages(3)
+    ([[0], [1, 2], [3, 4, 5, 6]], [[0], [1, 2]])
+    """
+    if members >= 4:
+        return [[0], [1, 2], list(range(3, members))]
+    return [[0], list(range(1, members))]
+
+
 #: Scorers that need the checkpoint's posture flows (:mod:`forecasting.posture`).
 POSTURE_SCORERS: tuple[ScorerName, ...] = ("posture", "fused")
 
@@ -313,38 +327,45 @@ def score_windows_many(
                     scores[name].append(s.float().cpu())
                     joints[name].append(j.float().cpu())
                 continue
-            # Early stop: the first member's futures for every window, the others' only for
-            # the windows whose score is not yet below cfg.stop_below.
+            # Early stop: member stages (:func:`early_stop_stages`); after each, the windows
+            # whose score is below cfg.stop_below are done, the others go on.
             assert stacked is not None and cfg.stop_below is not None
             (name,) = sampled
-            first, steps = stacked.sample(
-                p[:, :n_obs], m[:, :n_obs], cfg.num_samples, cfg.sampler, bgens, groups, [0]
-            )
-            s, j = finish(name, first)
-            rest = torch.nonzero(s >= cfg.stop_below).flatten()
-            # Groups none of whose windows go on need no more draws, unless their generator
-            # serves the next batch too.
-            going = torch.zeros(len(bgens), dtype=torch.bool)
-            going[groups[rest].cpu()] = True
-            if sl.stop < n and run[sl.stop] == run[sl.stop - 1]:
-                going[-1] = True
-            more, _ = stacked.sample(
-                p[:, :n_obs],
-                m[:, :n_obs],
-                cfg.num_samples,
-                cfg.sampler,
-                bgens,
-                groups,
-                range(1, stacked.M),
-                rows=rest,
-                step_sizes=steps,
-                skip=(~going).tolist(),
-            )
+            live = torch.arange(p.shape[0], device=P.device)
+            have: Tensor | None = None  # the live windows' futures so far
+            steps: Tensor | None = None
+            s = j = torch.empty(0)
+            # a generator serving the next batch too must draw whatever happens here
+            carries = sl.stop < n and run[sl.stop] == run[sl.stop - 1]
+            for i, members in enumerate(early_stop_stages(stacked.M)):
+                going = torch.zeros(len(bgens), dtype=torch.bool)
+                going[groups[live].cpu()] = True
+                going[-1] |= bool(carries)
+                if not bool(going.any()):
+                    break
+                smp, steps = stacked.sample(
+                    p[:, :n_obs],
+                    m[:, :n_obs],
+                    cfg.num_samples,
+                    cfg.sampler,
+                    bgens,
+                    groups,
+                    members,
+                    rows=live if i else None,
+                    step_sizes=steps,
+                    skip=(~going).tolist(),
+                )
+                have = smp if have is None else torch.cat([have, smp], 1)
+                if not len(live):
+                    continue
+                si, ji = finish(name, have, live)
+                if i == 0:
+                    s, j = si.clone(), ji.clone()
+                else:
+                    s[live], j[live] = si, ji
+                go_on = si >= cfg.stop_below
+                live, have = live[go_on], have[go_on]
             forecast_s += time.perf_counter() - t_fc
-            if len(rest):
-                s2, j2 = finish(name, torch.cat([first[rest], more], 1), rest)
-                s, j = s.clone(), j.clone()
-                s[rest], j[rest] = s2, j2
             scores[name].append(s.float().cpu())
             joints[name].append(j.float().cpu())
     return {
