@@ -186,9 +186,26 @@ def _masked_joint_mean(per: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return score, joints
 
 
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for i in range(0, n, size):
-        yield slice(i, min(i + size, n))
+def _batches(n: int, size: int, run: np.ndarray | None = None) -> Iterator[slice]:
+    """Slices of at most ``size`` windows. With ``run`` (``(n,)`` group of each window,
+    non-decreasing) a cut never falls inside a group except every ``size`` windows from
+    the group's start, where a call of that group alone would cut too (so each group gets
+    the draws of a call of its own)."""
+    if run is None:
+        for i in range(0, n, size):
+            yield slice(i, min(i + size, n))
+        return
+    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])
+    bounds = np.r_[starts, n]
+    i = 0
+    while i < n:
+        g = int(np.searchsorted(starts, i, side="right")) - 1  # group holding window i
+        end = min(i + size, int(bounds[g + 1]))  # a group of its own: cut every size
+        if i == starts[g]:  # whole groups while they fit
+            k = int(np.searchsorted(bounds, i + size, side="right")) - 1
+            end = max(end, int(bounds[k]))
+        yield slice(i, end)
+        i = end
 
 
 def score_windows(
@@ -266,7 +283,7 @@ def score_windows_many(
     grad_ok = cfg.sampler.kernel == "mala"
     ctx = torch.no_grad() if grad_ok else torch.inference_mode()
     with ctx:
-        for sl in _batches(n, cfg.batch):
+        for sl in _batches(n, cfg.batch, run if seeds is not None else None):
             p, m, v = P[sl], M[sl], V[sl]
             truth = p[:, n_obs:]
             if "nll" in names:

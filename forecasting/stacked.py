@@ -108,8 +108,8 @@ class StackedForecaster:
     """
 
     def __init__(self, model: Forecaster):
-        members = model.member_list() if isinstance(model, Ensemble) else [model]
-        self.members: list[GRUNF] = members
+        # No reference to the model is kept (it is the key of a weak cache, stacked_of).
+        members: list[GRUNF] = model.member_list() if isinstance(model, Ensemble) else [model]
         self.M = len(members)
         first = members[0]
         self.cfg = first.cfg

@@ -45,7 +45,7 @@ from pipelines.config import PosewatchConfig
 from pipelines.kafka_util import kafka_client_config
 from pipelines.metrics import Metrics
 from pipelines.model_provider import CheckpointProvider
-from pipelines.score_stage import ScoredFrame, ScoreStage, frame_seed
+from pipelines.score_stage import ScoredFrame, ScoreStage, frame_seed, segments
 from pipelines.service_base import RuntimeConfigError, ServiceBase
 from pipelines.sinks import AlertRouter, FrameView, build_sinks
 from pipelines.sinks.kafka import KafkaSink
@@ -272,21 +272,23 @@ class ScoreService(ServiceBase):
             frame = self.decode_record(tp, rec)
             if frame is not None:
                 valid.append((tp, rec, frame))
-        if not valid:
-            return
-        try:
-            scored = self.score_frames([(f, tp, rec.offset) for tp, rec, f in valid])
-        except Exception as exc:
-            log.warning(
-                "scoring %d messages in one call failed (%r); scoring them one at a time",
-                len(valid),
-                exc,
-            )
-            for tp, rec, frame in valid:
-                self.handle_record(tp, rec, frame)
-            return
-        for done in scored:
-            self.route(done)
+        # One call per run without a step back (as the stage would split it), each routed
+        # before the next: a failed call leaves the stage as before it.
+        for sl in segments([f for _, _, f in valid]):
+            part = valid[sl]
+            try:
+                scored = self.score_frames([(f, tp, rec.offset) for tp, rec, f in part])
+            except Exception as exc:
+                log.warning(
+                    "scoring %d messages in one call failed (%r); scoring them one at a time",
+                    len(part),
+                    exc,
+                )
+                for tp, rec, frame in part:
+                    self.handle_record(tp, rec, frame)
+                continue
+            for done in scored:
+                self.route(done)
 
     def decode_record(self, tp: Any, rec: Any) -> PoseFrame | None:
         """Count, decode and admit one pose message; None (dead-lettered) when invalid."""
@@ -298,6 +300,7 @@ class ScoreService(ServiceBase):
         try:
             frame = decode_poseframe(rec.value, where)
             self.admit(frame.camera, tp)
+            self.camera_tp[frame.camera] = tp  # admitted: counts toward kafka.max_cameras
         except PoseFileError as exc:
             self.dead_letter(tp, rec, where, exc)
             return None

@@ -53,6 +53,26 @@ Seeding = Literal["frame", "batch"]
 JUMP_FRAMES = 600
 
 
+def segments(frames: Sequence[PoseFrame]) -> list[slice]:
+    """Runs of frames in which no camera's frame index fails to increase: a step back (a
+    repeat, a restart) starts a new run, so it is handled between two model calls.
+
+    >>> f = [PoseFrame("a", i, 0.0, (10, 10), []) for i in (1, 2, 2, 3, 0)]
+    >>> segments(f)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    out, start = [], 0
+    last: dict[str, int] = {}
+    for i, pf in enumerate(frames):
+        if pf.frame_index <= last.get(pf.camera, -1) and i > start:
+            out.append(slice(start, i))
+            start, last = i, {}
+        last[pf.camera] = pf.frame_index
+    if start < len(frames):
+        out.append(slice(start, len(frames)))
+    return out
+
+
 def frame_seed(camera: str, frame_index: int) -> int:
     """The sampling seed of one camera frame (the same in every process).
 
@@ -181,20 +201,10 @@ class ScoreStage:
             return self._process(frames, fps)
         timing = StageTiming()
         out: list[ScoredFrame] = []
-        start = 0
-        while start < len(frames):
-            end = start + 1
-            last = {frames[start].camera: frames[start].frame_index}
-            while end < len(frames):
-                pf = frames[end]
-                if pf.frame_index <= last.get(pf.camera, -1):
-                    break  # a step back (a restart?) is handled between two calls
-                last[pf.camera] = pf.frame_index
-                end += 1
-            out += self._process(frames[start:end], fps)
+        for sl in segments(frames):
+            out += self._process(frames[sl], fps)
             timing.forecast_s += self.timing.forecast_s
             timing.score_s += self.timing.score_s
-            start = end
         self.timing = timing
         return out
 
@@ -298,4 +308,4 @@ class ScoreStage:
         return [a for life in self.lifecycles.values() for a in life.close_all(ts)]
 
 
-__all__ = ["ScoreStage", "ScoredFrame", "Seeding", "StageTiming", "frame_seed"]
+__all__ = ["ScoreStage", "ScoredFrame", "Seeding", "StageTiming", "frame_seed", "segments"]

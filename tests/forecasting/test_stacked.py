@@ -133,3 +133,21 @@ def test_unsupported_samplers_fall_back_to_the_exact_path() -> None:
     a = score_windows(ens, poses, mask, mask, cfg)
     b = score_windows(ens, poses, mask, mask, replace(cfg, exact=True))
     np.testing.assert_array_equal(a.score, b.score)
+
+
+def test_a_frame_is_never_split_across_two_model_batches() -> None:
+    """Frames of 3 persons in batches of 16 windows: a frame straddling a batch edge gets
+    the draws (and scores) of a call of its own; one larger than a batch is cut where its
+    own call would cut it."""
+    ens = ensemble(3)
+    sizes = [3] * 7 + [20, 3]  # the 6th frame would straddle 16; the 8th exceeds a batch
+    seeds = np.repeat(np.arange(len(sizes)) + 100, sizes)
+    poses, mask = windows(len(seeds), seed=2)
+    cfg = ScorerConfig(num_samples=9, sampler=SNF_DEFAULT, batch=16)
+    together = score_windows(ens, poses, mask, mask, cfg, seeds)
+    start = 0
+    for n, seed in zip(sizes, seeds[np.r_[0, np.cumsum(sizes)[:-1]]], strict=True):
+        sl = slice(start, start + n)
+        alone = score_windows(ens, poses[sl], mask[sl], mask[sl], replace(cfg, seed=int(seed)))
+        np.testing.assert_allclose(together.score[sl], alone.score, atol=1e-5)
+        start += n
