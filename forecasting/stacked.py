@@ -339,7 +339,6 @@ class StackedForecaster:
         if not self.supports(sampler):
             raise ValueError(f"sampler {sampler.name!r} is not supported by the stacked path")
         device = past.device
-        B = past.shape[0]
         G = len(generators)
         sel = list(range(self.M)) if members is None else list(members)
         w = self.weights(sel)
@@ -348,23 +347,7 @@ class StackedForecaster:
         kmax, Ms, H = max(ks), len(sel), self.cfg.horizon
         rwm = sampler.kernel == "rwm"
         S = sampler.steps if rwm else 0
-        # Random numbers in the member-by-member path's order: per group, per member, per
-        # horizon frame: z, then per Metropolis step the proposal noise and its uniform.
-        zs = torch.zeros(Ms, H, B, kmax, D, device=device)
-        noise = torch.zeros(Ms, H, S, B, kmax, D, device=device)
-        us = torch.ones(Ms, H, S, B, kmax, device=device)
-        start = 0
-        for g, n in enumerate(torch.bincount(groups, minlength=G).tolist()):
-            gen, end = generators[g], start + n
-            for j, k in enumerate(ks if n and not (skip and skip[g]) else []):
-                for t in range(H):
-                    zs[j, t, start:end, :k] = torch.randn(n, k, D, generator=gen, device=device)
-                    for s in range(S):
-                        noise[j, t, s, start:end, :k] = torch.randn(
-                            n, k, D, generator=gen, device=device
-                        )
-                        us[j, t, s, start:end, :k] = torch.rand(n, k, generator=gen, device=device)
-            start = end
+        zs, noise, us = _draws(generators, groups, ks, H, S, skip, device)
         if rows is not None:
             zs, noise, us = zs[:, :, rows], noise[:, :, :, rows], us[:, :, :, rows]
             groups, past, past_mask = groups[rows], past[rows], past_mask[rows]
@@ -423,6 +406,38 @@ class StackedForecaster:
         if all(k == kmax for k in ks):
             return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
         return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+
+
+def _draws(
+    generators: Sequence[torch.Generator],
+    groups: Tensor,
+    ks: Sequence[int],
+    H: int,
+    S: int,
+    skip: Sequence[bool] | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The random numbers of a call, in the member-by-member path's order: per group, per
+    member (``ks[j]`` futures), per horizon frame: ``z``, then per Metropolis step (``S``)
+    the proposal noise and its uniform. Returns ``z (M, H, B, kmax, D)``, noise
+    ``(M, H, S, B, kmax, D)`` and uniforms ``(M, H, S, B, kmax)`` (padding: 0, 0, 1)."""
+    B, G, kmax = groups.shape[0], len(generators), max(ks)
+    zs = torch.zeros(len(ks), H, B, kmax, D, device=device)
+    noise = torch.zeros(len(ks), H, S, B, kmax, D, device=device)
+    us = torch.ones(len(ks), H, S, B, kmax, device=device)
+    start = 0
+    for g, n in enumerate(torch.bincount(groups, minlength=G).tolist()):
+        gen, end = generators[g], start + n
+        for j, k in enumerate(ks if n and not (skip and skip[g]) else []):
+            for t in range(H):
+                zs[j, t, start:end, :k] = torch.randn(n, k, D, generator=gen, device=device)
+                for s in range(S):
+                    noise[j, t, s, start:end, :k] = torch.randn(
+                        n, k, D, generator=gen, device=device
+                    )
+                    us[j, t, s, start:end, :k] = torch.rand(n, k, generator=gen, device=device)
+        start = end
+    return zs, noise, us
 
 
 def _point_logpdf(x: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
