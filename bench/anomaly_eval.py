@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.checkpoint import load_checkpoint
-from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_SCORER
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import (
@@ -136,6 +136,36 @@ def early_stop_row(
         flush=True,
     )
     return d
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (scorer, sampler): mean and sample std over seeds (percent) of frame AUC
+    (offline, causal), AP, mean clip AUC; mean event recall at 1 and 5 false alerts per
+    camera-hour (percent). ``default`` marks what ``posewatch run`` serves with no scorer or
+    sampler setting (:data:`DEFAULT_SCORER` with the checkpoint's own sampler, GRU-SNF)."""
+    keys = sorted(
+        {(r["scorer"], r["sampler"]) for r in rows}, key=lambda k: (SCORERS.index(k[0]), k)
+    )
+    out = []
+    for k in keys:
+        sel = [r for r in rows if (r["scorer"], r["sampler"]) == k]
+        d: dict[str, Any] = {"scorer": k[0], "sampler": k[1]}
+        d["default"] = k == (DEFAULT_SCORER, SNF_DEFAULT.name)
+        for f, name in [
+            ("auc_offline", "auc_offline"),
+            ("auc_causal", "auc_causal"),
+            ("ap_offline", "ap_offline"),
+            ("mean_clip_auc_offline", "clip_auc"),
+        ]:
+            v = [100 * r[f] for r in sel]
+            d[f"{name}_mean"] = statistics.mean(v)
+            d[f"{name}_std"] = statistics.stdev(v) if len(v) > 1 else 0.0
+        d["recall_1h"] = statistics.mean(100 * r["recall"][0]["event_recall"] for r in sel)
+        d["recall_5h"] = statistics.mean(100 * r["recall"][1]["event_recall"] for r in sel)
+        d["seconds"] = statistics.mean(r["seconds"] for r in sel)
+        d["seeds"] = len(sel)
+        out.append(d)
+    return out
 
 
 def main() -> None:
@@ -258,47 +288,19 @@ def main() -> None:
                 )
         for margin in args.early_stop_margin:
             rows.append(early_stop_row(ck_path, clips, args, seed, margin))
-    keys = sorted(
-        {(r["scorer"], r["sampler"]) for r in rows},
-        key=lambda k: (SCORERS.index(k[0]), k),
-    )
-    summary = []
+    summary = summarise(rows)
     head = f"{'scorer':<8}{'sampler':<10}{'AUC off':>14}{'AUC causal':>14}{'AP off':>14}{'clip AUC':>14}{'R@1/h':>8}{'R@5/h':>8}{'s/split':>9}"
     print(head)
     print("-" * len(head))
-    for k in keys:
-        sel = [r for r in rows if (r["scorer"], r["sampler"]) == k]
-
-        def ms(f: str, sel: list[dict] = sel) -> tuple[float, float]:
-            v = [100 * r[f] for r in sel]
-            return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-        auc, auc_c, ap_, cl = (
-            ms("auc_offline"),
-            ms("auc_causal"),
-            ms("ap_offline"),
-            ms("mean_clip_auc_offline"),
-        )
-        r1 = statistics.mean(100 * r["recall"][0]["event_recall"] for r in sel)
-        r5 = statistics.mean(100 * r["recall"][1]["event_recall"] for r in sel)
-        secs = statistics.mean(r["seconds"] for r in sel)
-        summary.append(
-            {
-                "scorer": k[0],
-                "sampler": k[1],
-                "auc_offline": auc,
-                "auc_causal": auc_c,
-                "ap_offline": ap_,
-                "clip_auc": cl,
-                "recall_1h": r1,
-                "recall_5h": r5,
-                "seconds": secs,
-                "seeds": len(sel),
-            }
-        )
+    for d in summary:
         print(
-            f"{k[0]:<8}{k[1]:<10}{auc[0]:>8.1f} ±{auc[1]:>4.1f}{auc_c[0]:>8.1f} ±{auc_c[1]:>4.1f}{ap_[0]:>8.1f} ±{ap_[1]:>4.1f}"
-            f"{cl[0]:>8.1f} ±{cl[1]:>4.1f}{r1:>8.0f}{r5:>8.0f}{secs:>9.0f}"
+            f"{d['scorer']:<8}{d['sampler']:<10}"
+            f"{d['auc_offline_mean']:>8.1f} ±{d['auc_offline_std']:>4.1f}"
+            f"{d['auc_causal_mean']:>8.1f} ±{d['auc_causal_std']:>4.1f}"
+            f"{d['ap_offline_mean']:>8.1f} ±{d['ap_offline_std']:>4.1f}"
+            f"{d['clip_auc_mean']:>8.1f} ±{d['clip_auc_std']:>4.1f}"
+            f"{d['recall_1h']:>8.0f}{d['recall_5h']:>8.0f}{d['seconds']:>9.0f}"
+            + ("  <- default" if d["default"] else "")
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     regime = (
@@ -314,8 +316,8 @@ def main() -> None:
                 "samples": args.samples,
                 "sigma_offline": args.sigma,
                 "sigma_causal": args.causal_sigma,
-                "summary": summary,
-                "rows": rows,
+                "rows": summary,
+                "seed_rows": rows,
             },
             indent=2,
             default=float,

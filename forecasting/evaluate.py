@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -38,6 +38,9 @@ class ForecastRow:
     acceptance: float
     ess: float
     seconds: float
+    outside: float = math.nan
+    middle_half: float = math.nan
+    rank_histogram: list[int] = field(default_factory=list)
 
 
 def evaluate_forecasts(
@@ -81,6 +84,7 @@ def evaluate_forecasts(
             k: [] for k in ("ade", "fde", "mean", "apd", "es", "esw", "ess")
         }
         accepted = proposed = 0.0
+        hist = torch.zeros(num_samples + 1, dtype=torch.long)
         t0 = time.perf_counter()
         it = range(0, len(windows), batch)
         for i in tqdm(it, disable=not progress, desc=s.name, unit="batch"):
@@ -95,6 +99,7 @@ def evaluate_forecasts(
             acc["es"].append(metrics.energy_score(smp, tr, m))
             acc["esw"].append(metrics.energy_score(smp, tr, m, w))
             acc["ess"].append(metrics.effective_sample_size(out.log_weights.cpu()))
+            hist += metrics.rank_histogram(smp, tr, m)
             accepted += float(out.stats.accepted.sum())
             proposed += float(out.stats.proposed.sum())
         secs = time.perf_counter() - t0
@@ -102,6 +107,7 @@ def evaluate_forecasts(
         def mean(k: str, acc: dict[str, list[torch.Tensor]] = acc) -> float:
             return float(torch.cat(acc[k]).mean()) if acc[k] else math.nan
 
+        outside, middle = metrics.rank_shares(hist)
         rows.append(
             ForecastRow(
                 sampler=s.name,
@@ -117,20 +123,26 @@ def evaluate_forecasts(
                 acceptance=accepted / proposed if proposed else math.nan,
                 ess=mean("ess"),
                 seconds=secs,
+                outside=outside,
+                middle_half=middle,
+                rank_histogram=hist.tolist(),
             )
         )
     return rows
 
 
 def format_table(rows: Sequence[ForecastRow]) -> str:
-    """A plain-text table of forecast rows."""
-    head = f"{'sampler':<24}{'minADE':>9}{'minFDE':>9}{'ADEmean':>9}{'APD':>8}{'ES':>8}{'ES(w)':>8}{'NLL':>8}{'acc':>6}{'ESS':>6}{'s':>7}"
+    """A plain-text table of forecast rows. ``out%``: truths outside the samples' range
+    (calibrated ``200 / (K + 1)``); ``mid%``: in the middle half of the rank histogram
+    (calibrated 50)."""
+    head = f"{'sampler':<24}{'minADE':>9}{'minFDE':>9}{'ADEmean':>9}{'APD':>8}{'ES':>8}{'ES(w)':>8}{'NLL':>8}{'acc':>6}{'ESS':>6}{'out%':>6}{'mid%':>6}{'s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         acc = "-" if math.isnan(r.acceptance) else f"{r.acceptance:.2f}"
         lines.append(
             f"{r.sampler:<24}{r.min_ade:>9.4f}{r.min_fde:>9.4f}{r.ade_mean:>9.4f}{r.apd:>8.4f}"
-            f"{r.energy:>8.4f}{r.energy_weighted:>8.4f}{r.nll:>8.3f}{acc:>6}{r.ess:>6.1f}{r.seconds:>7.1f}"
+            f"{r.energy:>8.4f}{r.energy_weighted:>8.4f}{r.nll:>8.3f}{acc:>6}{r.ess:>6.1f}"
+            f"{100 * r.outside:>6.1f}{100 * r.middle_half:>6.1f}{r.seconds:>7.1f}"
         )
     return "\n".join(lines)
 

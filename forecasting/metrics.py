@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -94,6 +96,47 @@ def energy_score(
     pair = torch.cdist(x, x)
     term2 = torch.einsum("bk,bkl,bl->b", w, pair, w)
     return 2 * term1 - term2
+
+
+def rank_histogram(samples: Tensor, truth: Tensor, mask: Tensor) -> Tensor:
+    """``(K + 1,)`` counts of the truth's rank among the K samples, per visible coordinate.
+
+    For every window, future frame, keypoint and axis whose truth is visible (``mask``),
+    the rank is the number of the K sampled coordinates below the true one (0..K). A
+    calibrated sample set gives a flat histogram (each rank ``1 / (K + 1)``); a set too wide
+    piles ranks in the middle, too narrow at the two ends.
+
+    Arguments:
+        samples: ``(B, K, H, 17, 2)``; truth: ``(B, H, 17, 2)``; mask: ``(B, H, 17)``.
+
+    Example:
+        >>> s = torch.arange(3.0).reshape(1, 3, 1, 1, 1).expand(1, 3, 1, 17, 2)
+        >>> t = torch.full((1, 1, 17, 2), 1.5)
+        >>> rank_histogram(s, t, torch.ones(1, 1, 17, dtype=torch.bool)).tolist()
+        [0, 0, 34, 0]
+    """
+    K = samples.shape[1]
+    below = (samples < truth[:, None]).sum(1)  # (B, H, 17, 2)
+    ranks = below[mask[..., None].expand_as(below)]
+    return torch.bincount(ranks.flatten(), minlength=K + 1)
+
+
+def rank_shares(hist: Tensor) -> tuple[float, float]:
+    """From a :func:`rank_histogram`: the share of truths outside the samples' range (rank
+    0 or K; calibrated ``2 / (K + 1)``) and the share in the middle half of the ranks
+    (calibrated 0.5). NaN for an empty histogram.
+
+    Example:
+        >>> rank_shares(torch.tensor([1, 2, 2, 1]))
+        (0.3333333333333333, 0.6666666666666666)
+    """
+    n = float(hist.sum())
+    if n == 0:
+        return math.nan, math.nan
+    K = len(hist) - 1
+    centre = (torch.arange(K + 1, dtype=torch.float64) + 0.5) / (K + 1)
+    mid = (centre >= 0.25) & (centre <= 0.75)
+    return float(hist[0] + hist[K]) / n, float(hist[mid].sum()) / n
 
 
 def normalized_weights(log_weights: Tensor) -> Tensor:

@@ -64,6 +64,8 @@ class SamplerConfig:
         mean_feedback: the seed authors' decoding: all K samples share one GRU path fed with
             the sample mean (samples then are not coherent trajectories).
         weights: compute the SNF path log-weights.
+        temperature: scale of the flow's base noise (``z ~ N(0, temperature^2)``; 1 = the
+            model's own distribution; below 1 draws sharper sets, as Glow's temperature).
     """
 
     name: str = "gru-nf"
@@ -78,6 +80,7 @@ class SamplerConfig:
     interpolate: bool = True
     mean_feedback: bool = False
     weights: bool = True
+    temperature: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

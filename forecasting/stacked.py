@@ -348,6 +348,8 @@ class StackedForecaster:
         rwm = sampler.kernel == "rwm"
         S = sampler.steps if rwm else 0
         zs, noise, us = _draws(generators, groups, ks, H, S, skip, device)
+        if sampler.temperature != 1.0:
+            zs = zs * sampler.temperature
         if rows is not None:
             zs, noise, us = zs[:, :, rows], noise[:, :, :, rows], us[:, :, :, rows]
             groups, past, past_mask = groups[rows], past[rows], past_mask[rows]

@@ -262,6 +262,8 @@ class GRUNF(nn.Module):
             ctx = self.flow.context(state)
             point = (self.point(state), self.point_log_scale) if sampler.target == "point" else None
             z = torch.randn(B * K, D, device=past.device, generator=generator)
+            if sampler.temperature != 1.0:
+                z = z * sampler.temperature
             x, lw = snf.sample(z, ctx, point)
             x = x.clamp(-self.cfg.clip, self.cfg.clip)
             logw = logw + lw

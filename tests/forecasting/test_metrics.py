@@ -59,3 +59,26 @@ def test_weights_and_ess() -> None:
     s[1, 0] = t[1]
     w = metrics.normalized_weights(lw)
     assert float(metrics.ade_of_mean(s, t, m, w)[1]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_rank_histogram_is_flat_for_a_calibrated_set_and_peaked_for_a_wide_one() -> None:
+    """Truth and K samples from the same Gaussian: every rank ~1/(K+1), 2/(K+1) outside the
+    samples' range, half in the middle half. Samples twice as wide: few outside, most in the
+    middle; half as wide: many outside."""
+    g = torch.Generator().manual_seed(0)
+    B, K = 400, 19
+    truth = torch.randn(B, 3, 17, 2, generator=g)
+    mask = torch.ones(B, 3, 17, dtype=torch.bool)
+    mask[:, :, 5] = False  # unseen keypoints do not count
+    shares = {}
+    for scale in (1.0, 2.0, 0.5):
+        s = torch.randn(B, K, 3, 17, 2, generator=g) * scale
+        hist = metrics.rank_histogram(s, truth, mask)
+        assert hist.shape == (K + 1,) and int(hist.sum()) == B * 3 * 16 * 2
+        shares[scale] = metrics.rank_shares(hist)
+        if scale == 1.0:
+            assert float((hist / hist.sum()).max()) < 1.3 / (K + 1)
+    assert abs(shares[1.0][0] - 2 / (K + 1)) < 0.01
+    assert abs(shares[1.0][1] - 0.5) < 0.03
+    assert shares[2.0][0] < 0.02 and shares[2.0][1] > 0.7, shares
+    assert shares[0.5][0] > 0.35

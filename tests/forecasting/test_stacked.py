@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from forecasting.metrics import apd
 from forecasting.scoring import ScorerConfig, score_windows
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
 from forecasting.stacked import StackedForecaster, stacked_of
 from forecasting.torch_model import GRUNF, Ensemble, ModelConfig
 from forecasting.windows import Standardizer
 
-SAMPLERS = [GRU_NF, SNF_DEFAULT, SNF_DEFAULT.with_(name="snf-2-steps", steps=2)]
+SAMPLERS = [
+    GRU_NF,
+    SNF_DEFAULT,
+    SNF_DEFAULT.with_(name="snf-2-steps", steps=2),
+    GRU_NF.with_(name="gru-nf-t0.5", temperature=0.5),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +79,21 @@ def test_stacked_futures_equal_member_by_member_per_group(sampler: SamplerConfig
         )
     assert fast.shape == exact.shape == (5, k, 12, 17, 2)
     assert torch.allclose(fast, exact, atol=1e-5)
-    assert float((fast - exact).abs().max()) > 0 or sampler is GRU_NF  # computed, not copied
+    assert float((fast - exact).abs().max()) > 0 or sampler.kernel == "none"  # not copied
+
+
+def test_a_temperature_below_one_draws_a_narrower_set() -> None:
+    """Base noise scaled by the temperature: the futures' spread (APD) shrinks with it."""
+    ens = ensemble()
+    past = torch.randn(4, 13, 17, 2) * 0.3
+    mask = torch.ones(4, 13, 17, dtype=torch.bool)
+    spread = {}
+    for t in (1.0, 0.5):
+        with torch.inference_mode():
+            g = torch.Generator().manual_seed(0)
+            out = ens.sample(past, mask, None, 12, GRU_NF.with_(temperature=t), generator=g)
+        spread[t] = float(apd(out.poses).mean())
+    assert spread[0.5] < 0.75 * spread[1.0], spread
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS[:2], ids=lambda s: s.name)

@@ -1,0 +1,194 @@
+"""Cold start on AIHub2: how good is the model a new camera learns from its first minutes?
+
+For each N (minutes) and seed, the cold-start recipe (``SceneLearner`` with the settings of
+a default configuration: ``cold_start`` and ``forecaster`` defaults, only the seed changed)
+learns from the first N minutes of AIHub2 train's *normal* footage, played as one camera
+at 30 fps: the train clips in name order, each run of normal frames (labels 0) one after
+the other with a 3 s gap, every person's track id made unique per run (the anomalous
+frames are cut out, so no track spans them). The learned model, with the threshold it
+calibrated on its own held-out footage, is then evaluated on AIHub2 test exactly as
+``posewatch evaluate`` does (frame AUC-ROC offline and causal, AP, event recall at 1 and 5
+false alerts per camera-hour), and at its calibrated threshold the events it alerts and the
+false episodes per hour.
+
+Training is capped by wall time (``cold_start.max_train_minutes``, 5 min by default), as in
+the service: run it on an otherwise idle machine, or the figures measure the load.
+
+Prints a table, writes ``bench/results/cold_start_eval.json``.
+
+Usage::
+
+    .venv/bin/python bench/cold_start_eval.py [--minutes 0.75 3 10] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector.datasets import load_split
+from detector.pose import Person, PoseFrame
+from forecasting.calibration import Calibration
+from pipelines.clip_scoring import score_split_many
+from pipelines.config import PosewatchConfig
+from pipelines.learning import LearnSettings, SceneLearner
+from pipelines.offline.evaluation import load_clips, report
+from pipelines.serving import scorer_config
+
+FPS = 30.0
+GAP_FRAMES = 90  # 3 s between runs of normal footage
+
+
+def normal_stream(data: Path, minutes: float) -> list[PoseFrame]:
+    """The first ``minutes`` of AIHub2 train's normal footage as one camera's pose frames
+    (``(17, 3)`` keypoints in pixels, timestamps in seconds at 30 fps)."""
+    out: list[PoseFrame] = []
+    index, next_id, limit = 0, 0, minutes * 60 * FPS
+    for clip in sorted(load_split(data, "train"), key=lambda c: c.name):
+        labels = clip.frame_labels()
+        rows: dict[int, list[tuple[int, Any]]] = {}
+        for tid, tr in clip.tracks.items():
+            for i, f in enumerate(tr.frames):
+                if tr.present[i]:
+                    rows.setdefault(int(f), []).append((tid, tr.keypoints[i]))
+        run_start = -1
+        ids: dict[int, int] = {}
+        for f in range(clip.num_frames):
+            if labels[f]:
+                run_start = -1
+                continue
+            if run_start < 0:  # a new run of normal frames: new track ids, a gap
+                run_start, ids, index = f, {}, index + GAP_FRAMES
+            persons = []
+            for tid, kp in rows.get(f, []):
+                if tid not in ids:
+                    ids[tid], next_id = next_id, next_id + 1
+                box = np.r_[np.nanmin(kp[:, :2], 0), np.nanmax(kp[:, :2], 0)]
+                persons.append(Person(ids[tid], box.astype(np.float32), 1.0, kp))
+            out.append(PoseFrame("aihub2", index, index / FPS, (1920, 1080), persons))
+            index += 1
+            if len(out) >= limit:
+                return out
+    if len(out) < limit:
+        logging.warning("only %.2f min of normal footage in train", len(out) / FPS / 60)
+    return out
+
+
+def learn(frames: list[PoseFrame], settings: LearnSettings) -> Any:
+    """Run the cold-start learner on ``frames`` as the service does; the learned model."""
+    learner = SceneLearner("aihub2", settings)
+    for pf in frames:
+        learner.add(pf, FPS)
+    learner.input_ended()
+    learner.wait()
+    if learner.error:
+        raise RuntimeError(learner.error)
+    model = learner.poll()
+    assert model is not None
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--minutes", type=float, nargs="+", default=[0.75, 3.0, 10.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sigma", type=float, default=9.5, help="offline smoothing (evaluate's)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/cold_start_eval.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(2)
+    default = PosewatchConfig.model_validate({"cameras": {"aihub2": {"source": "x.mp4"}}})
+    base = LearnSettings.from_config(default)
+    clips = load_clips(args.data, "test")
+    rows = []
+    for minutes in args.minutes:
+        frames = normal_stream(args.data, minutes)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            settings = replace(base, seconds=minutes * 60, seed=seed)
+            m = learn(frames, settings)
+            learn_s = time.perf_counter() - t0
+            ck = m.checkpoint
+            cfg = scorer_config(ck, settings.scorer, settings.sampler, settings.samples)
+            cfg = replace(cfg, seed=seed)
+            many, secs, nw = score_split_many(ck, clips, cfg, (cfg.name,), 1, progress=False)
+            known = Calibration.__dataclass_fields__
+            cal = Calibration(**{k: v for k, v in ck.calibration.items() if k in known})
+            r = report(cfg.name, cfg.sampler.name, many[cfg.name], args.sigma, settings.sigma,
+                       FPS, secs, nw, cal)  # fmt: skip
+            d = asdict(r)
+            d.update(
+                minutes=minutes,
+                seed=seed,
+                learn_seconds=learn_s,
+                threshold=m.threshold,
+                **m.info,
+            )
+            rows.append(d)
+            print(
+                f"N={minutes:g} min seed {seed}: AUC off {100 * r.auc_offline:.1f} causal "
+                f"{100 * r.auc_causal:.1f} (learned in {learn_s:.0f} s, threshold "
+                f"{m.threshold:.3f})",
+                flush=True,
+            )
+    summary = []
+    head = f"{'minutes':>8}{'AUC off':>14}{'AUC causal':>14}{'AP off':>14}{'R@1/h':>8}{'R@5/h':>8}{'R@thr':>7}{'FA/h':>7}{'learn s':>9}"
+    print(head)
+    print("-" * len(head))
+    for minutes in args.minutes:
+        sel = [r for r in rows if r["minutes"] == minutes]
+
+        def ms(f: str, sel: list[dict[str, Any]] = sel) -> tuple[float, float]:
+            v = [100 * r[f] for r in sel]
+            return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+        d = {
+            "minutes": minutes,
+            "seeds": len(sel),
+            **{
+                f"{f}_{s}": v
+                for f in ("auc_offline", "auc_causal", "ap_offline")
+                for s, v in zip(("mean", "std"), ms(f), strict=True)
+            },
+            "recall_1h": statistics.mean(100 * r["recall"][0]["event_recall"] for r in sel),
+            "recall_5h": statistics.mean(100 * r["recall"][1]["event_recall"] for r in sel),
+            "recall_at_threshold": statistics.mean(
+                100 * r["calibrated"]["test_event_recall"] for r in sel
+            ),
+            "false_per_hour_at_threshold": statistics.mean(
+                r["calibrated"]["test_false_per_hour"] for r in sel
+            ),
+            "learn_seconds": statistics.mean(r["learn_seconds"] for r in sel),
+        }
+        summary.append(d)
+        print(
+            f"{minutes:>8g}{d['auc_offline_mean']:>8.1f} ±{d['auc_offline_std']:>4.1f}"
+            f"{d['auc_causal_mean']:>8.1f} ±{d['auc_causal_std']:>4.1f}"
+            f"{d['ap_offline_mean']:>8.1f} ±{d['ap_offline_std']:>4.1f}"
+            f"{d['recall_1h']:>8.0f}{d['recall_5h']:>8.0f}{d['recall_at_threshold']:>7.0f}"
+            f"{d['false_per_hour_at_threshold']:>7.1f}{d['learn_seconds']:>9.0f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"settings": asdict(base), "rows": summary, "seed_rows": rows}, indent=2, default=str
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
