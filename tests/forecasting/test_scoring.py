@@ -8,9 +8,9 @@ import torch
 
 from forecasting.checkpoint import load_checkpoint
 from forecasting.detection_metrics import roc_auc
+from forecasting.injection import MOTION_KINDS, inject, moving
 from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, resolve_scorer, score_windows
 from forecasting.train import build_windows
-from forecasting.windows import Windows
 from pipelines.tracks import load_tracks
 
 
@@ -30,35 +30,6 @@ def test_kde_nll_is_lower_near_the_samples_and_masked() -> None:
     assert kde_nll(samples, at7, mask, w).mean() < kde_nll(samples, at7, mask).mean()
 
 
-def _inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.ndarray:
-    """Anomalous copies of the future part of normalised windows."""
-    p = w.poses.copy()
-    f0 = 1 + t_obs
-    H = p.shape[1] - f0
-    if kind == "fall":  # rotate the skeleton 90 degrees about the ankles over 4 frames
-        pivot = np.nanmean(p[:, f0 - 1, [15, 16]], axis=1)[:, None]
-        for i in range(H):
-            a = np.pi / 2 * min(1.0, (i + 1) / 4) * rng.choice([-1, 1], size=(len(p), 1))
-            rel = p[:, f0 + i] - pivot
-            c, s = np.cos(a), np.sin(a)
-            p[:, f0 + i, :, 0] = pivot[..., 0] + c * rel[..., 0] - s * rel[..., 1]
-            p[:, f0 + i, :, 1] = pivot[..., 1] + s * rel[..., 0] + c * rel[..., 1]
-    elif kind == "jump":  # a sudden jump in place: half a body size up for 4 frames
-        p[:, f0 + 2 : f0 + 6, :, 1] -= 0.5
-    elif kind == "run3x":  # the future plays at 3x speed (extrapolated past the window)
-        T = p.shape[1]
-        for i in range(H):
-            src = f0 - 1 + 3 * (i + 1)
-            if src < T:
-                p[:, f0 + i] = w.poses[:, src]
-            else:
-                last, prev = w.poses[:, T - 1], w.poses[:, T - 2]
-                p[:, f0 + i] = last + (src - T + 1) * (last - prev)
-    elif kind == "freeze":  # the person freezes at the last observed pose
-        p[:, f0:] = p[:, f0 - 1 : f0]
-    return p
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the first case trains 3 default members (~15 min on 2 idle cores)
 @pytest.mark.parametrize("kind", ["fall", "jump", "run3x", "freeze"])
@@ -75,13 +46,10 @@ def test_default_scorer_separates_injected_anomalies(
     tracks = [t for t in load_tracks(aihub2, "train") if t.clip in val]
     w = build_windows(tracks, ck.window_config, stride=9, normal_only=True)
     assert len(w) > 150
-    f0 = 1 + ck.window_config.t_obs
-    if kind in ("freeze", "run3x"):
-        # Freezing or speeding up is only unusual for a person who moves: keep moving windows.
-        speed = np.nanmean(np.abs(np.diff(w.poses[:, f0 - 4 :], axis=1)), axis=(1, 2, 3))
-        w = w.select(speed > np.median(speed))
+    if kind in MOTION_KINDS:
+        w = moving(w, ck.window_config.t_obs)
     rng = np.random.default_rng(0)
-    bad = _inject(w, kind, ck.window_config.t_obs, rng)
+    bad = inject(w, kind, ck.window_config.t_obs, rng)
     cfg = ScorerConfig(name=resolve_scorer("auto", ck.model))  # the service's default
     normal = score_windows(ck.model, w.poses, w.mask, w.visible, cfg).score
     anomal = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
@@ -98,7 +66,7 @@ def test_every_scorer_returns_per_joint_contributions(
     ck = load_checkpoint(trained_checkpoint)
     tracks = [t for t in load_tracks(aihub2, "test") if len(t.frames) > 3000][:1]
     w = build_windows(tracks, ck.window_config, stride=200, normal_only=False)
-    bad = _inject(w, "jump", ck.window_config.t_obs, np.random.default_rng(0))
+    bad = inject(w, "jump", ck.window_config.t_obs, np.random.default_rng(0))
     for name in SCORERS:
         s = score_windows(ck.model, bad, w.mask, w.visible, ScorerConfig(name=name))  # type: ignore[arg-type]
         assert s.score.shape == (len(w),) and s.joints.shape == (len(w), 17)

@@ -1,0 +1,104 @@
+"""Injected anomalies: anomalous copies of the future part of real normal windows.
+
+Injection needs no anomaly labels, so every kind can be measured on any set of normal
+windows (the validation clips, the normal windows of a test split). Each kind changes only
+the frames after the observed past (``t_obs + 1`` onwards) of normalised windows
+(:mod:`forecasting.windows`: person-size units, y down):
+
+- ``fall``: the skeleton rotates 90 degrees about the ankles over 4 frames (either way);
+- ``jump``: the whole body half a body size up for 4 frames, 2 frames in;
+- ``run3x``: the future plays at 3x speed (extrapolated past the window's end);
+- ``freeze``: the person stops dead at the last observed pose;
+- ``reverse``: the person turns back, retracing the observed past backwards (a sudden
+  about-turn at the same speed);
+- ``crouch``: the upper body (everything above the hips) sinks toward the hips by half its
+  height over 6 frames, then stays (collapsing, ducking).
+
+``fall``, ``jump``, ``run3x`` and ``freeze`` are the kinds of the default scorer's test;
+``reverse`` and ``crouch`` are two more, chosen as the unusual *motion* (turning back) and
+unusual *posture change* (sinking down) that none of the first four covers.
+
+Example:
+    >>> import numpy as np
+    >>> from forecasting.windows import Windows
+    >>> p = np.zeros((2, 25, 17, 2), np.float32); p[:, :, :, 0] = np.arange(25)[:, None]
+    >>> ok, i = np.ones((2, 25, 17), bool), np.zeros(2, np.int64)
+    >>> w = Windows(p, ok, ok, np.zeros((2, 3), np.float32), i, i)
+    >>> bad = inject(w, "freeze", 12, np.random.default_rng(0))
+    >>> float(bad[0, 20, 0, 0]), float(bad[0, 12, 0, 0])
+    (12.0, 12.0)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from forecasting.windows import Windows
+
+KINDS: Final = ("fall", "jump", "run3x", "freeze", "reverse", "crouch")
+
+#: Kinds that are only unusual for a person who moves (see :func:`moving`).
+MOTION_KINDS: Final = ("run3x", "freeze", "reverse")
+
+_HIPS, _ANKLES = [11, 12], [15, 16]
+
+
+def moving(w: Windows, t_obs: int) -> Windows:
+    """The windows whose person moves at the end of the past more than the median window
+    (mean absolute keypoint displacement over the last 4 observed frames): stopping, speeding
+    up or turning back is only unusual for someone who moves."""
+    f0 = 1 + t_obs
+    speed = np.nanmean(np.abs(np.diff(w.poses[:, f0 - 4 :], axis=1)), axis=(1, 2, 3))
+    return w.select(speed > np.median(speed))
+
+
+def inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.ndarray:
+    """Anomalous copies of the windows' poses ``(N, T, 17, 2)``: frames ``0 .. t_obs`` as
+    they are, the future changed by ``kind`` (one of :data:`KINDS`).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    p = w.poses.copy()
+    f0 = 1 + t_obs
+    T = p.shape[1]
+    H = T - f0
+    if kind == "fall":
+        pivot = np.nanmean(p[:, f0 - 1, _ANKLES], axis=1)[:, None]
+        side = rng.choice([-1, 1], size=(len(p), 1))
+        for i in range(H):
+            a = np.pi / 2 * min(1.0, (i + 1) / 4) * side
+            rel = p[:, f0 + i] - pivot
+            c, s = np.cos(a), np.sin(a)
+            p[:, f0 + i, :, 0] = pivot[..., 0] + c * rel[..., 0] - s * rel[..., 1]
+            p[:, f0 + i, :, 1] = pivot[..., 1] + s * rel[..., 0] + c * rel[..., 1]
+    elif kind == "jump":
+        p[:, f0 + 2 : f0 + 6, :, 1] -= 0.5
+    elif kind == "run3x":
+        for i in range(H):
+            src = f0 - 1 + 3 * (i + 1)
+            if src < T:
+                p[:, f0 + i] = w.poses[:, src]
+            else:
+                last, prev = w.poses[:, T - 1], w.poses[:, T - 2]
+                p[:, f0 + i] = last + (src - T + 1) * (last - prev)
+    elif kind == "freeze":
+        p[:, f0:] = p[:, f0 - 1 : f0]
+    elif kind == "reverse":
+        for i in range(H):
+            p[:, f0 + i] = w.poses[:, max(f0 - 2 - i, 0)]
+    elif kind == "crouch":
+        hips_y = np.nanmean(p[:, f0 - 1, _HIPS, 1], axis=1)[:, None]  # (N, 1)
+        for i in range(H):
+            k = 0.5 * min(1.0, (i + 1) / 6)
+            y = p[:, f0 + i, :, 1]
+            above = y < hips_y
+            p[:, f0 + i, :, 1] = np.where(above, y + k * (hips_y - y), y)
+    else:
+        raise ValueError(f"unknown injected anomaly {kind!r}; choose from {', '.join(KINDS)}")
+    return p
+
+
+__all__ = ["KINDS", "MOTION_KINDS", "inject", "moving"]
