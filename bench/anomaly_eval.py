@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.detection_metrics import alert_outcome
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import (
@@ -41,7 +42,13 @@ from forecasting.scoring import (
     posture_of,
 )
 from forecasting.snf import GRU_NF, SNF_DEFAULT
-from pipelines.clip_scoring import ClipScores, score_split_many
+from pipelines.clip_scoring import (
+    ClipScores,
+    calibrate_on_clips,
+    pooled,
+    score_split,
+    score_split_many,
+)
 from pipelines.offline.evaluation import (
     CalibrateRequest,
     load_clips,
@@ -76,6 +83,28 @@ def episodes(clips: list[ClipScores], thr: float, sigma: float, min_frames: int)
             starts = np.flatnonzero(~above[:-1] & above[1:])
             ends = np.flatnonzero(above[:-1] & ~above[1:])
             out |= {(c.name, tid, int(a)) for a, b in zip(starts, ends, strict=True) if b - a >= min_frames}  # fmt: skip
+    return out
+
+
+def calibrated_recall(
+    ck: Any, data: Path, cfg: ScorerConfig, test: list[ClipScores], sigma: float
+) -> dict[str, float]:
+    """What an operator gets: thresholds fitted as ``posewatch calibrate`` fits them (normal
+    frames of the checkpoint's validation clips, causal smoothing ``sigma``, alerts of at
+    least 15 frames) for 1 and 5 false alerts per camera-hour, and at each, the share of the
+    test split's anomaly events alerted and the false alerts per hour on its normal frames."""
+    val = set(ck.meta.get("validation_clips") or [])
+    clips = [c for c in load_clips(data, "train") if c.name in val]
+    cs, _, _ = score_split(ck, clips, cfg, 1, progress=False)
+    _, y, per = pooled(test, sigma, True)
+    hours = float((y == 0).sum()) / 30.0 / 3600
+    out: dict[str, float] = {}
+    for rate in (1.0, 5.0):
+        cal = calibrate_on_clips(cs, sigma, 30.0, rate, 15)
+        false, hit, n_ev, _, _ = alert_outcome(per, cal.threshold, 15)
+        out[f"calibrated_threshold_{rate:g}h"] = cal.threshold
+        out[f"calibrated_recall_{rate:g}h"] = hit / max(n_ev, 1)
+        out[f"calibrated_false_per_hour_{rate:g}h"] = false / hours
     return out
 
 
@@ -164,6 +193,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d["recall_5h"] = statistics.mean(100 * r["recall"][1]["event_recall"] for r in sel)
         d["seconds"] = statistics.mean(r["seconds"] for r in sel)
         d["seeds"] = len(sel)
+        for rate in ("1h", "5h"):  # at thresholds calibrated as `posewatch calibrate` does
+            for f in (f"calibrated_recall_{rate}", f"calibrated_false_per_hour_{rate}"):
+                if all(f in r for r in sel):
+                    d[f] = statistics.mean(r[f] * (100 if "recall" in f else 1) for r in sel)
         out.append(d)
     return out
 
@@ -279,6 +312,8 @@ def main() -> None:
                 d = asdict(r)
                 d["seed"] = seed
                 d["members"] = members
+                if (scorer, sampler.name) == (DEFAULT_SCORER, SNF_DEFAULT.name):
+                    d.update(calibrated_recall(ck, args.data, replace(cfg, name=scorer), many[scorer], args.causal_sigma))  # type: ignore[arg-type]  # fmt: skip
                 d["train_seconds"] = train_s
                 rows.append(d)
                 caches[scorer].write_text(json.dumps(d, default=float))
@@ -302,6 +337,12 @@ def main() -> None:
             f"{d['recall_1h']:>8.0f}{d['recall_5h']:>8.0f}{d['seconds']:>9.0f}"
             + ("  <- default" if d["default"] else "")
         )
+        if "calibrated_recall_1h" in d:
+            print(
+                f"{'':18}at the calibrated threshold: events {d['calibrated_recall_1h']:.0f}% "
+                f"({d['calibrated_false_per_hour_1h']:.1f} false/h on test) for 1/h, "
+                f"{d['calibrated_recall_5h']:.0f}% ({d['calibrated_false_per_hour_5h']:.1f}/h) for 5/h"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     regime = (
         "all train windows (unsupervised, STG-NF's)"
