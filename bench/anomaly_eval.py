@@ -240,12 +240,15 @@ def main() -> None:
         "calibrated threshold minus each margin (calibrating first if needed), and count "
         "the alert episodes that differ from the full-K scores",
     )
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 leaves a core to another job)"
+    )
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/anomaly_aihub2.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # training progress
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     clips = load_clips(args.data, "test")
     rows = []
     for seed in args.seeds:

@@ -86,9 +86,14 @@ def test_forecast_eval_on_a_cold_start_sized_model(
     res = runner.invoke(app, [*args, "--stride", "64", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "normal windows of test (stride 64), K = 2" in res.output
-    samplers = json.loads(out.read_text())["samplers"]
+    result = json.loads(out.read_text())
+    samplers = result["samplers"]
     assert samplers["snf-interp-tempered0.5-L"]["blocks"] == [5]  # the model's layer count
     assert len(samplers) == 11
+    for row in result["rows"]:  # the rank histogram: K + 1 ranks over every visible coordinate
+        assert len(row["rank_histogram"]) == 3 and sum(row["rank_histogram"]) > 1000
+        assert 0 <= row["outside"] <= 1 and 0 <= row["middle_half"] <= 1
+    assert "out%" in res.output and "mid%" in res.output
     bad = runner.invoke(app, [*args, "--sampler", "nope"])
     assert bad.exit_code == 1 and "choose from default, gru-nf" in bad.output
 
