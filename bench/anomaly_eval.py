@@ -108,6 +108,16 @@ def calibrated_recall(
     return out
 
 
+def fresh(cache: Path, ck_path: Path, key: tuple[str, str]) -> bool:
+    """A cached row newer than its checkpoint (the default row also needs its calibrated
+    recall, added after the first caches were written)."""
+    if not cache.exists() or cache.stat().st_mtime <= ck_path.stat().st_mtime:
+        return False
+    if key != (DEFAULT_SCORER, SNF_DEFAULT.name):
+        return True
+    return "calibrated_recall_1h" in json.loads(cache.read_text())
+
+
 def early_stop_row(
     ck_path: Path, clips: list[Any], args: argparse.Namespace, seed: int, margin: float
 ) -> dict[str, Any]:
@@ -290,9 +300,8 @@ def main() -> None:
                 k: ck_path.with_name(f"{ck_path.stem}.{k}.{sampler.name}.k{args.samples}.json")
                 for k in names
             }
-            if all(
-                c.exists() and c.stat().st_mtime > ck_path.stat().st_mtime for c in caches.values()
-            ):
+
+            if all(fresh(c, ck_path, (k, sampler.name)) for k, c in caches.items()):
                 for k, c in caches.items():  # resumed run: these rows are done
                     d = json.loads(c.read_text())
                     d.update(seed=seed, members=members)

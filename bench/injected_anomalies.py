@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, MOTION_KINDS, inject, moving
+from forecasting.injection import KINDS, MOTION_KINDS, inject, past_speed
 from forecasting.scoring import score_windows
 from forecasting.train import build_windows
 from forecasting.windows import Windows
@@ -90,7 +90,8 @@ def main() -> None:
     for scorer in args.scorers:
         base = scorer_config(ck, scorer, DEFAULT_SAMPLER, args.samples)
         for tau in args.temperature:
-            cfg = replace(base, sampler=base.sampler.with_(temperature=tau))
+            name = base.sampler.name if tau == 1 else f"{base.sampler.name}-t{tau:g}"
+            cfg = replace(base, sampler=base.sampler.with_(name=name, temperature=tau))
             row: dict[str, Any] = {
                 "scorer": scorer,
                 "sampler": cfg.sampler.name,
@@ -98,10 +99,17 @@ def main() -> None:
             }
             t0 = time.perf_counter()
             for name, w0 in sets.items():
+                normal = score_windows(ck.model, w0.poses, w0.mask, w0.visible, cfg).score
+                moves = past_speed(w0, t_obs)
+                floor = np.median(moves) if args.min_speed is None else args.min_speed
                 for kind in args.kinds:
-                    w = moving(w0, t_obs, args.min_speed) if kind in MOTION_KINDS else w0
+                    keep = moves > floor if kind in MOTION_KINDS else np.ones(len(w0), bool)
+                    if keep.sum() < 10:
+                        print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
+                        row[f"{name}.{kind}"] = float("nan")
+                        continue
+                    w, n = w0.select(keep), normal[keep]
                     bad = inject(w, kind, t_obs, np.random.default_rng(0))
-                    n = score_windows(ck.model, w.poses, w.mask, w.visible, cfg).score
                     a = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
                     y = np.r_[np.zeros(len(n)), np.ones(len(a))]
                     row[f"{name}.{kind}"] = roc_auc(y, np.r_[n, a])
@@ -109,8 +117,8 @@ def main() -> None:
                 row[f"{name}.windows"] = len(w0)
             row["seconds_injected"] = time.perf_counter() - t0
             if args.test_auc:
-                many, secs, nw = score_split_many(ck, clips, cfg, (scorer,), 1, progress=False)
-                rep = report(scorer, cfg.sampler.name, many[scorer], 9.5, 6.0, 30.0, secs, nw)
+                many, secs, nw = score_split_many(ck, clips, cfg, (cfg.name,), 1, progress=False)
+                rep = report(cfg.name, cfg.sampler.name, many[cfg.name], 9.5, 6.0, 30.0, secs, nw)
                 row.update(
                     auc_offline=rep.auc_offline, auc_causal=rep.auc_causal, seconds_test=secs
                 )

@@ -40,6 +40,7 @@ class ForecastRow:
     seconds: float
     outside: float = math.nan
     middle_half: float = math.nan
+    middle_half_calibrated: float = math.nan
     rank_histogram: list[int] = field(default_factory=list)
 
 
@@ -107,7 +108,7 @@ def evaluate_forecasts(
         def mean(k: str, acc: dict[str, list[torch.Tensor]] = acc) -> float:
             return float(torch.cat(acc[k]).mean()) if acc[k] else math.nan
 
-        outside, middle = metrics.rank_shares(hist)
+        outside, middle, middle_cal = metrics.rank_shares(hist)
         rows.append(
             ForecastRow(
                 sampler=s.name,
@@ -125,6 +126,7 @@ def evaluate_forecasts(
                 seconds=secs,
                 outside=outside,
                 middle_half=middle,
+                middle_half_calibrated=middle_cal,
                 rank_histogram=hist.tolist(),
             )
         )
@@ -134,7 +136,7 @@ def evaluate_forecasts(
 def format_table(rows: Sequence[ForecastRow]) -> str:
     """A plain-text table of forecast rows. ``out%``: truths outside the samples' range
     (calibrated ``200 / (K + 1)``); ``mid%``: in the middle half of the rank histogram
-    (calibrated 50)."""
+    (calibrated: ``middle_half_calibrated``, ~50)."""
     head = f"{'sampler':<24}{'minADE':>9}{'minFDE':>9}{'ADEmean':>9}{'APD':>8}{'ES':>8}{'ES(w)':>8}{'NLL':>8}{'acc':>6}{'ESS':>6}{'out%':>6}{'mid%':>6}{'s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:

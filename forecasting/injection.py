@@ -5,17 +5,18 @@ windows (the validation clips, the normal windows of a test split). Each kind ch
 the frames after the observed past (``t_obs + 1`` onwards) of normalised windows
 (:mod:`forecasting.windows`: person-size units, y down):
 
-- ``fall``: the skeleton rotates 90 degrees about the ankles over 4 frames (either way);
+- ``fall``: the skeleton rotates 90 degrees about the ankles over 4 frames, to one side
+  drawn per window (the test's earlier copy drew the side anew every frame);
 - ``jump``: the whole body half a body size up for 4 frames, 2 frames in;
 - ``run3x``: the future plays at 3x speed (extrapolated past the window's end);
 - ``freeze``: the person stops dead at the last observed pose;
-- ``reverse``: the person turns back, retracing the observed past backwards (a sudden
-  about-turn at the same speed);
+- ``reverse``: the person suddenly moves back the way they came: the observed past played
+  backwards (walking backwards, facing the same way) at the same speed;
 - ``crouch``: the upper body (everything above the hips) sinks toward the hips by half its
   height over 6 frames, then stays (collapsing, ducking).
 
 ``fall``, ``jump``, ``run3x`` and ``freeze`` are the kinds of the default scorer's test;
-``reverse`` and ``crouch`` are two more, chosen as the unusual *motion* (turning back) and
+``reverse`` and ``crouch`` are two more, chosen as the unusual *motion* (a sudden reversal) and
 unusual *posture change* (sinking down) that none of the first four covers.
 
 Example:
@@ -100,10 +101,10 @@ def inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.nd
         for i in range(H):
             p[:, f0 + i] = w.poses[:, max(f0 - 2 - i, 0)]
     elif kind == "crouch":
-        hips_y = np.nanmean(p[:, f0 - 1, _HIPS, 1], axis=1)[:, None]  # (N, 1)
         for i in range(H):
             k = 0.5 * min(1.0, (i + 1) / 6)
             y = p[:, f0 + i, :, 1]
+            hips_y = np.nanmean(y[:, _HIPS], axis=1)[:, None]  # (N, 1), this frame's hips
             above = y < hips_y
             p[:, f0 + i, :, 1] = np.where(above, y + k * (hips_y - y), y)
     else:

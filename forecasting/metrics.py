@@ -121,22 +121,25 @@ def rank_histogram(samples: Tensor, truth: Tensor, mask: Tensor) -> Tensor:
     return torch.bincount(ranks.flatten(), minlength=K + 1)
 
 
-def rank_shares(hist: Tensor) -> tuple[float, float]:
+def rank_shares(hist: Tensor) -> tuple[float, float, float]:
     """From a :func:`rank_histogram`: the share of truths outside the samples' range (rank
-    0 or K; calibrated ``2 / (K + 1)``) and the share in the middle half of the ranks
-    (calibrated 0.5). NaN for an empty histogram.
+    0 or K; calibrated ``2 / (K + 1)``), the share in the middle half of the ranks (those
+    whose centre ``(r + 0.5) / (K + 1)`` lies in [0.25, 0.75]), and what a calibrated set
+    gives for the latter (the count of those ranks over ``K + 1``: 21/43 = 0.488 at K = 42).
+    NaN for an empty histogram.
 
     Example:
         >>> rank_shares(torch.tensor([1, 2, 2, 1]))
-        (0.3333333333333333, 0.6666666666666666)
+        (0.3333333333333333, 0.6666666666666666, 0.5)
     """
-    n = float(hist.sum())
-    if n == 0:
-        return math.nan, math.nan
     K = len(hist) - 1
     centre = (torch.arange(K + 1, dtype=torch.float64) + 0.5) / (K + 1)
     mid = (centre >= 0.25) & (centre <= 0.75)
-    return float(hist[0] + hist[K]) / n, float(hist[mid].sum()) / n
+    expected = float(mid.sum()) / (K + 1)
+    n = float(hist.sum())
+    if n == 0:
+        return math.nan, math.nan, expected
+    return float(hist[0] + hist[K]) / n, float(hist[mid].sum()) / n, expected
 
 
 def normalized_weights(log_weights: Tensor) -> Tensor:

@@ -83,6 +83,12 @@ class SamplerConfig:
     temperature: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(
+                f"sampler {self.name!r}: temperature must be > 0, got {self.temperature}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["blocks"] = list(self.blocks) if self.blocks is not None else None
@@ -322,7 +328,12 @@ class StochasticFlowSampler:
             x, _ = flow.g(z, ctx)
             return x, torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
         track = self.cfg.weights
-        logw = -std_normal_logpdf(z) if track else torch.zeros(z.shape[0], device=z.device)
+        T = self.cfg.temperature  # z ~ N(0, T^2): its log density starts the path weight
+        logw = (
+            -(std_normal_logpdf(z / T) - z.shape[-1] * math.log(T))
+            if track
+            else torch.zeros(z.shape[0], device=z.device)
+        )
         y = z
         last: Energy | None = None
         pos = 0

@@ -22,6 +22,7 @@ SAMPLERS = [
     SNF_DEFAULT,
     SNF_DEFAULT.with_(name="snf-2-steps", steps=2),
     GRU_NF.with_(name="gru-nf-t0.5", temperature=0.5),
+    SNF_DEFAULT.with_(name="gru-snf-t0.7", temperature=0.7),
 ]
 
 
@@ -94,6 +95,8 @@ def test_a_temperature_below_one_draws_a_narrower_set() -> None:
             out = ens.sample(past, mask, None, 12, GRU_NF.with_(temperature=t), generator=g)
         spread[t] = float(apd(out.poses).mean())
     assert spread[0.5] < 0.75 * spread[1.0], spread
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        GRU_NF.with_(temperature=0.0)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS[:2], ids=lambda s: s.name)
