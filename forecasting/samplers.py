@@ -4,17 +4,24 @@
 variants kept in tables; variants that place MCMC blocks by layer position need the model's
 flow layer count ``L`` (a cold-start model has fewer layers than a trained one).
 ``sampler_by_name`` resolves a name for a given model: ``default`` is the checkpoint's own
-sampler (the GRU-SNF default for every trained model).
+sampler (the GRU-SNF default for every trained model). Any name may end in ``-t<T>``: that
+sampler with the flow's base noise at temperature ``T`` (``z ~ N(0, T^2)``; below 1 draws
+sharper sets of futures). A tempered sampler keeps its own name, so a threshold calibrated
+at one temperature is never served at another.
 
 Example:
     >>> [s.name for s in default_samplers(7)][:3]
     ['gru-nf', 'gru-nf-meanfb', 'gru-snf']
     >>> sampler_by_name("gru-nf", num_layers=5).name
     'gru-nf'
+    >>> s = sampler_by_name("default-t0.8", num_layers=7)
+    >>> s.name, s.temperature, s.kernel
+    ('gru-snf-t0.8', 0.8, 'rwm')
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from forecasting.defaults import DEFAULT_SAMPLER
@@ -100,15 +107,24 @@ def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None
             the GRU-SNF default.
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones).
+        ValueError: an unknown name (the message lists the known ones), or a temperature
+            that is not a positive number.
     """
+    tempered = re.fullmatch(r"(.+)-t([0-9]*\.?[0-9]+)", name)
+    if tempered is not None:
+        base = sampler_by_name(tempered.group(1), num_layers, own)
+        t = float(tempered.group(2))
+        if t <= 0:
+            raise ValueError(f"sampler {name!r}: the temperature after -t must be > 0")
+        return base.with_(name=f"{base.name}-t{t:g}", temperature=t)
     if name == DEFAULT_SAMPLER:
         return own if own is not None else SNF_DEFAULT
     for s in default_samplers(num_layers):
         if s.name == name:
             return s
     raise ValueError(
-        f"unknown sampler {name!r}; choose from {', '.join(sampler_names(num_layers))}"
+        f"unknown sampler {name!r}; choose from {', '.join(sampler_names(num_layers))} "
+        "(any of them may end in -t<temperature>, e.g. gru-snf-t0.8)"
     )
 
 

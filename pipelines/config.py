@@ -154,8 +154,9 @@ class ForecasterConfig(Base):
         title="Sampler",
         description="default (the checkpoint's own: GRU-SNF for every trained model, the one "
         "`posewatch calibrate` and cold start calibrate with), gru-nf, gru-snf, or any name of "
-        "`forecast-eval`. A threshold is only served with the sampler and K it was "
-        "calibrated for.",
+        "`forecast-eval`; any of them with a -t<T> suffix (e.g. default-t0.8) draws at "
+        "temperature T (below 1: sharper sets of futures). A threshold is only served with "
+        "the sampler and K it was calibrated for.",
     )
     seeding: Literal["frame", "batch"] = Field(
         "frame",
