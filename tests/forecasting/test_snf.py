@@ -5,6 +5,7 @@ import torch
 from scipy import stats
 
 from forecasting.flow import ConditionalFlow
+from forecasting.samplers import sampler_by_name
 from forecasting.snf import SamplerConfig, StochasticFlowSampler, acceptance
 from tests.forecasting.test_flow import randomize
 
@@ -148,3 +149,14 @@ def test_latent_space_blocks_with_the_pulled_back_target() -> None:
     w = torch.softmax(lw_t, 0)[:, None]
     wmean = (w * t).sum(0)
     assert ((wmean - ref.mean(0)).abs() < 0.15 * ref.std(0)).all()
+
+
+def test_a_temperature_suffix_names_a_tempered_sampler() -> None:
+    s = sampler_by_name("gru-nf-t0.5", 7)
+    assert (s.name, s.temperature, s.kernel) == ("gru-nf-t0.5", 0.5, "none")
+    own = sampler_by_name("default-t0.8", 7)
+    assert (own.name, own.temperature, own.blocks) == ("gru-snf-t0.8", 0.8, (-1,))
+    with pytest.raises(ValueError, match="must be > 0"):
+        sampler_by_name("gru-snf-t0", 7)
+    with pytest.raises(ValueError, match="unknown sampler 'nope'"):
+        sampler_by_name("nope-t0.5", 7)
