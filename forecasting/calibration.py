@@ -154,6 +154,18 @@ def calibrate_threshold(
             "cannot extrapolate the false-alert rate: it does not fall with the threshold"
         )
     u = (np.log(target_per_hour) - a) / b
+    # A nearly flat tail (episodes that do not thin out as the threshold rises: few, long
+    # ones in little footage) extrapolates to any number (3 minutes of white noise with
+    # 15-frame alerts: 6e13). Beyond the highest normal score by more than the scores'
+    # own spread the fit says nothing.
+    top = float(allv.max())
+    reach = top + max(top - float(np.median(allv)), 1e-9)
+    if not np.isfinite(u) or u > reach:
+        raise ValueError(
+            f"cannot extrapolate the false-alert rate: the fitted tail puts the threshold at "
+            f"{u:.3g}, far beyond the highest normal score {top:.3g}; calibrate on more "
+            "normal footage"
+        )
     return Calibration(
         float(u), target_per_hour, "extrapolated", fps, min_duration, hours, float(b)
     )
