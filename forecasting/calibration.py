@@ -78,7 +78,9 @@ class Calibration:
     Attributes:
         threshold: the score above which (for ``min_duration`` frames) an alert starts.
         target_per_hour: the false-alert rate asked for.
-        method: ``empirical`` or ``extrapolated``.
+        method: ``empirical``, ``extrapolated`` or ``capped`` (the extrapolated tail went
+            beyond the highest normal score by more than the scores' spread: the threshold
+            is put there; too little normal footage to say more).
         fps: frames per second of the calibration footage.
         min_duration: frames an episode must last.
         hours: normal footage used.
@@ -156,16 +158,13 @@ def calibrate_threshold(
     u = (np.log(target_per_hour) - a) / b
     # A nearly flat tail (episodes that do not thin out as the threshold rises: few, long
     # ones in little footage) extrapolates to any number (3 minutes of white noise with
-    # 15-frame alerts: 6e13). Beyond the highest normal score by more than the scores'
-    # own spread the fit says nothing.
+    # 15-frame alerts: 6e13, a threshold that never alerts). Beyond the highest normal score
+    # by more than the scores' own spread the fit says nothing: the threshold is capped
+    # there (method "capped"; calibrate on more normal footage).
     top = float(allv.max())
     reach = top + max(top - float(np.median(allv)), 1e-9)
     if not np.isfinite(u) or u > reach:
-        raise ValueError(
-            f"cannot extrapolate the false-alert rate: the fitted tail puts the threshold at "
-            f"{u:.3g}, far beyond the highest normal score {top:.3g}; calibrate on more "
-            "normal footage"
-        )
+        return Calibration(reach, target_per_hour, "capped", fps, min_duration, hours, float(b))
     return Calibration(
         float(u), target_per_hour, "extrapolated", fps, min_duration, hours, float(b)
     )

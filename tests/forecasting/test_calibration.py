@@ -74,11 +74,13 @@ def test_calibration_errors_and_normal_segments() -> None:
     with pytest.raises(ValueError, match="too little normal footage"):
         calibrate_threshold([np.zeros(100)], FPS, 1.0)
     # A flat tail (3 min of white noise, 15-frame alerts: the episodes do not thin out) used
-    # to extrapolate to a threshold of 6e13, which never alerts; now it is refused (cold
-    # start then falls back to the highest held-out score).
+    # to extrapolate to a threshold of 6e13, which never alerts; it is capped at the highest
+    # normal score plus the scores' spread (max - median).
     noise = np.random.default_rng(0).normal(0, 1, 5400)
-    with pytest.raises(ValueError, match="far beyond the highest normal score"):
-        calibrate_threshold([noise], FPS, 1.0, min_duration=15)
+    cal = calibrate_threshold([noise], FPS, 1.0, min_duration=15)
+    top = noise.max()
+    assert cal.method == "capped"
+    assert cal.threshold == pytest.approx(2 * top - np.median(noise)) and cal.threshold < 10
     segs = normal_segments(np.arange(10.0), np.array([0, 0, 1, 1, 0, 0, 0, 1, 0, 0]))
     assert [s.tolist() for s in segs] == [[0, 1], [4, 5, 6], [8, 9]]
 
