@@ -46,7 +46,6 @@ from pipelines.clip_scoring import (
     ClipScores,
     calibrate_on_clips,
     pooled,
-    score_split,
     score_split_many,
 )
 from pipelines.offline.evaluation import (
@@ -55,6 +54,7 @@ from pipelines.offline.evaluation import (
     report,
     run_calibrate,
     scoring_passes,
+    validation_clip_scores,
 )
 from pipelines.offline.training import (
     EnsembleRequest,
@@ -93,9 +93,7 @@ def calibrated_recall(
     frames of the checkpoint's validation clips, causal smoothing ``sigma``, alerts of at
     least 15 frames) for 1 and 5 false alerts per camera-hour, and at each, the share of the
     test split's anomaly events alerted and the false alerts per hour on its normal frames."""
-    val = set(ck.meta.get("validation_clips") or [])
-    clips = [c for c in load_clips(data, "train") if c.name in val]
-    cs, _, _ = score_split(ck, clips, cfg, 1, progress=False)
+    cs = validation_clip_scores(ck, data, "train", cfg)
     _, y, per = pooled(test, sigma, True)
     hours = float((y == 0).sum()) / 30.0 / 3600
     out: dict[str, float] = {}

@@ -34,13 +34,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.datasets import load_split
-from detector.pose import Person, PoseFrame
+from detector.pose import Person, PoseFrame, bbox_from_keypoints
 from forecasting.calibration import Calibration
 from pipelines.clip_scoring import score_split_many
 from pipelines.config import PosewatchConfig
@@ -76,8 +75,7 @@ def normal_stream(data: Path, minutes: float) -> list[PoseFrame]:
             for tid, kp in rows.get(f, []):
                 if tid not in ids:
                     ids[tid], next_id = next_id, next_id + 1
-                box = np.r_[np.nanmin(kp[:, :2], 0), np.nanmax(kp[:, :2], 0)]
-                persons.append(Person(ids[tid], box.astype(np.float32), 1.0, kp))
+                persons.append(Person(ids[tid], bbox_from_keypoints(kp), 1.0, kp))
             out.append(PoseFrame("aihub2", index, index / FPS, (1920, 1080), persons))
             index += 1
             if len(out) >= limit:
@@ -129,8 +127,8 @@ def main() -> None:
             ck = m.checkpoint
             cfg = scorer_config(ck, settings.scorer, settings.sampler, settings.samples)
             many, secs, nw = score_split_many(ck, clips, cfg, (cfg.name,), 1, progress=False)
-            known = Calibration.__dataclass_fields__
-            cal = Calibration(**{k: v for k, v in ck.calibration.items() if k in known})
+            cal = Calibration.from_record(ck.calibration)
+            assert cal is not None  # the learner always calibrates
             # as `posewatch evaluate` does; at the threshold, alerts as the service raises
             # them (the calibration's minimum duration)
             r = report(cfg.name, cfg.sampler.name, many[cfg.name], args.sigma, settings.sigma,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, MOTION_KINDS, inject, past_speed
+from forecasting.injection import KINDS, MOTION_KINDS, inject, moving_mask
 from forecasting.scoring import score_windows
 from forecasting.train import build_windows
 from forecasting.windows import Windows
@@ -100,10 +100,9 @@ def main() -> None:
             t0 = time.perf_counter()
             for name, w0 in sets.items():
                 normal = score_windows(ck.model, w0.poses, w0.mask, w0.visible, cfg).score
-                moves = past_speed(w0, t_obs)
-                floor = np.median(moves) if args.min_speed is None else args.min_speed
+                moves = moving_mask(w0, t_obs, args.min_speed)
                 for kind in args.kinds:
-                    keep = moves > floor if kind in MOTION_KINDS else np.ones(len(w0), bool)
+                    keep = moves if kind in MOTION_KINDS else np.ones(len(w0), bool)
                     if keep.sum() < 10:
                         print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
                         row[f"{name}.{kind}"] = float("nan")

@@ -9,6 +9,9 @@ Input: the first ``--frames`` frames of every AIHub2 test clip (0: all), one cam
 - ``stacked``: every member in one batched call, the frames of a chunk in one call, every
   window drawn with all K futures (same scores as ``exact``);
 - ``default``: ``stacked`` with early stop (``forecaster.early_stop_margin``), the default;
+- ``flows1x1``: ``default`` with the posture flows (``fused``, the default scorer) evaluated
+  one by one through their own modules, as before :class:`forecasting.posture.StackedFlows`
+  (``exact`` does so too);
 - ``stg-nf``: STG-NF's GraphGlow over its 24-frame windows (stride 1) of the same frames,
   window normalisation included (``bench/stg_nf.py``; trained for the run, ``--stg-epochs``;
   the speed does not depend on how well it is trained).
@@ -36,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,13 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stg_nf import SEG_LEN, load_segments, normalise, train_model
 from detector.datasets import load_split
 from detector.pose import PoseFrame, frames_from_tracks
+from forecasting.posture import PostureModel
 from pipelines.config import PosewatchConfig
 from pipelines.model_provider import CheckpointProvider
 from pipelines.score_stage import ScoreStage
 
+ONE_BY_ONE = "posture_flows_one_by_one"  # not a config field: the flows' path before session 11
 PATHS = {
-    "exact": {"exact": True, "early_stop_margin": None},
+    "exact": {"exact": True, "early_stop_margin": None, ONE_BY_ONE: True},
     "stacked": {"exact": False, "early_stop_margin": None},
+    "flows1x1": {ONE_BY_ONE: True},
     "default": {},
 }
 
@@ -80,6 +87,9 @@ def interleave(streams: list[list[PoseFrame]]) -> list[PoseFrame]:
 
 def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any) -> dict[str, Any]:
     """Feed the frames through a fresh score stage; returns seconds, windows and alerts."""
+    if forecaster.pop(ONE_BY_ONE, False):  # the posture flows' path before StackedFlows
+        with patch.object(PostureModel, "flow_nll", PostureModel.flow_nll_one_by_one):
+            return run_path(model, frames, chunk, **forecaster)
     cfg = config(model, **forecaster)
     provider = CheckpointProvider(cfg, warmup=True)
     stage = ScoreStage(provider, cfg.alerting, cfg.forecaster.seeding)
@@ -147,8 +157,10 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     ref: dict[str, Any] | None = None
     for name in args.paths:
-        r = run_path(args.model, frames, args.chunk, **PATHS[name])
-        flops = count_flops(lambda name=name: run_path(args.model, few, args.chunk, **PATHS[name]))
+        r = run_path(args.model, frames, args.chunk, **dict(PATHS[name]))
+        flops = count_flops(
+            lambda name=name: run_path(args.model, few, args.chunk, **dict(PATHS[name]))
+        )
         row = {
             "person_frames_per_s": person_frames / r["seconds"],
             "seconds": r["seconds"],

@@ -74,7 +74,7 @@ def zero_missing(keypoints: np.ndarray) -> np.ndarray:
     return kp
 
 
-def _bbox_from_keypoints(keypoints: np.ndarray) -> np.ndarray:
+def bbox_from_keypoints(keypoints: np.ndarray) -> np.ndarray:
     """The keypoints' extent ``x1, y1, x2, y2``; ``(0, 0, 0, 0)`` when none was seen (a box
     must be finite: a pose message with a NaN box is refused)."""
     xy = keypoints[:, :2]
@@ -303,7 +303,7 @@ def frames_from_tracks(
             by_frame.setdefault(int(f), []).append(
                 Person(
                     track_id=tid,
-                    bbox=_bbox_from_keypoints(kp),
+                    bbox=bbox_from_keypoints(kp),
                     score=0.0 if math.isnan(score) else score,
                     keypoints=kp,
                 )

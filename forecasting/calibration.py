@@ -98,6 +98,15 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any] | None) -> Calibration | None:
+        """The calibration in a checkpoint's ``calibration`` record (which also holds the
+        serving fields and feedback), or None when it holds no threshold."""
+        if not record or record.get("threshold") is None:
+            return None
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in record.items() if k in known})
+
 
 def calibrate_threshold(
     streams: Sequence[np.ndarray],

@@ -16,12 +16,19 @@ from typing import Final, Literal, get_args
 DEFAULT_MEMBERS = 7
 DEFAULT_SAMPLES = 42
 
-#: The default scorer: ``minhde``, not ``fused``. ``fused`` (motion + posture) is 5.8 AUC
-#: points better on AIHub2 test (96.0 +- 0.5 vs 90.2 +- 0.8, 3 seeds) but blind to a person
-#: freezing: a still body is *more* likely under the posture flows, so the posture part
-#: cancels the motion part (injected freezes: AUC 0.47 fused, 0.91 minhde; docs/DECISIONS.md,
-#: session 7). Operators who want it set ``scorer: fused``.
-DEFAULT_SCORER: Final = "minhde"
+#: The default scorer (``auto``): ``fused``, motion (``minhde``) + posture flows + the
+#: stillness term (:mod:`forecasting.stillness`). Posture sees what motion cannot (a body
+#: lying, crouching); the stillness term sees the freeze a still posture hides (docs/
+#: DECISIONS.md, session 11). It needs the checkpoint's posture flows fitted with the
+#: stillness term (``posewatch train`` adds them); a checkpoint without them is scored
+#: with :data:`FALLBACK_SCORER`.
+DEFAULT_SCORER: Final = "fused"
+#: The scorer name that means "the default for this checkpoint" (:data:`DEFAULT_SCORER` or
+#: :data:`FALLBACK_SCORER`; ``forecasting.scoring.resolve_scorer``).
+AUTO: Final = "auto"
+#: ``auto``'s scorer for a checkpoint without posture flows (or with flows fitted before the
+#: stillness term existed, whose fused score cannot see a freeze).
+FALLBACK_SCORER: Final = "minhde"
 
 #: Every scorer (:mod:`forecasting.scoring`); the config, the CLI and the registry derive
 #: their lists from this one.
@@ -33,8 +40,8 @@ SCORERS: tuple[ScorerName, ...] = get_args(ScorerName)
 #: threshold is served with the sampler it was calibrated with.
 DEFAULT_SAMPLER: Final = "default"
 
-#: Posture flows of the fused scorer (:mod:`forecasting.posture`): flows averaged, epochs per
-#: flow, weight of the posture score.
+#: Posture flows of the fused scorer (:mod:`forecasting.posture`): flows averaged (what
+#: ``train`` adds by default), epochs per flow, weight of the posture score.
 POSTURE_FLOWS = 8
 POSTURE_EPOCHS = 10
 POSTURE_WEIGHT = 1.0

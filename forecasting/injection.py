@@ -46,7 +46,7 @@ MOTION_KINDS: Final = ("run3x", "freeze", "reverse")
 _HIPS, _ANKLES = [11, 12], [15, 16]
 
 
-def past_speed(w: Windows, t_obs: int) -> np.ndarray:
+def window_speed(w: Windows, t_obs: int) -> np.ndarray:
     """``(N,)`` how fast each window's person moves from the last 4 observed frames to the
     window's end (its real future included: a person who really goes on moving): the mean
     absolute keypoint coordinate change per frame (person-size units per frame; AIHub2
@@ -55,14 +55,19 @@ def past_speed(w: Windows, t_obs: int) -> np.ndarray:
     return np.nanmean(np.abs(np.diff(w.poses[:, f0 - 4 :], axis=1)), axis=(1, 2, 3))
 
 
+def moving_mask(w: Windows, t_obs: int, min_speed: float | None = None) -> np.ndarray:
+    """``(N,)`` bool: the windows whose person moves (:func:`window_speed`) more than the
+    median window, or, with ``min_speed``, more than that absolute speed: stopping, speeding
+    up or turning back is only unusual for someone who moves. The median is relative to the
+    window set: on a set where most people stand (AIHub2 test: median 0.0013), the windows
+    above it are mostly standing people, and "freezing" them only removes detector jitter."""
+    speed = window_speed(w, t_obs)
+    return speed > (np.median(speed) if min_speed is None else min_speed)
+
+
 def moving(w: Windows, t_obs: int, min_speed: float | None = None) -> Windows:
-    """The windows whose person moves (:func:`past_speed`) more than the median window, or,
-    with ``min_speed``, more than that absolute speed: stopping, speeding up or turning back
-    is only unusual for someone who moves. The median is relative to the window set: on a
-    set where most people stand (AIHub2 test: median 0.0013), the windows above it are
-    mostly standing people, and "freezing" them only removes detector jitter."""
-    speed = past_speed(w, t_obs)
-    return w.select(speed > (np.median(speed) if min_speed is None else min_speed))
+    """The windows of :func:`moving_mask`."""
+    return w.select(moving_mask(w, t_obs, min_speed))
 
 
 def inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.ndarray:
@@ -112,4 +117,4 @@ def inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.nd
     return p
 
 
-__all__ = ["KINDS", "MOTION_KINDS", "inject", "moving"]
+__all__ = ["KINDS", "MOTION_KINDS", "inject", "moving", "moving_mask", "window_speed"]

@@ -18,8 +18,11 @@ epoch chosen on held-out normal windows, and scores by the mean of their standar
 negative log-likelihoods (each flow's NLL minus its mean on held-out normal windows, over its
 standard deviation there), so no single flow's failure decides.
 
-The *fused* score (:func:`fuse`) adds that posture score to the motion score, both in units
-of their spread on held-out normal windows: ``z_motion + weight * z_posture``.
+The *fused* score (:meth:`PostureModel.fuse`) adds that posture score to the motion score,
+both in units of their spread on held-out normal windows: ``z_motion + weight * z_posture``,
+plus the stillness term's excess over normal (:mod:`forecasting.stillness`): a frozen body is
+a likely posture window, so without it the posture part cancels the motion part's evidence
+of a freeze.
 
 Shapes: ``poses (N, L, 17, 2)`` as in :mod:`forecasting.scoring`.
 """
@@ -27,16 +30,19 @@ Shapes: ``poses (N, L, 17, 2)`` as in :mod:`forecasting.scoring`.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_WEIGHT
+from forecasting.stillness import HINGE_QUANTILE, stillness
 
 #: COCO-17 skeleton (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles).
 COCO_EDGES: tuple[tuple[int, int], ...] = (
@@ -165,6 +171,108 @@ class GraphGlow(nn.Module):
         return z, logdet
 
 
+def _affines(bns: list[nn.Module]) -> tuple[Tensor, Tensor]:
+    """Eval-mode batch norms, one per flow, as per-channel ``scale, shift`` ``(F, C)``."""
+    scales, shifts = [], []
+    for bn in bns:
+        assert isinstance(bn, nn.BatchNorm2d)
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        scales.append(scale)
+        shifts.append(bn.bias - bn.running_mean * scale)
+    return torch.stack(scales), torch.stack(shifts)
+
+
+def _conv(m: nn.Module) -> tuple[Tensor, Tensor]:
+    """A convolution's weight and bias."""
+    assert isinstance(m, nn.Conv2d) and m.bias is not None
+    return m.weight, m.bias
+
+
+def _toeplitz(w: Tensor, frames: int, pad: int) -> Tensor:
+    """A temporal convolution's weight ``(O, I, K, 1)`` (zero padding ``pad``) as the
+    ``(O * T, I * T)`` matrix that applies it to ``(I * T)``-stacked frames."""
+    o, i, k, _ = w.shape
+    t = torch.arange(frames)
+    lag = t[None, :] - t[:, None] + pad  # lag[t, s]: the kernel tap input frame s meets at t
+    m = w[..., 0][:, :, lag.clamp(0, k - 1)] * ((lag >= 0) & (lag < k))  # (O, I, T, T)
+    return m.permute(0, 2, 1, 3).reshape(o * frames, i * frames)
+
+
+class StackedFlows:
+    """The flows of a :class:`PostureModel` evaluated together, for inference.
+
+    Every flow's step becomes batched matrix products over the flows: the 1x1 convolutions
+    and eval-mode batch norms become per-channel affines, each temporal convolution a
+    ``(2T, 2T)`` Toeplitz matrix (batch norm folded in). PyTorch's CPU convolution kernels
+    are slow for 1-2 channels (91% of the flows' time went to them); this path computes
+    the same NLLs up to float rounding (~2e-5 nats/dim), 2.4x faster for 8 flows (one
+    thread, 256 windows; docs/DECISIONS.md, session 11). Built from the flows' weights at
+    one moment: rebuild after they change.
+    """
+
+    def __init__(self, flows: list[GraphGlow], frames: int) -> None:
+        self.flows, self.frames = len(flows), frames
+        self.adj = flows[0].adj
+
+        def stack(ts: list[Tensor]) -> Tensor:  # per flow (C,) -> (F, C)
+            return torch.stack([t.reshape(-1) for t in ts])
+
+        self.steps: list[tuple[Tensor, ...]] = []
+        with torch.no_grad():
+            for k in range(len(flows[0].nets)):
+                norms = [cast(ActNorm, f.norms[k]) for f in flows]
+                units = [cast(STGCNUnit, f.nets[k]) for f in flows]
+                gw, gb = (stack(list(p)) for p in zip(*(_conv(u.gcn) for u in units), strict=True))
+                s1, b1 = _affines([u.tcn[0] for u in units])
+                s2, b2 = _affines([u.tcn[3] for u in units])
+                tcn = [cast(nn.Conv2d, u.tcn[2]) for u in units]
+                pad = int(tcn[0].padding[0])  # type: ignore[index]
+                tm = torch.stack(
+                    [_toeplitz(c.weight * s2[f][:, None, None, None], frames, pad) for f, c in enumerate(tcn)]
+                )  # fmt: skip
+                tb = stack([_conv(c)[1] for c in tcn]) * s2 + b2
+                rw = rb = torch.zeros(0)
+                res = [u.res for u in units if u.res is not None]
+                if res:
+                    s3, b3 = _affines([r[1] for r in res])
+                    w, b = (stack(list(p)) for p in zip(*(_conv(r[0]) for r in res), strict=True))
+                    rw, rb = w * s3, b * s3 + b3
+                logs = stack([n.logs for n in norms])
+                ab = stack([n.bias for n in norms])
+                self.steps.append((ab, logs, logs.sum(1), gw, gb, s1, b1, tm, tb, rw, rb))
+
+    def energy(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-flow NLL ``(F, N)`` (nats per dimension) and the flows' mean per-joint prior
+        energy ``(N, V)`` of flow inputs ``x (N, 2, T, V)``
+        (:meth:`PostureModel.flow_nll`)."""
+        n, _, t, v = x.shape
+        f = self.flows
+
+        def ch(a: Tensor) -> Tensor:  # (F, C) -> broadcast over (F, C, T, N, V)
+            return a[:, :, None, None, None]
+
+        z = x.permute(1, 2, 0, 3)[None].expand(f, 2, t, n, v)
+        logdet = torch.zeros(f, n, dtype=x.dtype, device=x.device)
+        for ab, al, ald, gw, gb, s1, b1, tm, tb, rw, rb in self.steps:
+            z = (z + ch(ab)) * torch.exp(ch(al))
+            logdet = logdet + (ald * t * v)[:, None]
+            z1, z2 = z[:, 1], z[:, 0]  # the channel reversal
+            g = torch.matmul(z1[:, None] * ch(gw) + ch(gb), self.adj)
+            g = torch.relu(g * ch(s1) + ch(b1))
+            h = torch.bmm(tm, g.reshape(f, 2 * t, n * v)).view(f, 2, t, n, v) + ch(tb)
+            if rw.numel():
+                h = h + z1[:, None] * ch(rw) + ch(rb)
+            h = torch.relu(h)
+            scale = torch.sigmoid(h[:, 1] + 2.0) + 1e-6
+            z2 = (z2 + h[:, 0]) * scale
+            logdet = logdet + torch.log(scale).sum(dim=(1, 3))
+            z = torch.stack([z1, z2], 1)
+        prior = 0.5 * (z - PRIOR_MEAN) ** 2  # (F, 2, T, N, V)
+        nll = prior.mean(dim=(1, 2, 4)) + 0.5 * math.log(2 * math.pi) - logdet / (2 * t * v)
+        return nll, prior.mean(dim=(0, 1, 2))
+
+
 def train_glow(
     model: GraphGlow,
     x: Tensor,
@@ -221,6 +329,8 @@ class PostureConfig:
         max_hop: graph neighbourhood of the couplings.
         epochs: training epochs per flow (the best on held-out normal windows is kept).
         weight: weight of the posture score in the fused score.
+        stillness: the fused score also adds the stillness term
+            (:mod:`forecasting.stillness`; checkpoints from before it existed load without).
     """
 
     frames: int = 24
@@ -229,13 +339,14 @@ class PostureConfig:
     max_hop: int = 8
     epochs: int = POSTURE_EPOCHS
     weight: float = POSTURE_WEIGHT
+    stillness: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PostureConfig:
-        return cls(**d)
+        return cls(**{"stillness": False, **d})  # saved before the term: as it was fitted
 
 
 class PostureModel(nn.Module):
@@ -246,7 +357,9 @@ class PostureModel(nn.Module):
     (the posture score is that mean re-standardised: averaging correlated flows shrinks its
     spread, and the fused score weighs parts by their spread), ``joint_mean`` per joint (typical per-joint energy, so per-joint
     contributions read 1 = typical), ``motion_mean`` / ``motion_std`` of the motion scorer
-    the fused score standardises.
+    the fused score standardises, and (``cfg.stillness``) ``still_mean`` / ``still_std`` /
+    ``still_hinge``: the stillness's normal statistics and the standardised value above
+    which it counts (:data:`forecasting.stillness.HINGE_QUANTILE` of the normal windows).
     """
 
     nll_mean: Tensor
@@ -256,10 +369,14 @@ class PostureModel(nn.Module):
     joint_mean: Tensor
     motion_mean: Tensor
     motion_std: Tensor
+    still_mean: Tensor
+    still_std: Tensor
+    still_hinge: Tensor
 
     def __init__(self, cfg: PostureConfig, joints: int = 17) -> None:
         super().__init__()
         self.cfg = cfg
+        self._stacked: tuple[tuple[tuple[int, int], ...], StackedFlows] | None = None
         self.flows = nn.ModuleList(
             GraphGlow(joints, COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
             for _ in range(cfg.flows)
@@ -271,6 +388,10 @@ class PostureModel(nn.Module):
         self.register_buffer("joint_mean", torch.ones(joints))
         self.register_buffer("motion_mean", torch.zeros(()))
         self.register_buffer("motion_std", torch.ones(()))
+        if cfg.stillness:
+            self.register_buffer("still_mean", torch.zeros(()))
+            self.register_buffer("still_std", torch.ones(()))
+            self.register_buffer("still_hinge", torch.zeros(()))
 
     def inputs(self, poses: Tensor) -> Tensor:
         """``(N, L, 17, 2)`` filled normalised windows -> ``(N, 2, frames, 17)`` flow input."""
@@ -278,7 +399,20 @@ class PostureModel(nn.Module):
 
     def flow_nll(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-flow NLL ``(F, N)`` (nats per dimension) and the flows' mean per-joint
-        energy ``(N, V)`` of flow inputs ``x``."""
+        energy ``(N, V)`` of flow inputs ``x``: in eval mode without autograd through
+        :class:`StackedFlows` (rebuilt when a weight changed), else flow by flow."""
+        if not self.training and not torch.is_grad_enabled():
+            tensors = itertools.chain(self.flows.parameters(), self.flows.buffers())
+            version = tuple((id(t), t._version) for t in tensors)
+            if self._stacked is None or self._stacked[0] != version:
+                flows = [cast(GraphGlow, g) for g in self.flows]
+                self._stacked = (version, StackedFlows(flows, self.cfg.frames))
+            return self._stacked[1].energy(x)
+        return self.flow_nll_one_by_one(x)
+
+    def flow_nll_one_by_one(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`flow_nll` through each flow's own modules (training, and the reference
+        the stacked path is tested and benchmarked against)."""
         nll, joints = [], []
         for flow in self.flows:
             assert isinstance(flow, GraphGlow)
@@ -295,10 +429,19 @@ class PostureModel(nn.Module):
         z = ((nll - self.nll_mean[:, None]) / self.nll_std[:, None]).mean(0)
         return (z - self.score_mean) / self.score_std, joints / self.joint_mean
 
-    def fuse(self, motion: Tensor, posture: Tensor) -> Tensor:
-        """``z_motion + weight * z_posture`` (motion standardised by its normal statistics)."""
-        z = (motion - self.motion_mean) / self.motion_std
-        return z + self.cfg.weight * posture
+    def still_excess(self, still: Tensor) -> Tensor:
+        """``(N,)`` standardised stillness (:func:`forecasting.stillness.stillness`) above
+        its hinge, 0 below (and for a model without the term)."""
+        if not self.cfg.stillness:
+            return torch.zeros_like(still)
+        z = (still - self.still_mean) / self.still_std
+        return (z - self.still_hinge).clamp_min(0)
+
+    def fuse(self, motion: Tensor, posture: Tensor, still: Tensor | None = None) -> Tensor:
+        """``z_motion + weight * z_posture + stillness excess`` (motion standardised by its
+        normal statistics; the stillness part only with ``still``, the windows' stillness)."""
+        z = (motion - self.motion_mean) / self.motion_std + self.cfg.weight * posture
+        return z if still is None else z + self.still_excess(still)
 
 
 def windows_tensor(poses: np.ndarray, frames: int) -> Tensor:
@@ -313,6 +456,7 @@ def train_posture(
     cfg: PostureConfig,
     seed: int,
     log: Callable[[str], None] | None = None,
+    deadline: float | None = None,
 ) -> PostureModel:
     """Train the flows of a posture model on normal windows.
 
@@ -324,6 +468,9 @@ def train_posture(
         cfg: settings.
         seed: flow ``f`` trains from seed ``seed * cfg.flows + f``.
         log: called with one line per trained flow.
+        deadline: ``time.monotonic()`` after which no further flow is started (at least one
+            is trained); the model then holds the flows trained (``cfg.flows`` says how
+            many).
 
     Returns:
         The model; call :func:`fit_normal_stats` before scoring with it.
@@ -340,6 +487,12 @@ def train_posture(
             return float(torch.cat([m(b) for b in xv.split(4096)]).mean())
 
     for f in range(cfg.flows):
+        if f > 0 and deadline is not None and time.monotonic() > deadline:
+            if log is not None:
+                log(f"posture flows: time is up after {f} of {cfg.flows}")
+            kept = PostureModel(replace(cfg, flows=f), joints=train_poses.shape[2])
+            kept.flows = nn.ModuleList(list(model.flows)[:f])
+            return kept.eval()
         torch.manual_seed(seed * cfg.flows + f)
         flow = GraphGlow(train_poses.shape[2], COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
         _, trace = train_glow(flow, x, cfg.epochs, select=val_nll if xv is not None else None)
@@ -352,10 +505,19 @@ def train_posture(
 
 @torch.no_grad()
 def fit_normal_stats(
-    model: PostureModel, poses: np.ndarray, motion: np.ndarray | None = None
+    model: PostureModel,
+    poses: np.ndarray,
+    motion: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    n_obs: int | None = None,
 ) -> None:
     """Standardise the flows (and the motion score the fused score adds) on held-out
-    normal windows ``poses (N, L, 17, 2)`` (filled) with motion scores ``motion (N,)``."""
+    normal windows ``poses (N, L, 17, 2)`` (filled) with motion scores ``motion (N,)``; with
+    ``mask (N, L, 17)`` and ``n_obs`` observed frames, the stillness term's too.
+
+    Raises:
+        ValueError: a model with the stillness term but no ``mask`` / ``n_obs``.
+    """
     x = windows_tensor(poses, model.cfg.frames)
     parts = [model.flow_nll(b) for b in x.split(4096)]
     nll = torch.cat([p[0] for p in parts], 1)
@@ -370,3 +532,11 @@ def fit_normal_stats(
         m = torch.as_tensor(motion, dtype=torch.float32)
         model.motion_mean.copy_(m.mean())
         model.motion_std.copy_(m.std().clamp_min(1e-6))
+    if model.cfg.stillness:
+        if mask is None or n_obs is None:
+            raise ValueError("the stillness term needs the windows' mask and observed frames")
+        s = stillness(torch.as_tensor(poses), torch.as_tensor(mask), n_obs)
+        mean, std = s.mean(), s.std().clamp_min(1e-6)
+        model.still_mean.copy_(mean)
+        model.still_std.copy_(std)
+        model.still_hinge.copy_(torch.quantile((s - mean) / std, HINGE_QUANTILE))

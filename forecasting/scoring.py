@@ -48,12 +48,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.defaults import AUTO as AUTO  # re-exported: the default scorer's alias
+from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER, FALLBACK_SCORER
 from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer registry
 from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.stacked import stacked_of
+from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
@@ -290,16 +292,15 @@ def score_windows_many(
                 s, j = _nll_scores(model, p, m, v)
                 scores["nll"].append(s.float().cpu())
                 joints["nll"].append(j.float().cpu())
-            sp = jp = None
+            post = None
             if posture is not None and any(k in POSTURE_SCORERS for k in names):
                 sp, jp = posture(p)
+                post = (posture, sp, jp, stillness(p, m, n_obs))
                 if "posture" in names:
                     scores["posture"].append(sp.float().cpu())
                     joints["posture"].append(jp.float().cpu())
             if not sampled:
                 continue
-
-            post = (posture, sp, jp) if posture is not None and sp is not None and jp is not None else None  # fmt: skip
 
             def finish(name: str, smp: Tensor, rows: slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:  # fmt: skip
                 return _best_of_k_scores(name, model, cfg, smp, truth[rows], v[rows], post, rows)  # noqa: B023
@@ -391,19 +392,17 @@ def score_windows_many(
     }
 
 
-#: The default scorer's alias (:func:`resolve_scorer`).
-AUTO = "auto"
-
-
 def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
-    """A scorer name for ``model``: ``auto`` is :data:`DEFAULT_SCORER`; other names are
-    checked (the posture ones need the checkpoint's posture flows).
+    """A scorer name for ``model``: ``auto`` is :data:`DEFAULT_SCORER` for a model whose
+    posture flows have the stillness term, :data:`FALLBACK_SCORER` otherwise; other names
+    are checked (the posture ones need the checkpoint's posture flows).
 
     Raises:
         ValueError: an unknown name, or a posture scorer for a model without posture flows.
     """
     if name == AUTO:
-        return DEFAULT_SCORER
+        posture = posture_of(model)
+        return DEFAULT_SCORER if posture is not None and posture.cfg.stillness else FALLBACK_SCORER
     for known in SCORERS:
         if name == known:
             if known in POSTURE_SCORERS and posture_of(model) is None:
@@ -446,17 +445,17 @@ def _best_of_k_scores(
     smp: Tensor,
     truth: Tensor,
     v: Tensor,
-    post: tuple[PostureModel, Tensor, Tensor] | None,
+    post: tuple[PostureModel, Tensor, Tensor, Tensor] | None,
     rows: slice | Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """A best-of-K scorer (``fused``: ``minhde`` fused with the posture scores ``post``
-    of the batch, taken at ``rows``)."""
+    """A best-of-K scorer (``fused``: ``minhde`` fused with the posture scores, per-joint
+    posture contributions and stillness ``post`` of the batch, taken at ``rows``)."""
     motion = "minhde" if name == "fused" else name
     s, j = _sample_scores(motion, model, cfg, smp, torch.zeros(smp.shape[:2]), truth, v)
     if name == "fused":
         assert post is not None
-        posture, sp, jp = post
-        s = posture.fuse(s, sp[rows])
+        posture, sp, jp, still = post
+        s = posture.fuse(s, sp[rows], still[rows])
         j = j + posture.cfg.weight * jp[rows]
     return s, j
 

@@ -423,6 +423,7 @@ def fit_posture(
     seed: int,
     flip_index: Sequence[int] | None = None,
     log: Callable[[str], None] | None = None,
+    deadline: float | None = None,
 ) -> PostureModel:
     """Train posture flows for a trained forecaster and attach them (``model.posture``).
 
@@ -430,7 +431,8 @@ def fit_posture(
     ``flip_index`` is given, and keep their best epoch on the validation windows; the
     flows' and the motion scorer's (``minhde``, default K, GRU-NF) normal statistics are
     fitted on up to :data:`ERROR_SCALE_WINDOWS` validation windows (training windows when
-    there are none), as the error scale is.
+    there are none), as the error scale is, and so are the stillness term's. ``deadline``:
+    see :func:`forecasting.posture.train_posture`.
     """
     std = model.standardizer()
     if flip_index is not None:
@@ -439,13 +441,20 @@ def fit_posture(
     def fill(w: Windows) -> np.ndarray:
         return fill_unseen(w.poses, std.pose_mean)
 
-    posture = train_posture(fill(train_w), fill(val_w), cfg, seed, log)
-    ref = val_w if len(val_w) else train_w
+    posture = train_posture(fill(train_w), fill(val_w), cfg, seed, log, deadline)
+    fit_fused_stats(model, posture, val_w if len(val_w) else train_w, seed)
+    model.posture = posture
+    return posture
+
+
+def fit_fused_stats(model: Forecaster, posture: PostureModel, ref: Windows, seed: int) -> None:
+    """Fit the normal statistics of ``posture``'s flows, of the motion scorer (``minhde``,
+    default K, GRU-NF) and of the stillness term on up to :data:`ERROR_SCALE_WINDOWS` of the
+    held-out normal windows ``ref`` (:func:`forecasting.posture.fit_normal_stats`)."""
     take = np.random.default_rng(seed).permutation(len(ref))[:ERROR_SCALE_WINDOWS]
     ref = ref.select(np.sort(take))
     motion = score_windows(
         model, ref.poses, ref.mask, ref.visible, ScorerConfig(name="minhde", seed=seed)
     ).score
-    fit_normal_stats(posture, fill(ref), motion)
-    model.posture = posture
-    return posture
+    filled = fill_unseen(ref.poses, model.standardizer().pose_mean)
+    fit_normal_stats(posture, filled, motion, ref.mask, 1 + model.cfg.t_obs)

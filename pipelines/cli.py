@@ -17,10 +17,12 @@ from detector.pose_model import BACKENDS
 from detector.posefiles import PoseFileError
 from detector.tracking import TRACKERS
 from forecasting.defaults import (
+    AUTO,
     DEFAULT_MEMBERS,
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLES,
     DEFAULT_SCORER,
+    FALLBACK_SCORER,
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
     POSTURE_WEIGHT,
@@ -140,10 +142,11 @@ def train(
         int,
         typer.Option(
             min=0,
-            help="Posture flows added after training, for the fused scorer (8 is its "
-            "default; `posewatch posture` adds them later).",
+            help="Posture flows added after training, for the default (fused) scorer; 0 "
+            "adds none (the checkpoint is then scored by minhde; `posewatch posture` adds "
+            "them later).",
         ),
-    ] = 0,
+    ] = POSTURE_FLOWS,
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
     loss-curve PNG beside it."""
@@ -332,10 +335,11 @@ def calibrate(
     scorer: Annotated[
         str,
         typer.Option(
-            help=f"auto (= {DEFAULT_SCORER}), {', '.join(SCORERS)}; posture and fused need "
-            "posture flows (`posewatch posture`)."
+            help=f"auto (= {DEFAULT_SCORER} with posture flows, {FALLBACK_SCORER} without: "
+            f"what the service serves by default), {', '.join(SCORERS)}; posture and fused "
+            "need posture flows (`posewatch train` adds them, `posewatch posture` later)."
         ),
-    ] = DEFAULT_SCORER,
+    ] = AUTO,
     sampler: Annotated[
         str,
         typer.Option(

@@ -167,10 +167,12 @@ class ForecasterConfig(Base):
         "model call and one seed (more throughput with many cameras, not reproducible).",
     )
     scorer: Literal["auto"] | ScorerName = Field(
-        "minhde",
+        "auto",
         title="Scorer",
-        description="How windows are scored (auto = minhde, the default); fused (motion + "
-        "posture) needs the checkpoint's posture flows (`posewatch posture`).",
+        description="How windows are scored. auto (default): fused (motion + posture + "
+        "stillness) for a checkpoint with posture flows (`posewatch train` adds them; "
+        "`posewatch posture` adds them to an older checkpoint), minhde (motion) otherwise. "
+        "A threshold is only served with the scorer it was calibrated for.",
     )
     stride: int = Field(
         3, ge=1, title="Stride", description="Score every n-th frame of a track (cost control)."
@@ -433,7 +435,18 @@ class ColdStartConfig(Base):
         15, ge=1, title="Epochs", description="Most training epochs on the learned footage."
     )
     max_train_minutes: float = Field(
-        5.0, gt=0, title="Training time limit", description="Stop training after this long."
+        5.0,
+        gt=0,
+        title="Training time limit",
+        description="Stop training (the scene model, then its posture flows) after this long.",
+    )
+    posture_flows: int = Field(
+        4,
+        ge=0,
+        title="Posture flows",
+        description="Posture flows trained after the scene model, within the training time "
+        "limit (at least one): the default scorer (fused: motion + posture + stillness) needs "
+        "them; 0 trains none and the camera is scored by motion alone (minhde).",
     )
     hidden: int = Field(
         128,

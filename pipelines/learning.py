@@ -1,6 +1,7 @@
 """Cold start, "learn this scene": a camera without a trained model learns normal motion from
-its own first footage, trains a forecaster in the background, calibrates an alert threshold
-on held-out footage of the same camera, then starts scoring.
+its own first footage, trains a forecaster and the posture flows the default scorer needs in
+the background, calibrates an alert threshold on held-out footage of the same camera, then
+starts scoring.
 
 Phases per camera: ``learning`` (tracked poses are collected, nothing is scored) ->
 ``training`` (a background thread trains while detection goes on) -> ``scoring``. A camera
@@ -38,11 +39,12 @@ from detector.pose import PoseFrame, tracks_from_frames
 from detector.skeleton import FLIP_INDEX
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, update_checkpoint
-from forecasting.defaults import DEFAULT_SAMPLER
+from forecasting.defaults import AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
 from forecasting.frame_scores import smooth
+from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
 from forecasting.torch_model import ModelConfig
-from forecasting.train import TrainConfig, build_windows, train
+from forecasting.train import TrainConfig, build_windows, fit_posture, train
 from forecasting.windows import WindowConfig
 from pipelines.clip_scoring import calibrate_on_clips, score_split
 from pipelines.feedback import apply_feedback
@@ -72,6 +74,8 @@ class LearnSettings:
     holdout: float = 0.25
     epochs: int = 15
     max_train_minutes: float = 5.0
+    posture_flows: int = 4
+    posture_epochs: int = POSTURE_EPOCHS
     hidden: int = 128
     flow_layers: int = 4
     seed: int = 0
@@ -79,7 +83,7 @@ class LearnSettings:
     target_per_hour: float = 1.0
     min_duration_s: float = 0.5
     sigma: float = 6.0
-    scorer: str = "minhde"
+    scorer: str = AUTO
     sampler: str = DEFAULT_SAMPLER
     samples: int = 20
     stride: int = 3
@@ -287,6 +291,12 @@ class SceneLearner:
             )
         mcfg = ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers)
         result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+        flows = 0
+        if s.posture_flows > 0:  # what the default scorer (fused) needs, in the same time cap
+            pcfg = PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
+            deadline = time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0)
+            post = fit_posture(result.model, tr, va, pcfg, s.seed, FLIP_INDEX, None, deadline)
+            flows = post.cfg.flows
         path = self.saved_path
         tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
         save_checkpoint(
@@ -328,6 +338,7 @@ class SceneLearner:
             "train_windows": float(len(tr)),
             "holdout_windows": float(n_win),
             "val_nll": float(result.best_val_nll),
+            "posture_flows": float(flows),
         }
         return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
 

@@ -111,14 +111,17 @@ def trained_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model's first three members, trained as ``bench/anomaly_eval.py`` trains them.
+    """The default model's first three members and four posture flows, trained as
+    ``bench/anomaly_eval.py`` trains them.
 
     Default architecture and optimisation, AIHub2 train normal windows, members of seeds 0,
     1, 2: the first three of the benchmark's seed-0 ensemble (``DEFAULT_MEMBERS`` = 7, seeds
-    0..6; training is deterministic on the CPU). Three, not seven, to keep CI near 30 minutes
-    (about 5 minutes per member on 2 cores); the full seed-0 ensemble passes the same tests
-    (docs/DECISIONS.md, session 5). ``POSEWATCH_DEFAULT_MODEL=path`` uses that checkpoint
-    instead (a local run that has ``runs/anomaly_eval/seed0-m7.pt``).
+    0..6; training is deterministic on the CPU), and posture flows of seeds 0..3 (the default
+    has 8, ``POSTURE_FLOWS``). Three members and four flows, not seven and eight, to keep CI
+    near 40 minutes (about 5 minutes per member and 1.3 per flow on 2 cores); the full seed-0
+    default passes the same tests (docs/DECISIONS.md, sessions 5 and 11).
+    ``POSEWATCH_DEFAULT_MODEL=path`` uses that checkpoint instead (a local run that has
+    ``runs/anomaly_eval/seed0-m7.pt``).
     """
     import torch
 
@@ -129,4 +132,5 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
         return Path(given)
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("default_model") / "seed0-m3.pt"
-    return run_training(TrainRequest(aihub2, out, device="cpu", members=3, progress=False))
+    req = TrainRequest(aihub2, out, device="cpu", members=3, posture_flows=4, progress=False)
+    return run_training(req)

@@ -28,7 +28,7 @@ import numpy as np
 from detector.datasets import Clip, load_split
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
-from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.defaults import AUTO, DEFAULT_SAMPLES
 from forecasting.detection_metrics import (
     alert_outcome,
     average_precision,
@@ -131,7 +131,7 @@ class CalibrateRequest:
     data: Path
     split: str = "train"
     target_rate: float = 1.0
-    scorer: str = DEFAULT_SCORER
+    scorer: str = AUTO
     sampler: str = DEFAULT_SAMPLER
     causal_sigma: float = 6.0
     min_duration: int = 15
@@ -305,14 +305,6 @@ def _sampler(ckpt: Checkpoint, name: str) -> SamplerConfig:
     return sampler_by_name(name, ckpt.model.flow.num_layers, ckpt.sampler)
 
 
-def _stored_calibration(ckpt: Checkpoint) -> Calibration | None:
-    """The checkpoint's calibration, if it holds a threshold."""
-    if not ckpt.calibration or ckpt.calibration.get("threshold") is None:
-        return None
-    known = Calibration.__dataclass_fields__
-    return Calibration(**{k: v for k, v in ckpt.calibration.items() if k in known})
-
-
 @dataclass(slots=True)
 class _Results:
     """What the passes of ``evaluate`` collect: reports, ROC curves, per-clip timelines."""
@@ -328,7 +320,7 @@ def _score_passes(
 ) -> _Results:
     """Every (scorer, sampler) pair scored; the sample-based scorers of one sampler share
     one draw of futures (their seconds are the shared pass's)."""
-    calibration = _stored_calibration(ckpt)
+    calibration = Calibration.from_record(ckpt.calibration)
     res = _Results([], {}, {}, {})
     for sname_or_none, names in scoring_passes(scorers, req.samplers):
         sname = sname_or_none or "-"
@@ -423,6 +415,27 @@ def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
     return payload
 
 
+def validation_clip_scores(
+    ckpt: Checkpoint,
+    data: Path,
+    split: str,
+    cfg: ScorerConfig,
+    stride: int = 1,
+    progress: bool = False,
+) -> list[ClipScores]:
+    """Scores of the checkpoint's validation clips (every clip of ``split`` for a checkpoint
+    that names none), what ``calibrate`` fits thresholds on.
+
+    Raises:
+        ValueError: none of those clips in ``data``.
+    """
+    val = set(ckpt.meta.get("validation_clips") or [])
+    clips = [c for c in load_clips(data, split) if not val or c.name in val]
+    if not clips:
+        raise ValueError(f"no validation clips of the checkpoint found in {data}/pose/{split}")
+    return score_split(ckpt, clips, cfg, stride, progress=progress)[0]
+
+
 def run_calibrate(req: CalibrateRequest) -> Calibration:
     """Fit the alert threshold on the normal frames of the checkpoint's validation clips and
     store it in the checkpoint.
@@ -444,14 +457,8 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     if req.feedback is not None and not Path(req.feedback).is_file():
         raise FileNotFoundError(f"--feedback: no alert store at {req.feedback}")
     ckpt = load_checkpoint(req.model)
-    val = set(ckpt.meta.get("validation_clips") or [])
-    clips = [c for c in load_clips(req.data, req.split) if not val or c.name in val]
-    if not clips:
-        raise ValueError(
-            f"no validation clips of the checkpoint found in {req.data}/pose/{req.split}"
-        )
     cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
-    cs, _, _ = score_split(ckpt, clips, cfg, req.stride, progress=req.progress)
+    cs = validation_clip_scores(ckpt, req.data, req.split, cfg, req.stride, req.progress)
     cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, req.min_duration)
     fb = apply_feedback(
         cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride
@@ -469,7 +476,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     )
     log.info(
         f"threshold {cal.threshold:.4f} for {req.target_rate:g} false alerts per camera-hour "
-        f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {len(clips)} clips); "
+        f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {len(cs)} clips); "
         f"stored in {req.model}"
     )
     if req.feedback is not None:
@@ -487,5 +494,6 @@ __all__ = [
     "run_calibrate",
     "run_evaluate",
     "scoring_passes",
+    "validation_clip_scores",
     "write_json",
 ]

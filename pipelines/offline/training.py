@@ -20,7 +20,7 @@ from typing import Any
 
 from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import Checkpoint, attach_posture, load_checkpoint, save_checkpoint
-from forecasting.defaults import DEFAULT_MEMBERS
+from forecasting.defaults import DEFAULT_MEMBERS, POSTURE_FLOWS
 from forecasting.evaluate import evaluate_forecasts, format_table, rows_as_dicts
 from forecasting.posture import PostureConfig
 from forecasting.samplers import default_samplers, sampler_by_name
@@ -62,7 +62,8 @@ class TrainRequest:
         split_seed: seed of the train/validation clip split (fixed across seeds).
         members: ensemble members (seeds ``seed * members + r``); 1 trains one model.
         posture_flows: posture flows added after training (seeds
-            ``seed * posture_flows + f``, :func:`run_posture`); 0 adds none.
+            ``seed * posture_flows + f``, :func:`run_posture`), what the default ``fused``
+            scorer needs; 0 adds none (the model is then scored by ``minhde``).
         progress: show a progress bar with the loss (stderr).
     """
 
@@ -79,7 +80,7 @@ class TrainRequest:
     max_minutes: float = 18.0
     split_seed: int = 0
     members: int = DEFAULT_MEMBERS
-    posture_flows: int = 0
+    posture_flows: int = POSTURE_FLOWS
     progress: bool = True
 
 

@@ -30,6 +30,7 @@ from forecasting.scoring import (
     score_windows,
     score_windows_many,
 )
+from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, ModelConfig
 from forecasting.train import build_windows, split_clips
 from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
@@ -99,7 +100,7 @@ def test_posture_flows_find_lying_bodies_and_standardise(
     )
     normal_poses = fill_unseen(va.poses, std.pose_mean)
     motion = np.random.default_rng(0).normal(2.0, 0.5, len(va))
-    fit_normal_stats(model, normal_poses, motion)
+    fit_normal_stats(model, normal_poses, motion, va.mask, 1 + WindowConfig().t_obs)
     with torch.no_grad():
         normal, joints = model(torch.as_tensor(normal_poses))
         lying, _ = model(torch.as_tensor(_rotate(normal_poses, np.pi / 2)))
@@ -137,7 +138,7 @@ def test_checkpoint_keeps_posture_flows_and_scorers_need_them(tmp_path: Path) ->
     with pytest.raises(ValueError, match=r"unknown scorer 'best'; choose from auto, minhde"):
         resolve_scorer("best", model)
     posture = train_posture(poses, poses[:10], PostureConfig(flows=2, epochs=1, weight=0.5), 0)
-    fit_normal_stats(posture, poses, rng.normal(0, 1, 40))
+    fit_normal_stats(posture, poses, rng.normal(0, 1, 40), ones, 13)
     attach_posture(path, posture)
     ck = load_checkpoint(path)
     assert resolve_scorer("auto", ck.model) == "minhde"
@@ -162,7 +163,10 @@ def test_checkpoint_keeps_posture_flows_and_scorers_need_them(tmp_path: Path) ->
         want = posture(torch.as_tensor(poses))[0].numpy()
     np.testing.assert_allclose(many["posture"].score, want, rtol=1e-5, atol=1e-6)
     z = (many["minhde"].score - float(posture.motion_mean)) / float(posture.motion_std)
-    np.testing.assert_allclose(many["fused"].score, z + 0.5 * want, rtol=1e-4, atol=1e-5)
+    still = posture.still_excess(stillness(torch.as_tensor(poses), torch.as_tensor(ones), 13))
+    assert float(still.max()) > 0  # some of the random windows move less in the future
+    want_fused = z + 0.5 * want + still.numpy()
+    np.testing.assert_allclose(many["fused"].score, want_fused, rtol=1e-4, atol=1e-5)
     # Re-attaching replaces the flows; the forecaster's own weights are untouched.
     attach_posture(path, train_posture(poses, poses[:10], PostureConfig(flows=1, epochs=1), 1))
     again = load_checkpoint(path)
@@ -170,3 +174,47 @@ def test_checkpoint_keeps_posture_flows_and_scorers_need_them(tmp_path: Path) ->
     for k, v in ck.model.state_dict().items():
         if not k.startswith("posture."):
             assert torch.equal(v, again.model.state_dict()[k])
+
+
+def test_stacked_flows_equal_the_flows_one_by_one_and_follow_new_weights() -> None:
+    """Inference goes through :class:`StackedFlows` (Toeplitz matrices instead of the slow
+    1-2 channel convolutions); it gives the flow-by-flow NLLs and joint energies up to float
+    rounding, and is rebuilt when the weights change (new flows loaded in place)."""
+    rng = np.random.default_rng(0)
+    poses = rng.normal(0, 0.3, (64, 25, 17, 2)).astype(np.float32)
+    cfg = PostureConfig(flows=3, epochs=2)
+    a = train_posture(poses, poses[:16], cfg, 0)
+    b = train_posture(poses, poses[:16], cfg, 1)
+    x = a.inputs(torch.as_tensor(poses))
+    for model in (a, b):
+        with torch.no_grad():
+            want, want_j = model.flow_nll_one_by_one(x)
+            got, got_j = model.flow_nll(x)
+        assert got.shape == (3, 64) and got_j.shape == (64, 17)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got_j.numpy(), want_j.numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        before = a.flow_nll(x)[0]
+        a.load_state_dict(b.state_dict())  # in place: the stacked weights must follow
+        after = a.flow_nll(x)[0]
+        want_b = b.flow_nll_one_by_one(x)[0]
+    assert float((before - after).abs().max()) > 1e-3
+    np.testing.assert_allclose(after.numpy(), want_b.numpy(), rtol=0, atol=1e-6)
+
+
+def test_posture_training_stops_at_its_deadline_with_at_least_one_flow() -> None:
+    """Cold start trains the flows within its time limit: past the deadline no further flow
+    is started, and the model says how many it holds."""
+    import time
+
+    rng = np.random.default_rng(0)
+    poses = rng.normal(0, 0.3, (32, 25, 17, 2)).astype(np.float32)
+    model = train_posture(
+        poses, poses[:8], PostureConfig(flows=4, epochs=1), 0, None, time.monotonic()
+    )
+    assert model.cfg.flows == 1 and len(model.flows) == 1
+    ones = np.ones((32, 25, 17), bool)
+    fit_normal_stats(model, poses, rng.normal(0, 1, 32), ones, 13)
+    assert model.nll_mean.shape == (1,)
+    with torch.no_grad():
+        assert model(torch.as_tensor(poses))[0].shape == (32,)

@@ -6,9 +6,18 @@ import numpy as np
 
 from detector.datasets import load_split
 from detector.pose import frames_from_tracks
+from forecasting.scoring import resolve_scorer
 from pipelines.learning import LearnSettings, SceneLearner
 
-FAST = {"epochs": 3, "hidden": 48, "flow_layers": 2, "max_train_minutes": 2.0, "samples": 10}
+FAST = {
+    "epochs": 3,
+    "hidden": 48,
+    "flow_layers": 2,
+    "max_train_minutes": 2.0,
+    "samples": 10,
+    "posture_flows": 2,
+    "posture_epochs": 2,
+}
 
 
 def _frames(aihub2: Path, clip_index: int = 0, fps: float = 30.0):  # type: ignore[no-untyped-def]
@@ -41,6 +50,10 @@ def test_scene_learner_trains_calibrates_saves_and_reuses(aihub2: Path, tmp_path
     cal = learned.checkpoint.calibration
     assert cal["threshold"] == learned.threshold and cal["target_per_hour"] == 1.0
     assert learned.checkpoint.meta["learned_scene"] == "hall"
+    # It trained what the default scorer needs, and calibrated that scorer.
+    assert learned.info["posture_flows"] == 2
+    assert resolve_scorer("auto", learned.checkpoint.model) == "fused"
+    assert cal["scorer"]["name"] == "fused"
     assert (tmp_path / "hall.pt").exists()
     # The next start reuses the saved model instead of learning again.
     again = SceneLearner("hall", LearnSettings(save_dir=tmp_path, **FAST))

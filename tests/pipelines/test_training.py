@@ -36,6 +36,7 @@ def _one_epoch(data: Path, out: Path, seed: int, members: int = 1) -> TrainReque
         device="cpu",
         max_minutes=5.0,
         members=members,
+        posture_flows=0,
         progress=False,
     )
 
