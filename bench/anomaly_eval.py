@@ -274,6 +274,7 @@ def main() -> None:
                         seed=run,
                         device="cpu",
                         members=1,
+                        posture_flows=0,  # the ensemble gets its own flows below
                     )
                 )
             paths.append(path)
@@ -284,7 +285,10 @@ def main() -> None:
             if not ck_path.exists() or ck_path.stat().st_mtime < newest:
                 run_ensemble(EnsembleRequest(tuple(paths), ck_path, args.data))
         ck = load_checkpoint(ck_path)
-        if any(k in POSTURE_SCORERS for k in args.scorers) and posture_of(ck.model) is None:
+        posture = posture_of(ck.model)
+        if any(k in POSTURE_SCORERS for k in args.scorers) and (
+            posture is None or not posture.cfg.stillness  # flows from before the term
+        ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)
         train_s = time.perf_counter() - t0

@@ -65,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
-    ap.add_argument("--scorers", nargs="+", default=["minhde"])
+    ap.add_argument("--scorers", nargs="+", default=["auto"], help="auto: the service's default")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0])
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
@@ -93,7 +93,7 @@ def main() -> None:
             name = base.sampler.name if tau == 1 else f"{base.sampler.name}-t{tau:g}"
             cfg = replace(base, sampler=base.sampler.with_(name=name, temperature=tau))
             row: dict[str, Any] = {
-                "scorer": scorer,
+                "scorer": cfg.name,
                 "sampler": cfg.sampler.name,
                 "temperature": tau,
             }

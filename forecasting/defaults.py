@@ -46,7 +46,8 @@ POSTURE_FLOWS = 8
 POSTURE_EPOCHS = 10
 POSTURE_WEIGHT = 1.0
 
-#: Early stop (``forecaster.early_stop_margin``, score units): live scoring stops drawing
+#: Early stop (``forecaster.early_stop_margin``, minhde units; ``fused`` divides it by its
+#: motion part's normal spread, ``forecasting.scoring.early_stop_bound``): live scoring stops drawing
 #: futures for a window whose score from the first member's futures is this far below the
 #: alert threshold (docs/DECISIONS.md, issue 21).
 EARLY_STOP_MARGIN = 1.5

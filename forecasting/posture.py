@@ -193,7 +193,7 @@ def _toeplitz(w: Tensor, frames: int, pad: int) -> Tensor:
     """A temporal convolution's weight ``(O, I, K, 1)`` (zero padding ``pad``) as the
     ``(O * T, I * T)`` matrix that applies it to ``(I * T)``-stacked frames."""
     o, i, k, _ = w.shape
-    t = torch.arange(frames)
+    t = torch.arange(frames, device=w.device)
     lag = t[None, :] - t[:, None] + pad  # lag[t, s]: the kernel tap input frame s meets at t
     m = w[..., 0][:, :, lag.clamp(0, k - 1)] * ((lag >= 0) & (lag < k))  # (O, I, T, T)
     return m.permute(0, 2, 1, 3).reshape(o * frames, i * frames)
@@ -206,9 +206,9 @@ class StackedFlows:
     and eval-mode batch norms become per-channel affines, each temporal convolution a
     ``(2T, 2T)`` Toeplitz matrix (batch norm folded in). PyTorch's CPU convolution kernels
     are slow for 1-2 channels (91% of the flows' time went to them); this path computes
-    the same NLLs up to float rounding (~2e-5 nats/dim), 2.4x faster for 8 flows (one
+    the same NLLs up to float rounding (~3e-5 nats/dim), 2.9x faster for 8 flows (one
     thread, 256 windows; docs/DECISIONS.md, session 11). Built from the flows' weights at
-    one moment: rebuild after they change.
+    one moment for ``frames``-frame inputs: rebuild after they change.
     """
 
     def __init__(self, flows: list[GraphGlow], frames: int) -> None:
@@ -376,7 +376,7 @@ class PostureModel(nn.Module):
     def __init__(self, cfg: PostureConfig, joints: int = 17) -> None:
         super().__init__()
         self.cfg = cfg
-        self._stacked: tuple[tuple[tuple[int, int], ...], StackedFlows] | None = None
+        self._stacked: tuple[tuple[Any, ...], StackedFlows] | None = None
         self.flows = nn.ModuleList(
             GraphGlow(joints, COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
             for _ in range(cfg.flows)
@@ -403,10 +403,10 @@ class PostureModel(nn.Module):
         :class:`StackedFlows` (rebuilt when a weight changed), else flow by flow."""
         if not self.training and not torch.is_grad_enabled():
             tensors = itertools.chain(self.flows.parameters(), self.flows.buffers())
-            version = tuple((id(t), t._version) for t in tensors)
+            version = (x.shape[2], *((id(t), t._version) for t in tensors))
             if self._stacked is None or self._stacked[0] != version:
                 flows = [cast(GraphGlow, g) for g in self.flows]
-                self._stacked = (version, StackedFlows(flows, self.cfg.frames))
+                self._stacked = (version, StackedFlows(flows, x.shape[2]))
             return self._stacked[1].energy(x)
         return self.flow_nll_one_by_one(x)
 
@@ -508,16 +508,20 @@ def fit_normal_stats(
     model: PostureModel,
     poses: np.ndarray,
     motion: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
+    seen: np.ndarray | None = None,
     n_obs: int | None = None,
 ) -> None:
     """Standardise the flows (and the motion score the fused score adds) on held-out
     normal windows ``poses (N, L, 17, 2)`` (filled) with motion scores ``motion (N,)``; with
-    ``mask (N, L, 17)`` and ``n_obs`` observed frames, the stillness term's too.
+    ``seen (N, L, 17)`` (keypoints really seen: ``visible & mask``) and ``n_obs`` observed
+    frames, the stillness term's too.
 
     Raises:
-        ValueError: a model with the stillness term but no ``mask`` / ``n_obs``.
+        ValueError: a model with the stillness term but no ``seen`` / ``n_obs``, or fewer
+            than 2 windows.
     """
+    if len(poses) < 2:
+        raise ValueError(f"{len(poses)} held-out normal window(s): at least 2 are needed")
     x = windows_tensor(poses, model.cfg.frames)
     parts = [model.flow_nll(b) for b in x.split(4096)]
     nll = torch.cat([p[0] for p in parts], 1)
@@ -533,9 +537,9 @@ def fit_normal_stats(
         model.motion_mean.copy_(m.mean())
         model.motion_std.copy_(m.std().clamp_min(1e-6))
     if model.cfg.stillness:
-        if mask is None or n_obs is None:
-            raise ValueError("the stillness term needs the windows' mask and observed frames")
-        s = stillness(torch.as_tensor(poses), torch.as_tensor(mask), n_obs)
+        if seen is None or n_obs is None:
+            raise ValueError("the stillness term needs the windows' seen keypoints and n_obs")
+        s = stillness(torch.as_tensor(poses), torch.as_tensor(seen), n_obs)
         mean, std = s.mean(), s.std().clamp_min(1e-6)
         model.still_mean.copy_(mean)
         model.still_std.copy_(std)

@@ -18,7 +18,7 @@ is conditioned on the ``t_obs`` frames before the last ``horizon`` frames and th
   steady head; the score is the log of that error (errors are heavy-tailed, and the frame
   smoothing then averages ratios, not raw distances). Per-joint from the best sample.
 - ``minfde``: the same at the last frame only (best-of-K final displacement error).
-- ``minhde`` (default): the same with frame ``h = 1..H`` of the horizon weighted by
+- ``minhde`` (the default for a checkpoint without posture flows): the same with frame ``h = 1..H`` of the horizon weighted by
   ``h ** horizon_power`` (3: the last third of the horizon carries ~70% of the weight). The
   far end of the horizon is where normal and abnormal motion part (the first future frames
   are nearly determined by the past), yet a short anomaly early in the horizon, which
@@ -26,9 +26,12 @@ is conditioned on the ``t_obs`` frames before the last ``horizon`` frames and th
 - ``posture``: how unlikely the window's body configuration is, whatever its motion: the
   mean standardised NLL of the checkpoint's posture flows (:mod:`forecasting.posture`;
   ``posewatch posture`` adds them). Per-joint: each joint's latent energy, 1 = typical.
-- ``fused``: ``minhde`` and ``posture`` together, each in units of its spread on held-out
-  normal windows (``z_motion + weight * z_posture``): motion the forecaster did not expect,
-  or a posture the flows have not seen. Per-joint: the sum of the two parts' contributions.
+- ``fused`` (the default, ``auto``, for a checkpoint with posture flows): ``minhde`` and
+  ``posture`` together, each in units of its spread on held-out normal windows, plus the
+  stillness term's excess over normal (``z_motion + weight * z_posture + still``,
+  :mod:`forecasting.stillness`): motion the forecaster did not expect, a posture the flows
+  have not seen, or a body that stops dead. Per-joint: the sum of the motion and posture
+  parts' contributions (the stillness term is a whole-body one).
 
 Several scorers can be computed from one draw of futures (:func:`score_windows_many`); each
 gets exactly the scores it would get alone with the same seed.
@@ -87,7 +90,9 @@ class ScorerConfig:
     """How windows are scored.
 
     Attributes:
-        name: ``minhde`` (default), ``minfde``, ``minade``, ``kde`` or ``nll``.
+        name: ``minhde`` (default here; the service's ``auto`` is ``fused`` for a checkpoint
+            with posture flows, :func:`resolve_scorer`), ``minfde``, ``minade``, ``kde``,
+            ``nll``, ``posture`` or ``fused``.
         num_samples: K futures per window (every scorer but ``nll``).
         sampler: GRU-NF or a GRU-SNF configuration.
         use_weights: weight samples by their SNF path weights (``kde``).
@@ -263,6 +268,7 @@ def score_windows_many(
             "add them with `posewatch posture --model CKPT`, or choose minhde"
         )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
+    seen = to_tensor(visible & mask, P.device)  # the stillness term counts seen keypoints
     # Generators of their own: the same seed gives the same draws even while other threads
     # (cold start training) use torch's global generator. One per group of windows.
     run = np.zeros(n, np.int64)
@@ -295,7 +301,7 @@ def score_windows_many(
             post = None
             if posture is not None and any(k in POSTURE_SCORERS for k in names):
                 sp, jp = posture(p)
-                post = (posture, sp, jp, stillness(p, m, n_obs))
+                post = (posture, sp, jp, stillness(p, seen[sl], n_obs))
                 if "posture" in names:
                     scores["posture"].append(sp.float().cpu())
                     joints["posture"].append(jp.float().cpu())
@@ -412,6 +418,17 @@ def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
                 )
             return known
     raise ValueError(f"unknown scorer {name!r}; choose from {AUTO}, {', '.join(SCORERS)}")
+
+
+def early_stop_bound(model: Forecaster, scorer: str, threshold: float, margin: float) -> float:
+    """The ``stop_below`` of live scoring: ``threshold`` minus ``margin``, with ``margin`` in
+    units of ``minhde`` (log best-of-K error, what it was measured in: docs/DECISIONS.md,
+    issue 21); for ``fused``, whose motion part is ``minhde`` over its normal spread, the
+    margin is divided by that spread so it holds back the same motion evidence."""
+    posture = posture_of(model)
+    if scorer == "fused" and posture is not None:
+        return threshold - margin / float(posture.motion_std)
+    return threshold - margin
 
 
 def available_scorers(model: Forecaster) -> tuple[ScorerName, ...]:

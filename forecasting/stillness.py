@@ -10,7 +10,9 @@ a standing person standing has near-still futures among its K).
 
 The stillness of a window is ``log(m_past + eps) - log(m_future + eps)``, with ``m`` the mean
 keypoint displacement per frame (normalised units, keypoints seen or gap-filled in both
-frames) over the observed frames and over the future (from the last observed frame on);
+frames) over the observed frames and over the future (from the last observed frame on),
+counting only keypoints really *seen* in both frames of a step (a keypoint the window
+filled in, e.g. held at its last position while occluded, would look frozen);
 ``eps`` (:data:`EPS`, 1e-4: a tenth of the least jitter seen) keeps a motionless past or
 future finite. It needs no model: normal windows centre near 0 (a person keeps their own
 level of motion over a second) with a spread of ~0.3 (AIHub2 validation clips).
@@ -20,7 +22,8 @@ held-out windows show (the part of the standardised stillness above their 99th p
 so it is 0 for ~99% of normal windows and large for a frozen body (injected freezes: ~10
 standard deviations).
 
-Shapes: ``poses (N, L, 17, 2)`` filled normalised windows, ``mask (N, L, 17)`` bool.
+Shapes: ``poses (N, L, 17, 2)`` filled normalised windows, ``seen (N, L, 17)`` bool
+(:class:`forecasting.windows.Windows` ``visible & mask``).
 """
 
 from __future__ import annotations
@@ -36,19 +39,19 @@ EPS: Final = 1e-4
 HINGE_QUANTILE: Final = 0.99
 
 
-def motion_per_frame(poses: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
+def motion_per_frame(poses: Tensor, seen: Tensor, start: int, stop: int) -> Tensor:
     """``(N,)`` mean keypoint displacement per frame from frame ``start`` to ``stop - 1``
-    (normalised units) over keypoints in ``mask`` in both frames of a step; NaN for a window
+    (normalised units) over keypoints ``seen`` in both frames of a step; NaN for a window
     with no such keypoint."""
     x = poses[:, start:stop]
     d = torch.linalg.vector_norm(x[:, 1:] - x[:, :-1], dim=-1)  # (N, F - 1, V)
-    m = mask[:, start:stop].bool()
+    m = seen[:, start:stop].bool()
     ok = (m[:, 1:] & m[:, :-1]).to(d.dtype)
     n = ok.sum((1, 2))
     return torch.where(n > 0, (d * ok).sum((1, 2)) / n.clamp_min(1), torch.nan)
 
 
-def stillness(poses: Tensor, mask: Tensor, n_obs: int, eps: float = EPS) -> Tensor:
+def stillness(poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS) -> Tensor:
     """``(N,)`` log ratio of the observed past's motion to the future's (``n_obs`` observed
     frames; the future runs from the last observed frame to the window's end); 0 where either
     part has no keypoint seen in two successive frames (no evidence).
@@ -57,12 +60,12 @@ def stillness(poses: Tensor, mask: Tensor, n_obs: int, eps: float = EPS) -> Tens
     >>> walk = torch.arange(24.0).reshape(1, 24, 1, 1).expand(1, 24, 17, 2) * 0.01
     >>> stop = walk.clone()
     >>> stop[:, 13:] = walk[:, 12:13]  # stops dead after frame 12
-    >>> mask = torch.ones(1, 24, 17, dtype=torch.bool)
-    >>> [round(float(stillness(p, mask, 13)), 2) + 0.0 for p in (still, walk, stop)]
+    >>> seen = torch.ones(1, 24, 17, dtype=torch.bool)
+    >>> [round(float(stillness(p, seen, 13)), 2) + 0.0 for p in (still, walk, stop)]
     [0.0, 0.0, 4.96]
     """
-    past = motion_per_frame(poses, mask, 0, n_obs)
-    future = motion_per_frame(poses, mask, n_obs - 1, poses.shape[1])
+    past = motion_per_frame(poses, seen, 0, n_obs)
+    future = motion_per_frame(poses, seen, n_obs - 1, poses.shape[1])
     s = torch.log(past + eps) - torch.log(future + eps)
     return torch.nan_to_num(s, nan=0.0)
 

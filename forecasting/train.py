@@ -431,7 +431,7 @@ def fit_posture(
     ``flip_index`` is given, and keep their best epoch on the validation windows; the
     flows' and the motion scorer's (``minhde``, default K, GRU-NF) normal statistics are
     fitted on up to :data:`ERROR_SCALE_WINDOWS` validation windows (training windows when
-    there are none), as the error scale is, and so are the stillness term's. ``deadline``:
+    there are fewer than 2), as the error scale is, and so are the stillness term's. ``deadline``:
     see :func:`forecasting.posture.train_posture`.
     """
     std = model.standardizer()
@@ -442,7 +442,7 @@ def fit_posture(
         return fill_unseen(w.poses, std.pose_mean)
 
     posture = train_posture(fill(train_w), fill(val_w), cfg, seed, log, deadline)
-    fit_fused_stats(model, posture, val_w if len(val_w) else train_w, seed)
+    fit_fused_stats(model, posture, val_w if len(val_w) >= 2 else train_w, seed)
     model.posture = posture
     return posture
 
@@ -457,4 +457,4 @@ def fit_fused_stats(model: Forecaster, posture: PostureModel, ref: Windows, seed
         model, ref.poses, ref.mask, ref.visible, ScorerConfig(name="minhde", seed=seed)
     ).score
     filled = fill_unseen(ref.poses, model.standardizer().pose_mean)
-    fit_normal_stats(posture, filled, motion, ref.mask, 1 + model.cfg.t_obs)
+    fit_normal_stats(posture, filled, motion, ref.visible & ref.mask, 1 + model.cfg.t_obs)

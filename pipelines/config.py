@@ -186,9 +186,10 @@ class ForecasterConfig(Base):
         ge=0,
         title="Early stop margin",
         description="A person window whose score from the first ensemble member's futures is "
-        "already this far below the alert threshold (score units) is not drawn further: its "
-        "score is that upper bound of the full score (most windows are normal; only those "
-        "near the threshold need all K futures). null: draw all K for every window.",
+        "already this far below the alert threshold (minhde units: log best-of-K error; for "
+        "fused, divided by its motion part's normal spread) is not drawn further: its score "
+        "is that upper bound of the full score (most windows are normal; only those near the "
+        "threshold need all K futures). null: draw all K for every window.",
     )
     exact: bool = Field(
         False,
@@ -438,7 +439,8 @@ class ColdStartConfig(Base):
         5.0,
         gt=0,
         title="Training time limit",
-        description="Stop training (the scene model, then its posture flows) after this long.",
+        description="Stop training the scene model, then its posture flows, after this long "
+        "(the first posture flow is always trained).",
     )
     posture_flows: int = Field(
         4,

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from detector.pose import PoseFrame
 from forecasting.checkpoint import Checkpoint, load_checkpoint
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import ScorerConfig, early_stop_bound
 from pipelines.alerts import ModelInfo
 from pipelines.config import PosewatchConfig
 from pipelines.serving import (
@@ -80,7 +80,8 @@ def served_model(
     )
     f = cfg.forecaster
     margin = None if f.exact else f.early_stop_margin
-    live = replace(sc, exact=f.exact, stop_below=None if margin is None else thr - margin)
+    stop = None if margin is None else early_stop_bound(ckpt.model, sc.name, thr, margin)
+    live = replace(sc, exact=f.exact, stop_below=stop)
     track_scorer = TrackScorer(ckpt, live, f.stride, f.smoothing_sigma)
     return ServedModel(ckpt, sc, spec, thr, info, track_scorer)
 

@@ -293,6 +293,10 @@ def run_ensemble(req: EnsembleRequest) -> Path:
     )
     plot_loss_curve(history, req.out.with_suffix(".loss.png"))
     log.info(f"ensemble of {len(members)}: validation NLL {val_nll:.4f} nats/dim -> {path}")
+    log.warning(
+        f"{path} has no posture flows: it is scored by minhde until `posewatch posture --model "
+        f"{path}` adds the flows of the default scorer (fused)"
+    )
     return path
 
 

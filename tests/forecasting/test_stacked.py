@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from forecasting.metrics import apd
-from forecasting.scoring import ScorerConfig, score_windows
+from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats, train_posture
+from forecasting.scoring import ScorerConfig, early_stop_bound, score_windows
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
 from forecasting.stacked import StackedForecaster, stacked_of
+from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, Ensemble, ModelConfig
 from forecasting.windows import Standardizer
 
@@ -118,10 +120,23 @@ def test_scores_equal_the_exact_path_and_each_frame_scored_alone(sampler: Sample
     assert np.ptp(fast.score) > 0.1
 
 
-@pytest.mark.parametrize("name", ["minhde", "minade"])
+@pytest.mark.parametrize("name", ["minhde", "minade", "fused"])
 def test_early_stop_keeps_every_window_on_its_side_of_the_bound(name: str) -> None:
     ens = ensemble(4)
     poses, mask = windows(60, seed=1)
+    if name == "fused":  # the default scorer: posture flows and the stillness term too
+        posture = train_posture(poses, poses[:8], PostureConfig(flows=1, epochs=1), 0)
+        rng = np.random.default_rng(0)
+        fit_normal_stats(posture, poses, rng.normal(0.5, 0.2, 60), mask, 13)
+        ens.posture = posture
+        assert (
+            float(
+                posture.still_excess(
+                    stillness(torch.as_tensor(poses), torch.as_tensor(mask), 13)
+                ).max()
+            )
+            > 0
+        )
     cfg = ScorerConfig(name=name, num_samples=12, sampler=GRU_NF, batch=32)  # type: ignore[arg-type]
     exact = score_windows(ens, poses, mask, mask, replace(cfg, exact=True))
     bound = float(np.quantile(exact.score, 0.5))
@@ -174,3 +189,15 @@ def test_a_frame_is_never_split_across_two_model_batches() -> None:
         alone = score_windows(ens, poses[sl], mask[sl], mask[sl], replace(cfg, seed=int(seed)))
         np.testing.assert_allclose(together.score[sl], alone.score, atol=1e-5)
         start += n
+
+
+def test_the_early_stop_margin_is_in_minhde_units_for_fused_too() -> None:
+    """fused = (minhde - mean) / spread + ...: the same motion evidence is margin / spread."""
+    ens = ensemble(2)
+    assert early_stop_bound(ens, "minhde", 2.0, 1.5) == pytest.approx(0.5)
+    assert early_stop_bound(ens, "fused", 2.0, 1.5) == pytest.approx(0.5)  # no flows
+    posture = PostureModel(PostureConfig(flows=1))
+    posture.motion_std.fill_(0.25)
+    ens.posture = posture
+    assert early_stop_bound(ens, "fused", 2.0, 1.5) == pytest.approx(2.0 - 6.0)
+    assert early_stop_bound(ens, "minhde", 2.0, 1.5) == pytest.approx(0.5)

@@ -30,7 +30,8 @@ def real_sets(aihub2: Path) -> tuple[Windows, Windows, Standardizer]:
 def _excess(model: PostureModel, poses: np.ndarray, w: Windows, std: Standardizer) -> np.ndarray:
     n_obs = 1 + WindowConfig().t_obs
     p = torch.as_tensor(fill_unseen(poses, std.pose_mean))
-    return model.still_excess(stillness(p, torch.as_tensor(w.mask), n_obs)).numpy()
+    seen = torch.as_tensor(w.visible & w.mask)
+    return model.still_excess(stillness(p, seen, n_obs)).numpy()
 
 
 def _slow_to_a_stop(w: Windows, n_obs: int, frames: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def test_stillness_sees_a_body_stop_and_stays_quiet_on_normal_windows(
     t_obs = WindowConfig().t_obs
     n_obs = 1 + t_obs
     model = PostureModel(PostureConfig(flows=1))
-    fit_normal_stats(model, fill_unseen(va.poses, std.pose_mean), None, va.mask, n_obs)
+    fit_normal_stats(model, fill_unseen(va.poses, std.pose_mean), None, va.visible & va.mask, n_obs)
     assert float(model.still_std) == pytest.approx(0.31, abs=0.1)  # log units
     rng = np.random.default_rng(0)
     for name, w, quiet in (("validation", va, 0.02), ("test", te, 0.10)):
@@ -97,5 +98,5 @@ def test_stillness_needs_evidence_and_old_posture_models_keep_their_score() -> N
     motion, posture = torch.ones(4), torch.zeros(4)
     still = torch.full((4,), 50.0)
     assert torch.equal(model.fuse(motion, posture, still), model.fuse(motion, posture))
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(ValueError, match="seen keypoints"):
         fit_normal_stats(PostureModel(PostureConfig(flows=1)), walk, None)

@@ -13,7 +13,7 @@ FAST = {
     "epochs": 3,
     "hidden": 48,
     "flow_layers": 2,
-    "max_train_minutes": 2.0,
+    "max_train_minutes": 5.0,  # 3 epochs end it first; both flows fit on a loaded machine
     "samples": 10,
     "posture_flows": 2,
     "posture_epochs": 2,
