@@ -43,9 +43,9 @@ from forecasting.defaults import AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
-from forecasting.torch_model import ModelConfig
+from forecasting.torch_model import Forecaster, ModelConfig
 from forecasting.train import TrainConfig, build_windows, fit_posture, train
-from forecasting.windows import WindowConfig
+from forecasting.windows import WindowConfig, Windows
 from pipelines.clip_scoring import calibrate_on_clips, score_split
 from pipelines.feedback import apply_feedback
 from pipelines.model_provider import ServedModel, served_model
@@ -274,14 +274,7 @@ class SceneLearner:
             )
         train_clip, hold_clip = parts
         wcfg = WindowConfig()
-        tcfg = TrainConfig(
-            epochs=s.epochs,
-            seed=s.seed,
-            normal_only=False,
-            max_minutes=s.max_train_minutes,
-            device="cpu",
-            patience=4,
-        )
+        tcfg = TrainConfig(s.epochs, seed=s.seed, normal_only=False, max_minutes=s.max_train_minutes, device="cpu", patience=4)  # fmt: skip
         tr = build_windows(clip_tracks([train_clip]), wcfg, tcfg.stride, normal_only=False)
         va = build_windows(clip_tracks([hold_clip]), wcfg, tcfg.stride, normal_only=False)
         if len(tr) < 32:
@@ -293,10 +286,7 @@ class SceneLearner:
         result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
         flows = 0
         if s.posture_flows > 0:  # what the default scorer (fused) needs, in the same time cap
-            pcfg = PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
-            deadline = time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0)
-            post = fit_posture(result.model, tr, va, pcfg, s.seed, FLIP_INDEX, None, deadline)
-            flows = post.cfg.flows
+            flows = self._posture(result.model, tr, va, t0)
         path = self.saved_path
         tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
         save_checkpoint(
@@ -341,6 +331,14 @@ class SceneLearner:
             "posture_flows": float(flows),
         }
         return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
+
+    def _posture(self, model: Forecaster, tr: Windows, va: Windows, t0: float) -> int:
+        """Posture flows for the trained scene model within the time left of the training
+        cap (learning started at ``perf_counter`` ``t0``); how many were trained."""
+        s = self.s
+        pcfg = PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
+        deadline = time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0)
+        return fit_posture(model, tr, va, pcfg, s.seed, FLIP_INDEX, None, deadline).cfg.flows
 
     def _feedback(
         self, cal: Calibration, ck: Checkpoint, scorer: ScorerConfig
