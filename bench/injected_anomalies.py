@@ -41,24 +41,17 @@ from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
 from forecasting.injection import KINDS, MOTION_KINDS, inject, moving_mask
 from forecasting.scoring import score_windows
-from forecasting.train import build_windows
 from forecasting.windows import Windows
 from pipelines.clip_scoring import score_split_many
-from pipelines.offline.evaluation import load_clips, report
+from pipelines.offline.evaluation import load_clips, normal_window_sets, report
 from pipelines.serving import scorer_config
-from pipelines.tracks import load_tracks
 
 
 def window_sets(data: Path, ck: Any, stride: int) -> dict[str, Windows]:
     """``val``: normal windows of the checkpoint's validation clips; ``test``: normal
     windows of the test split."""
-    val = set(ck.meta.get("validation_clips", []))
-    wc = ck.window_config
-    train = [t for t in load_tracks(data, "train") if t.clip in val]
-    return {
-        "val": build_windows(train, wc, stride=stride, normal_only=True),
-        "test": build_windows(load_tracks(data, "test"), wc, stride=stride, normal_only=True),
-    }
+    sets = normal_window_sets(data, ck.meta.get("validation_clips", []), ck.window_config, stride)
+    return {"val": sets["validation"], "test": sets["test"]}
 
 
 def main() -> None:

@@ -9,8 +9,12 @@ A stream that fails to open, stops delivering (``read`` fails, or no frame arriv
 ``no_frame_timeout`` seconds) is reopened after ``retry_interval`` seconds, doubling up to
 ``max_backoff``; every reopen attempt counts in ``reconnects``. A video file that is not
 found is looked for again on the same schedule (:class:`FileSource`). A frame rate that is
-not plausible (:func:`plausible_fps`) is replaced and logged once. Credentials in URLs never
-leave :func:`redact`.
+not plausible (:func:`plausible_fps`) is replaced and logged once. A live camera whose
+picture freezes (it keeps sending byte-identical frames: a stalled encoder or NVR; a real
+sensor's noise makes any two frames differ) is treated as one that stopped delivering: the
+repeated frames are dropped (counted in ``frames_dropped``; their indices are skipped, so
+downstream sees a gap, never a person standing perfectly still) and after
+``no_frame_timeout`` seconds it is reopened. Credentials in URLs never leave :func:`redact`.
 
 One class per kind of source (:class:`FileSource`, :class:`StreamSource`,
 :class:`WebcamSource`, :class:`FolderSource`), named in :data:`SOURCE_KINDS`;
@@ -117,7 +121,8 @@ class SourceStats:
         status: lifecycle state; ``reason`` says why (empty when online).
         frames_read: frames decoded and queued since start.
         frames_dropped: frames discarded: the oldest queued ones of a live source the consumer
-            did not take in time, and unreadable images of a folder.
+            did not take in time, repeats of a live camera's frozen picture, and
+            unreadable images of a folder.
         reconnects: reopen attempts of a stream or webcam, and new looks for a video file
             that was not found, since start (each counted when it starts, whether it then
             succeeds or not); 0 for folders.
@@ -148,7 +153,8 @@ class SourceConfig:
         pace: play files at their fps, as a camera would (files only).
         loop: restart files at the end (files and folders).
         queue_size: frames kept for the consumer (live sources drop the oldest beyond it).
-        no_frame_timeout: seconds without a frame before a stream is reopened.
+        no_frame_timeout: seconds without a frame, or with one frozen picture (a live
+            camera sending byte-identical frames), before a stream or webcam is reopened.
         retry_interval: first wait before reopening; doubles up to ``max_backoff``.
         max_backoff: longest wait between reopen attempts.
         max_retries: give up (``offline``) after this many failed opens in a row (for a
@@ -241,6 +247,8 @@ class CameraSource:
         self._last_frame = time.monotonic()
         self._rate_trusted = True
         self._rate_logged = False
+        self._previous: np.ndarray | None = None  # the last image of a live camera
+        self._frozen = False  # its picture has repeated since the last new frame
         self.error: str | None = None
 
     # -- public ---------------------------------------------------------------------------------
@@ -279,7 +287,8 @@ class CameraSource:
             if status == SourceStatus.ONLINE and self.watch_idle:
                 idle = time.monotonic() - self._last_frame
                 if idle > self.cfg.no_frame_timeout:
-                    status, reason = SourceStatus.RECONNECTING, f"no frame for {idle:.0f} s"
+                    what = "picture frozen" if self._frozen else "no frame"
+                    status, reason = SourceStatus.RECONNECTING, f"{what} for {idle:.0f} s"
             return SourceStats(
                 self.name,
                 self.kind,
@@ -340,6 +349,23 @@ class CameraSource:
         with self._lock:
             self._read += 1
             self._last_frame = time.monotonic()
+
+    def _repeated(self, image: np.ndarray) -> bool:
+        """Whether a live camera's ``image`` is byte-identical to its previous frame (a
+        frozen picture: counted as dropped, and the time since the last new frame keeps
+        running). Files and folders never repeat-drop: their content is what it is."""
+        prev, self._previous = self._previous, image
+        same = (
+            self.always_live
+            and prev is not None
+            and prev.shape == image.shape
+            and np.array_equal(prev[::16, ::16], image[::16, ::16])  # cheap first look
+            and np.array_equal(prev, image)
+        )
+        with self._lock:
+            self._frozen = same
+            self._dropped += int(same)
+        return same
 
     def _count_reconnect(self) -> None:
         with self._lock:
@@ -415,6 +441,8 @@ class _CaptureSource(CameraSource):
     def _read_loop(self, cap: cv2.VideoCapture, index: int) -> tuple[int, str]:
         start_index = index
         t0 = time.monotonic()
+        with self._lock:
+            self._frozen = False  # a new opening: frozen again only once it repeats
         period = 1.0 / self._fps if self._fps > 0 else 0.0
         while not self._stop.is_set():
             t_read = time.monotonic()
@@ -422,6 +450,12 @@ class _CaptureSource(CameraSource):
             decode_s = time.monotonic() - t_read
             if not ok or image is None:
                 return index, self._input_ended(index - start_index)
+            if self._repeated(image):
+                index += 1  # the index runs on: downstream sees the frozen time as a gap
+                frozen = time.monotonic() - max(self._last_frame, t0)  # in this opening
+                if frozen > self.cfg.no_frame_timeout:
+                    return index, f"picture frozen for {frozen:.0f} s"
+                continue
             ts = self._stamp(index, start_index, t0, period)
             self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s))
             index += 1

@@ -30,7 +30,6 @@ Shapes: ``poses (N, L, 17, 2)`` as in :mod:`forecasting.scoring`.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_WEIGHT
 from forecasting.stillness import HINGE_QUANTILE, stillness
+from forecasting.weights_cache import WeightsCache
 
 #: COCO-17 skeleton (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles).
 COCO_EDGES: tuple[tuple[int, int], ...] = (
@@ -273,6 +273,15 @@ class StackedFlows:
         return nll, prior.mean(dim=(0, 1, 2))
 
 
+def random_roll(x: Tensor, degrees: float) -> Tensor:
+    """Flow inputs ``(N, 2, T, V)`` each turned about its centre by an angle drawn uniformly
+    from ``[-degrees, degrees]`` (torch's global generator), normalised again."""
+    a = (torch.rand(x.shape[0], device=x.device) * 2 - 1) * math.radians(degrees)
+    c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
+    u, v = x[:, 0], x[:, 1]
+    return stgnf_normalise(torch.stack([c * u - s * v, s * u + c * v], 1))
+
+
 def train_glow(
     model: GraphGlow,
     x: Tensor,
@@ -280,6 +289,7 @@ def train_glow(
     lr: float = 5e-4,
     batch: int = 256,
     select: Callable[[GraphGlow], float] | None = None,
+    roll: float = 0.0,
 ) -> tuple[GraphGlow, list[float]]:
     """STG-NF's optimisation: Adamax, weight decay 5e-5, lr x 0.99 per epoch, gradient norm
     clipped at 100, batches of ``batch`` shuffled windows.
@@ -291,6 +301,7 @@ def train_glow(
             building the model for a reproducible run).
         select: when given, called in eval mode after every epoch; the epoch with the
             lowest value is kept (else the last epoch).
+        roll: augmentation (:func:`random_roll`, degrees; 0: none).
 
     Returns:
         The trained model in eval mode and the ``select`` value of every epoch.
@@ -300,7 +311,8 @@ def train_glow(
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(batch):
-            loss = model(x[idx]).mean()
+            xb = random_roll(x[idx], roll) if roll > 0 else x[idx]
+            loss = model(xb).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100)
@@ -331,6 +343,10 @@ class PostureConfig:
         weight: weight of the posture score in the fused score.
         stillness: the fused score also adds the stillness term
             (:mod:`forecasting.stillness`; checkpoints from before it existed load without).
+        roll: training augmentation, degrees: each training window is turned by an angle
+            drawn uniformly from ``[-roll, roll]`` every epoch (a camera's roll, a wide
+            lens's lean at the frame's edges), so the flows do not learn one camera's
+            "upright" (0: none; a fall turns a body by ~90 degrees).
     """
 
     frames: int = 24
@@ -340,9 +356,13 @@ class PostureConfig:
     epochs: int = POSTURE_EPOCHS
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
+    roll: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.roll:  # as before the option: older readers load the checkpoint
+            del d["roll"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PostureConfig:
@@ -376,7 +396,7 @@ class PostureModel(nn.Module):
     def __init__(self, cfg: PostureConfig, joints: int = 17) -> None:
         super().__init__()
         self.cfg = cfg
-        self._stacked: tuple[tuple[Any, ...], StackedFlows] | None = None
+        self._stacked: WeightsCache[StackedFlows] = WeightsCache()
         self.flows = nn.ModuleList(
             GraphGlow(joints, COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
             for _ in range(cfg.flows)
@@ -402,12 +422,9 @@ class PostureModel(nn.Module):
         energy ``(N, V)`` of flow inputs ``x``: in eval mode without autograd through
         :class:`StackedFlows` (rebuilt when a weight changed), else flow by flow."""
         if not self.training and not torch.is_grad_enabled():
-            tensors = itertools.chain(self.flows.parameters(), self.flows.buffers())
-            version = (x.shape[2], *((id(t), t._version) for t in tensors))
-            if self._stacked is None or self._stacked[0] != version:
-                flows = [cast(GraphGlow, g) for g in self.flows]
-                self._stacked = (version, StackedFlows(flows, x.shape[2]))
-            return self._stacked[1].energy(x)
+            flows = [cast(GraphGlow, g) for g in self.flows]
+            build = lambda: StackedFlows(flows, x.shape[2])  # noqa: E731
+            return self._stacked.get(self.flows, build, x.shape[2]).energy(x)
         return self.flow_nll_one_by_one(x)
 
     def flow_nll_one_by_one(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -438,10 +455,31 @@ class PostureModel(nn.Module):
         return (z - self.still_hinge).clamp_min(0)
 
     def fuse(self, motion: Tensor, posture: Tensor, still: Tensor | None = None) -> Tensor:
-        """``z_motion + weight * z_posture + stillness excess`` (motion standardised by its
-        normal statistics; the stillness part only with ``still``, the windows' stillness)."""
+        """``z_motion + weight * z_posture + stillness excess``, all ``(N,)``: ``motion`` the
+        windows' motion scores (standardised here by their normal statistics), ``posture``
+        from :meth:`forward`, ``still`` their :func:`~forecasting.stillness.stillness`.
+
+        Raises:
+            ValueError: ``still`` is missing for a model whose fused score has the term
+                (``cfg.stillness``; a model saved before the term takes None).
+        """
         z = (motion - self.motion_mean) / self.motion_std + self.cfg.weight * posture
-        return z if still is None else z + self.still_excess(still)
+        if still is None:
+            if self.cfg.stillness:
+                raise ValueError("this posture model's fused score needs the windows' stillness")
+            return z
+        return z + self.still_excess(still)
+
+
+def with_stillness(model: PostureModel, weight: float | None = None) -> PostureModel:
+    """A copy of ``model`` (its flows and statistics) whose fused score has the stillness
+    term (its statistics still to fit: :func:`fit_normal_stats`), ``weight`` (None: the
+    model's own) for the posture part."""
+    cfg = replace(model.cfg, stillness=True, weight=model.cfg.weight if weight is None else weight)
+    out = PostureModel(cfg, joints=model.joint_mean.shape[0])
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"still_mean", "still_std", "still_hinge"}
+    return out.eval()
 
 
 def windows_tensor(poses: np.ndarray, frames: int) -> Tensor:
@@ -495,7 +533,8 @@ def train_posture(
             return kept.eval()
         torch.manual_seed(seed * cfg.flows + f)
         flow = GraphGlow(train_poses.shape[2], COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
-        _, trace = train_glow(flow, x, cfg.epochs, select=val_nll if xv is not None else None)
+        select = val_nll if xv is not None else None
+        _, trace = train_glow(flow, x, cfg.epochs, select=select, roll=cfg.roll)
         model.flows[f] = flow
         if log is not None and trace:
             best = int(np.argmin(trace))

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -57,7 +57,7 @@ from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer r
 from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
-from forecasting.stacked import stacked_of
+from forecasting.stacked import StackedForecaster, stacked_of
 from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
@@ -268,19 +268,12 @@ def score_windows_many(
             "add them with `posewatch posture --model CKPT`, or choose minhde"
         )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    seen = to_tensor(visible & mask, P.device)  # the stillness term counts seen keypoints
+    use_posture = posture is not None and any(k in POSTURE_SCORERS for k in names)
+    # fused's stillness term counts only really seen keypoints
+    seen = to_tensor(visible & mask, P.device) if "fused" in names else None
     # Generators of their own: the same seed gives the same draws even while other threads
     # (cold start training) use torch's global generator. One per group of windows.
-    run = np.zeros(n, np.int64)
-    if seeds is None:
-        gens = [torch.Generator(device=P.device).manual_seed(cfg.seed)]
-    else:
-        seeds = np.asarray(seeds, np.int64)
-        if seeds.shape != (n,):
-            raise ValueError(f"seeds must have shape ({n},), got {seeds.shape}")
-        run[1:] = np.cumsum(seeds[1:] != seeds[:-1])
-        starts = np.flatnonzero(np.r_[True, seeds[1:] != seeds[:-1]])
-        gens = [torch.Generator(device=P.device).manual_seed(int(seeds[i])) for i in starts]
+    run, gens = _generators(n, seeds, cfg.seed, P.device)
     scores: dict[str, list[Tensor]] = {k: [] for k in names}
     joints: dict[str, list[Tensor]] = {k: [] for k in names}
     forecast_s = 0.0
@@ -299,9 +292,10 @@ def score_windows_many(
                 scores["nll"].append(s.float().cpu())
                 joints["nll"].append(j.float().cpu())
             post = None
-            if posture is not None and any(k in POSTURE_SCORERS for k in names):
+            if use_posture:
+                assert posture is not None
                 sp, jp = posture(p)
-                post = (posture, sp, jp, stillness(p, seen[sl], n_obs))
+                post = (posture, sp, jp, None if seen is None else stillness(p, seen[sl], n_obs))
                 if "posture" in names:
                     scores["posture"].append(sp.float().cpu())
                     joints["posture"].append(jp.float().cpu())
@@ -322,26 +316,8 @@ def score_windows_many(
                 and len(sampled) == 1
                 and sampled[0] in EARLY_STOP_SCORERS
             )
-            if stacked is None:  # member by member, one call per group
-                outs = [
-                    model.sample(
-                        p[groups == g][:, :n_obs],
-                        m[groups == g][:, :n_obs],
-                        None,
-                        cfg.num_samples,
-                        cfg.sampler,
-                        generator=gen,
-                    )
-                    for g, gen in enumerate(bgens)
-                ]
-                smp = torch.cat([o.poses for o in outs])
-                lw = torch.cat([o.log_weights for o in outs])
-            elif not early:
-                smp, _ = stacked.sample(
-                    p[:, :n_obs], m[:, :n_obs], cfg.num_samples, cfg.sampler, bgens, groups
-                )
-                lw = torch.zeros(smp.shape[:2], device=P.device)
             if not early:
+                smp, lw = _draw(model, stacked, p[:, :n_obs], m[:, :n_obs], cfg, bgens, groups)
                 forecast_s += time.perf_counter() - t_fc
                 for name in sampled:
                     if name == "kde":
@@ -351,44 +327,20 @@ def score_windows_many(
                     scores[name].append(s.float().cpu())
                     joints[name].append(j.float().cpu())
                 continue
-            # Early stop: member stages (:func:`early_stop_stages`); after each, the windows
-            # whose score is below cfg.stop_below are done, the others go on.
-            assert stacked is not None and cfg.stop_below is not None
+            assert stacked is not None
             (name,) = sampled
-            live = torch.arange(p.shape[0], device=P.device)
-            have: Tensor | None = None  # the live windows' futures so far
-            steps: Tensor | None = None
-            s = j = torch.empty(0)
             # a generator serving the next batch too must draw whatever happens here
-            carries = sl.stop < n and run[sl.stop] == run[sl.stop - 1]
-            for i, members in enumerate(early_stop_stages(stacked.M)):
-                going = torch.zeros(len(bgens), dtype=torch.bool)
-                going[groups[live].cpu()] = True
-                going[-1] |= bool(carries)
-                if not bool(going.any()):
-                    break
-                smp, steps = stacked.sample(
-                    p[:, :n_obs],
-                    m[:, :n_obs],
-                    cfg.num_samples,
-                    cfg.sampler,
-                    bgens,
-                    groups,
-                    members,
-                    rows=live if i else None,
-                    step_sizes=steps,
-                    skip=(~going).tolist(),
-                )
-                have = smp if have is None else torch.cat([have, smp], 1)
-                if not len(live):
-                    continue
-                si, ji = finish(name, have, live)
-                if i == 0:
-                    s, j = si.clone(), ji.clone()
-                else:
-                    s[live], j[live] = si, ji
-                go_on = si >= cfg.stop_below
-                live, have = live[go_on], have[go_on]
+            carries = bool(sl.stop < n and run[sl.stop] == run[sl.stop - 1])
+            s, j = _early_stop_scores(
+                stacked,
+                p[:, :n_obs],
+                m[:, :n_obs],
+                cfg,
+                bgens,
+                groups,
+                carries,
+                lambda smp, rows: finish(name, smp, rows),  # noqa: B023
+            )
             forecast_s += time.perf_counter() - t_fc
             scores[name].append(s.float().cpu())
             joints[name].append(j.float().cpu())
@@ -396,6 +348,106 @@ def score_windows_many(
         k: WindowScores(torch.cat(scores[k]).numpy(), torch.cat(joints[k]).numpy(), forecast_s)
         for k in names
     }
+
+
+def _generators(
+    n: int, seeds: np.ndarray | None, seed: int, device: torch.device
+) -> tuple[np.ndarray, list[torch.Generator]]:
+    """Each window's run ``(n,)`` (consecutive windows of one seed share a run) and one
+    generator per run, seeded with ``seeds`` (one per window) or, without, one of ``seed``.
+
+    Raises:
+        ValueError: ``seeds`` of another shape than ``(n,)``.
+    """
+    run = np.zeros(n, np.int64)
+    if seeds is None:
+        return run, [torch.Generator(device=device).manual_seed(seed)]
+    seeds = np.asarray(seeds, np.int64)
+    if seeds.shape != (n,):
+        raise ValueError(f"seeds must have shape ({n},), got {seeds.shape}")
+    run[1:] = np.cumsum(seeds[1:] != seeds[:-1])
+    starts = np.flatnonzero(np.r_[True, seeds[1:] != seeds[:-1]])
+    return run, [torch.Generator(device=device).manual_seed(int(seeds[i])) for i in starts]
+
+
+def _draw(
+    model: Forecaster,
+    stacked: StackedForecaster | None,
+    p_obs: Tensor,
+    m_obs: Tensor,
+    cfg: ScorerConfig,
+    bgens: list[torch.Generator],
+    groups: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One batch's K futures ``(B, K, H, 17, 2)`` and their log-weights ``(B, K)``: through
+    ``stacked`` (all members at once; equal weights) or, without, member by member with one
+    call per group of windows (``groups`` indexes ``bgens``)."""
+    if stacked is not None:
+        smp, _ = stacked.sample(p_obs, m_obs, cfg.num_samples, cfg.sampler, bgens, groups)
+        return smp, torch.zeros(smp.shape[:2], device=smp.device)
+    outs = [
+        model.sample(
+            p_obs[groups == g],
+            m_obs[groups == g],
+            None,
+            cfg.num_samples,
+            cfg.sampler,
+            generator=gen,
+        )
+        for g, gen in enumerate(bgens)
+    ]
+    return torch.cat([o.poses for o in outs]), torch.cat([o.log_weights for o in outs])
+
+
+def _early_stop_scores(
+    stacked: StackedForecaster,
+    p_obs: Tensor,
+    m_obs: Tensor,
+    cfg: ScorerConfig,
+    bgens: list[torch.Generator],
+    groups: Tensor,
+    carries: bool,
+    finish: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """One batch's scores ``(B,)`` and per-joint ``(B, 17)`` with early stop: futures drawn
+    member stage by member stage (:func:`early_stop_stages`); after each stage the windows
+    whose score so far is below ``cfg.stop_below`` are done, the others go on. ``finish``
+    scores the futures drawn so far of the rows given; ``carries``: the last generator
+    serves the next batch too, so it must draw whatever happens here."""
+    assert cfg.stop_below is not None
+    live = torch.arange(p_obs.shape[0], device=p_obs.device)
+    have: Tensor | None = None  # the live windows' futures so far
+    steps: Tensor | None = None
+    s = j = torch.empty(0)
+    for i, members in enumerate(early_stop_stages(stacked.M)):
+        going = torch.zeros(len(bgens), dtype=torch.bool)
+        going[groups[live].cpu()] = True
+        going[-1] |= carries
+        if not bool(going.any()):
+            break
+        smp, steps = stacked.sample(
+            p_obs,
+            m_obs,
+            cfg.num_samples,
+            cfg.sampler,
+            bgens,
+            groups,
+            members,
+            rows=live if i else None,
+            step_sizes=steps,
+            skip=(~going).tolist(),
+        )
+        have = smp if have is None else torch.cat([have, smp], 1)
+        if not len(live):
+            continue
+        si, ji = finish(have, live)
+        if i == 0:
+            s, j = si.clone(), ji.clone()
+        else:
+            s[live], j[live] = si, ji
+        go_on = si >= cfg.stop_below
+        live, have = live[go_on], have[go_on]
+    return s, j
 
 
 def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
@@ -462,7 +514,7 @@ def _best_of_k_scores(
     smp: Tensor,
     truth: Tensor,
     v: Tensor,
-    post: tuple[PostureModel, Tensor, Tensor, Tensor] | None,
+    post: tuple[PostureModel, Tensor, Tensor, Tensor | None] | None,
     rows: slice | Tensor,
 ) -> tuple[Tensor, Tensor]:
     """A best-of-K scorer (``fused``: ``minhde`` fused with the posture scores, per-joint
@@ -472,7 +524,7 @@ def _best_of_k_scores(
     if name == "fused":
         assert post is not None
         posture, sp, jp, still = post
-        s = posture.fuse(s, sp[rows], still[rows])
+        s = posture.fuse(s, sp[rows], None if still is None else still[rows])
         j = j + posture.cfg.weight * jp[rows]
     return s, j
 

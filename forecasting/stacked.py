@@ -25,7 +25,6 @@ Shapes: ``past (B, 1 + t_obs, 17, 2)``, futures ``(B, K, H, 17, 2)``.
 
 from __future__ import annotations
 
-import itertools
 import math
 import weakref
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from forecasting.flow import ConditionalAffine, ConditionalAffineCoupling
 from forecasting.snf import SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster
+from forecasting.weights_cache import WeightsCache
 
 J = 17
 D = 2 * J
@@ -448,18 +448,13 @@ def _point_logpdf(x: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
     return -0.5 * (r * r).sum(-1) - log_sigma.sum(-1) - 0.5 * x.shape[-1] * math.log(2 * math.pi)
 
 
-_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[list[Tensor], list[int], StackedForecaster]] = (
+_CACHE: weakref.WeakKeyDictionary[nn.Module, WeightsCache[StackedForecaster]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def stacked_of(model: Forecaster) -> StackedForecaster:
     """The :class:`StackedForecaster` of ``model``, built once and rebuilt when any of its
-    weights changed in place since (training steps bump the tensors' version counters)."""
-    hit = _CACHE.get(model)
-    if hit is not None and all(t._version == v for t, v in zip(hit[0], hit[1], strict=True)):
-        return hit[2]
-    tensors = list(itertools.chain(model.parameters(), model.buffers()))
-    stacked = StackedForecaster(model)
-    _CACHE[model] = (tensors, [t._version for t in tensors], stacked)
-    return stacked
+    weights was replaced or changed in place since (:class:`WeightsCache`)."""
+    cache = _CACHE.setdefault(model, WeightsCache())
+    return cache.get(model, lambda: StackedForecaster(model))

@@ -210,6 +210,14 @@ def posture(
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: the checkpoint's training data).")
     ] = None,
+    refit_stats: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
+            "with the stillness term on (about a minute; for flows saved before the term). "
+            "--flows and --epochs are then ignored."
+        ),
+    ] = False,
 ) -> None:
     """Train posture flows on the checkpoint's normal training windows and add them to it
     (the posture and fused scorers need them)."""
@@ -219,7 +227,7 @@ def posture(
     _offline_logging()
     try:
         cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight)
-        run_posture(PostureRequest(model, cfg, seed, data))
+        run_posture(PostureRequest(model, cfg, seed, data, refit_stats))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
 

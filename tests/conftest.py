@@ -42,6 +42,16 @@ def videos() -> Path:
     return _require(VIDEOS)
 
 
+def held_out_clips(aihub2: Path) -> set[str]:
+    """The AIHub2 train clips the default training holds out for validation
+    (:func:`forecasting.train.split_clips` of the tracks' clip names, fraction 0.2, seed 0,
+    as training splits them)."""
+    from forecasting.train import split_clips
+    from pipelines.tracks import load_tracks
+
+    return split_clips([t.clip for t in load_tracks(aihub2, "train")], 0.2, 0)[1]
+
+
 def random_keypoints(rng: np.random.Generator, n: int) -> np.ndarray:
     """``(n, 17, 3)`` float32 poses with some keypoints missing (NaN, NaN, 0)."""
     kp = np.empty((n, 17, 3), np.float32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +46,8 @@ from forecasting.scoring import (
     resolve_scorer,
 )
 from forecasting.snf import GRU_NF, SamplerConfig
+from forecasting.train import build_windows
+from forecasting.windows import WindowConfig, Windows
 from pipelines.clip_scoring import (
     ClipScores,
     calibrate_on_clips,
@@ -56,6 +58,7 @@ from pipelines.clip_scoring import (
 from pipelines.feedback import apply_feedback
 from pipelines.offline.plots import plot_roc, plot_timeline
 from pipelines.serving import ServingSpec, calibration_record, scorer_config
+from pipelines.tracks import load_tracks
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -268,6 +271,35 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON (folders are created; numpy floats as floats)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=float))
+
+
+def normal_window_sets(
+    data: Path,
+    validation_clips: Collection[str],
+    wcfg: WindowConfig,
+    stride: int,
+    train_stride: int | None = None,
+    test: bool = True,
+) -> dict[str, Windows]:
+    """Windows whose frames are all labelled normal, per set: ``validation`` of the train
+    split's clips named in ``validation_clips`` (a checkpoint's held-out clips), ``test`` of
+    the test split (unless not ``test``), ``train`` of the other train clips (only with
+    ``train_stride``). Window starts ``stride`` frames apart; the sets injected anomalies
+    and the held-out statistics are measured on.
+
+    Raises:
+        detector.datasets.DatasetError: as :func:`pipelines.tracks.load_tracks`.
+    """
+    held_out = set(validation_clips)
+    tracks = load_tracks(data, "train")
+    val = [t for t in tracks if t.clip in held_out]
+    out = {"validation": build_windows(val, wcfg, stride, normal_only=True)}
+    if test:
+        out["test"] = build_windows(load_tracks(data, "test"), wcfg, stride, normal_only=True)
+    if train_stride is not None:
+        train = [t for t in tracks if t.clip not in held_out]
+        out["train"] = build_windows(train, wcfg, train_stride, normal_only=True)
+    return out
 
 
 def load_clips(data: Path, split: str, labelled_only: bool = False) -> list[Clip]:
@@ -490,6 +522,7 @@ __all__ = [
     "ScorerReport",
     "format_reports",
     "load_clips",
+    "normal_window_sets",
     "report",
     "run_calibrate",
     "run_evaluate",

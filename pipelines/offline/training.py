@@ -22,13 +22,15 @@ from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import Checkpoint, attach_posture, load_checkpoint, save_checkpoint
 from forecasting.defaults import DEFAULT_MEMBERS, POSTURE_FLOWS
 from forecasting.evaluate import evaluate_forecasts, format_table, rows_as_dicts
-from forecasting.posture import PostureConfig
+from forecasting.posture import PostureConfig, with_stillness
 from forecasting.samplers import default_samplers, sampler_by_name
+from forecasting.scoring import posture_of
 from forecasting.snf import SamplerConfig
 from forecasting.torch_model import GRUNF, ModelConfig, count_parameters
 from forecasting.train import (
     TrainConfig,
     build_windows,
+    fit_fused_stats,
     fit_posture,
     make_ensemble,
     require_windows,
@@ -112,12 +114,18 @@ class PostureRequest:
         config: posture settings (flows, epochs per flow, weight in the fused score).
         seed: flow seeds ``seed * flows + f`` (default: the checkpoint's training seed).
         data: dataset folder (default: the one recorded in the checkpoint).
+        refit_stats: keep the checkpoint's flows and refit only the normal statistics of
+            the fused score (flows, motion and the stillness term) on its validation
+            windows, with the stillness term switched on: brings flows saved before the
+            term up to date in about a minute instead of a retraining (``config`` other
+            than ``weight`` is then ignored).
     """
 
     model: Path
     config: PostureConfig = field(default_factory=PostureConfig)
     seed: int | None = None
     data: Path | None = None
+    refit_stats: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +399,18 @@ def run_posture(req: PostureRequest) -> Path:
     if sorted(val_clips) != ckpt.meta.get("validation_clips"):
         raise ValueError(f"{data}: its validation clips are not the checkpoint's; wrong --data?")
     seed = tcfg.seed if req.seed is None else req.seed
+    if req.refit_stats:
+        posture = posture_of(ckpt.model)
+        if posture is None:
+            raise ValueError(
+                f"{req.model} has no posture flows to refit; add them with `posewatch posture` "
+                "without --refit-stats"
+            )
+        posture = with_stillness(posture, req.config.weight)
+        fit_fused_stats(ckpt.model, posture, va if len(va) >= 2 else tr, seed)
+        attach_posture(req.model, posture)
+        log.info(f"normal statistics of {posture.cfg.flows} posture flows refitted in {req.model}")
+        return req.model
     cfg = req.config
     posture = fit_posture(ckpt.model, tr, va, cfg, seed, FLIP_INDEX, log=log.info)
     attach_posture(req.model, posture)

@@ -204,10 +204,13 @@ def test_every_reopen_attempt_counts_as_a_reconnect() -> None:
 
 
 class _FakeCapture:
-    """Opens (or not) and delivers ``frames`` frames, then reads fail as a dead stream's do."""
+    """Opens (or not) and delivers ``frames`` frames (each a new picture, as a real sensor's
+    noise makes them; ``frozen``: the same picture every time), then reads fail as a dead
+    stream's do."""
 
-    def __init__(self, opened: bool, frames: int):
-        self.opened, self.left = opened, frames
+    def __init__(self, opened: bool, frames: int, frozen: bool = False):
+        self.opened, self.left, self.frozen = opened, frames, frozen
+        self.sent = 0
 
     def isOpened(self) -> bool:  # noqa: N802  (cv2's name)
         return self.opened
@@ -219,7 +222,8 @@ class _FakeCapture:
         if self.left <= 0:
             return False, None
         self.left -= 1
-        return True, np.zeros((4, 4, 3), np.uint8)
+        self.sent += 0 if self.frozen else 1
+        return True, np.full((4, 4, 3), self.sent % 256, np.uint8)
 
     def release(self) -> None:
         pass
@@ -256,6 +260,64 @@ def test_a_stream_that_stops_delivering_is_reopened_and_counted() -> None:
     assert frames == [0, 1, 2, 3, 4]  # indices continue across reconnects
     assert src.opens == 5 and st.reconnects == 4 and st.frames_read == 5
     assert st.status == SourceStatus.FINISHED and st.fps == 25.0
+
+
+class _FreezingStream(StreamSource):
+    """Opening 1 delivers 2 new pictures then repeats the second; later openings deliver 3
+    new pictures, then the stream ends."""
+
+    def __init__(self, name: str, cfg: SourceConfig):
+        super().__init__(name, cfg)
+        self.opens = 0
+
+    def _open(self) -> Any:
+        self.opens += 1
+        if self.opens == 1:
+            return _FrozenAfter(2)
+        if self.opens == 2:
+            return _FakeCapture(True, 3)
+        self._stop.set()
+        return _FakeCapture(False, 0)
+
+
+class _FrozenAfter(_FakeCapture):
+    """``new`` new pictures, then the last one again, forever (a stalled encoder)."""
+
+    def __init__(self, new: int):
+        super().__init__(True, 10**9)
+        self.new = new
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.frozen = self.sent >= self.new
+        time.sleep(0.001)
+        return super().read()
+
+
+def test_a_frozen_picture_is_dropped_not_scored_and_the_camera_reopened(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A live camera that keeps sending byte-identical frames is a stalled camera, not a
+    scene where everyone froze: the repeats never reach the detector (their indices are
+    skipped, so tracks see a gap), they are counted as dropped, and after
+    ``no_frame_timeout`` the stream is reopened, saying why."""
+    cfg = SourceConfig(
+        uri="rtsp://cam/x", retry_interval=0.01, queue_size=10**6, no_frame_timeout=0.3
+    )
+    src = _FreezingStream("gate", cfg).start()
+    t0 = time.monotonic()
+    while src.status != SourceStatus.FINISHED and time.monotonic() - t0 < 10:
+        time.sleep(0.005)
+    frames = []
+    while (f := src.read(timeout=0)) is not None:
+        frames.append(f)
+    st = src.stats()
+    pictures = [int(f.image[0, 0, 0]) for f in frames]
+    assert pictures == [1, 2, 1, 2, 3]  # each picture once: no repeat of 2 was queued
+    idx = [f.index for f in frames]
+    assert idx[:2] == [0, 1] and idx[2] > 3  # the frozen stretch is a gap of indices
+    assert st.frames_read == 5 and st.frames_dropped == idx[2] - 2  # each repeat counted
+    assert src.opens == 3 and st.reconnects == 2
+    assert "camera 'gate' (rtsp://cam/x): reconnecting (picture frozen for " in caplog.text
 
 
 # -- issue 17 item 7: a missing video file is "not found" and looked for again ------------------

@@ -23,6 +23,8 @@ from forecasting.posture import (
     GraphGlow,
     PostureConfig,
     fit_normal_stats,
+    random_roll,
+    stgnf_normalise,
     train_posture,
 )
 from forecasting.scoring import (
@@ -35,11 +37,11 @@ from forecasting.scoring import (
 )
 from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.train import build_windows, split_clips
 from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
 from pipelines.config import PosewatchConfig
+from pipelines.offline.evaluation import normal_window_sets
 from pipelines.serving import RuntimeConfigError, resolve_threshold
-from pipelines.tracks import load_tracks
+from tests.conftest import held_out_clips
 
 
 def test_log_determinant_equals_the_jacobian() -> None:
@@ -68,6 +70,25 @@ def test_log_determinant_equals_the_jacobian() -> None:
     assert float(nll[0]) == pytest.approx(float(want), rel=1e-5)
 
 
+def test_random_roll_turns_each_window_within_its_range() -> None:
+    """The roll augmentation turns each training window as a whole (every frame by the same
+    angle), by angles spread over ``[-roll, roll]``, and keeps the flows' normalisation."""
+    rng = np.random.default_rng(0)
+    x = stgnf_normalise(torch.as_tensor(rng.normal(0, 1, (4000, 2, 24, 17)), dtype=torch.float32))
+    torch.manual_seed(0)
+    y = random_roll(x, 20.0)
+    np.testing.assert_allclose(y.mean(dim=(2, 3)).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(y[:, 1].std(dim=(1, 2)).numpy(), 1, atol=1e-5)
+    # the angle of each keypoint about the window's centre turned by one angle per window
+    turn = torch.atan2(y[:, 1], y[:, 0]) - torch.atan2(x[:, 1], x[:, 0])
+    turn = torch.remainder(turn + np.pi, 2 * np.pi) - np.pi
+    per_window = turn.flatten(1)
+    np.testing.assert_allclose((per_window - per_window[:, :1]).abs().max().item(), 0, atol=1e-3)
+    deg = np.degrees(per_window[:, 0].numpy())
+    assert np.abs(deg).max() <= 20.0 + 1e-3 and np.abs(deg).max() > 19.0
+    assert abs(float(np.mean(deg))) < 1.0 and 10.5 < float(np.std(deg)) < 12.5  # uniform: 11.5
+
+
 def _rotate(poses: np.ndarray, angle: float) -> np.ndarray:
     """Every frame of normalised windows rotated about the origin (a body lying down)."""
     c, s = np.cos(angle), np.sin(angle)
@@ -80,12 +101,8 @@ def _rotate(poses: np.ndarray, angle: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def real_windows(aihub2: Path) -> tuple[Windows, Windows, Standardizer]:
     """Normal windows of AIHub2 train: training clips (stride 6) and held-out clips (stride 9)."""
-    wcfg = WindowConfig()
-    tracks = load_tracks(aihub2, "train")
-    tr_clips, va_clips = split_clips([t.clip for t in tracks], 0.2, 0)
-    tr = build_windows([t for t in tracks if t.clip in tr_clips], wcfg, 6, True)
-    va = build_windows([t for t in tracks if t.clip in va_clips], wcfg, 9, True)
-    return tr, va, Standardizer.fit(tr)
+    sets = normal_window_sets(aihub2, held_out_clips(aihub2), WindowConfig(), 9, 6, test=False)
+    return sets["train"], sets["validation"], Standardizer.fit(sets["train"])
 
 
 @pytest.mark.slow
@@ -103,11 +120,15 @@ def test_posture_flows_find_lying_bodies_and_standardise(
     )
     normal_poses = fill_unseen(va.poses, std.pose_mean)
     motion = np.random.default_rng(0).normal(2.0, 0.5, len(va))
-    fit_normal_stats(model, normal_poses, motion, va.visible & va.mask, 1 + WindowConfig().t_obs)
+    seen, n_obs = va.visible & va.mask, 1 + WindowConfig().t_obs
+    fit_normal_stats(model, normal_poses, motion, seen, n_obs)
     with torch.no_grad():
         normal, joints = model(torch.as_tensor(normal_poses))
         lying, _ = model(torch.as_tensor(_rotate(normal_poses, np.pi / 2)))
-        fused = model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal)
+        still = stillness(torch.as_tensor(normal_poses), torch.as_tensor(seen), n_obs)
+        fused = model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal, still)
+        with pytest.raises(ValueError, match="needs the windows' stillness"):
+            model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal)
         z = (model.flow_nll(model.inputs(torch.as_tensor(normal_poses)))[0]).numpy()
     z = (z - model.nll_mean.numpy()[:, None]) / model.nll_std.numpy()[:, None]
     np.testing.assert_allclose(z.mean(1), 0, atol=1e-3)

@@ -13,6 +13,7 @@ from forecasting.injection import MOTION_KINDS, inject, moving_mask
 from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, resolve_scorer, score_windows
 from forecasting.train import build_windows
 from forecasting.windows import Windows
+from pipelines.offline.evaluation import normal_window_sets
 from pipelines.serving import scorer_config
 from pipelines.tracks import load_tracks
 
@@ -61,12 +62,7 @@ def normal_sets(aihub2: Path, default_checkpoint: Path) -> dict[str, Windows]:
     """Normal windows (stride 9) of the default model's validation clips and of the test
     split (injection needs no anomaly labels)."""
     ck = load_checkpoint(default_checkpoint)
-    val = set(ck.meta["validation_clips"])
-    tracks = [t for t in load_tracks(aihub2, "train") if t.clip in val]
-    return {
-        "validation": build_windows(tracks, ck.window_config, stride=9, normal_only=True),
-        "test": build_windows(load_tracks(aihub2, "test"), ck.window_config, 9, True),
-    }
+    return normal_window_sets(aihub2, ck.meta["validation_clips"], ck.window_config, 9)
 
 
 @pytest.mark.slow

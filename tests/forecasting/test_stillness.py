@@ -11,20 +11,16 @@ import torch
 from forecasting.injection import inject, moving
 from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats
 from forecasting.stillness import stillness
-from forecasting.train import build_windows, split_clips
 from forecasting.windows import Standardizer, WindowConfig, Windows, fill_unseen
-from pipelines.tracks import load_tracks
+from pipelines.offline.evaluation import normal_window_sets
+from tests.conftest import held_out_clips
 
 
 @pytest.fixture(scope="module")
 def real_sets(aihub2: Path) -> tuple[Windows, Windows, Standardizer]:
     """Normal windows of two held-out AIHub2 train clips and of the test split, stride 9."""
-    wcfg = WindowConfig()
-    tracks = load_tracks(aihub2, "train")
-    _, va_clips = split_clips([t.clip for t in tracks], 0.2, 0)
-    va = build_windows([t for t in tracks if t.clip in va_clips], wcfg, 9, True)
-    te = build_windows(load_tracks(aihub2, "test"), wcfg, 9, True)
-    return va, te, Standardizer.fit(va)
+    sets = normal_window_sets(aihub2, held_out_clips(aihub2), WindowConfig(), 9)
+    return sets["validation"], sets["test"], Standardizer.fit(sets["validation"])
 
 
 def _excess(model: PostureModel, poses: np.ndarray, w: Windows, std: Standardizer) -> np.ndarray:

@@ -11,7 +11,12 @@ import torch
 
 from detector.pose import Track
 from detector.posefiles import read_stgnf
-from forecasting.checkpoint import load_checkpoint, update_checkpoint
+from forecasting.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_file,
+    update_checkpoint,
+    write_checkpoint_file,
+)
 from forecasting.posture import PostureConfig
 from forecasting.scoring import resolve_scorer
 from forecasting.torch_model import Ensemble
@@ -83,6 +88,24 @@ def test_posture_flows_added_to_a_checkpoint_are_deterministic(
     assert sum(k.startswith("posture.flows.1.") for k in sa) > 10
     for k in sa:  # deterministic on the CPU: flows and their normal statistics
         assert torch.equal(sa[k], sb[k]), k
+    # Flows saved before the stillness term: `auto` keeps minhde for them; --refit-stats
+    # brings them up to date without retraining: the same flows, and the same statistics
+    # as a full fit with the same seed.
+    meta, tensors = read_checkpoint_file(copies[1])
+    meta["posture"] = {k: v for k, v in meta["posture"].items() if k != "stillness"}
+    old = {k: v for k, v in tensors.items() if not k.startswith("posture.still_")}
+    assert len(tensors) - len(old) == 3
+    write_checkpoint_file(copies[1], meta, old)
+    assert resolve_scorer("auto", load_checkpoint(copies[1]).model) == "minhde"
+    run_posture(PostureRequest(copies[1], PostureConfig(flows=5, epochs=9), 0, refit_stats=True))
+    c = load_checkpoint(copies[1])
+    assert c.meta["posture"] == a.meta["posture"]  # 2 flows and their settings, term on
+    assert resolve_scorer("auto", c.model) == "fused"
+    sc = c.model.state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sc[k]), k
+    with pytest.raises(ValueError, match="no posture flows to refit"):
+        run_posture(PostureRequest(base, refit_stats=True))
     # Data whose validation clips are not the checkpoint's is refused.
     update_checkpoint(copies[0], validation_clips=["elsewhere"])
     with pytest.raises(ValueError, match="validation clips are not the checkpoint's"):
