@@ -347,6 +347,10 @@ class PostureConfig:
             drawn uniformly from ``[-roll, roll]`` every epoch (a camera's roll, a wide
             lens's lean at the frame's edges), so the flows do not learn one camera's
             "upright" (0: none; a fall turns a body by ~90 degrees).
+        upright: input canonicalisation, degrees: each window (training and scoring) is
+            turned so that the body's mean axis over its frames (hip centre to shoulder
+            centre) points up, by at most ``upright`` degrees (:func:`turn_upright`): a
+            camera's roll is undone, a body lying down stays lying (0: none).
     """
 
     frames: int = 24
@@ -357,11 +361,13 @@ class PostureConfig:
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
     roll: float = 0.0
+    upright: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not self.roll:  # as before the option: older readers load the checkpoint
-            del d["roll"]
+        for k in ("roll", "upright"):
+            if not d[k]:  # as before the option: older readers load the checkpoint
+                del d[k]
         return d
 
     @classmethod
@@ -415,7 +421,7 @@ class PostureModel(nn.Module):
 
     def inputs(self, poses: Tensor) -> Tensor:
         """``(N, L, 17, 2)`` filled normalised windows -> ``(N, 2, frames, 17)`` flow input."""
-        return stgnf_normalise(poses[:, -self.cfg.frames :].permute(0, 3, 1, 2))
+        return flow_inputs(poses, self.cfg)
 
     def flow_nll(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-flow NLL ``(F, N)`` (nats per dimension) and the flows' mean per-joint
@@ -482,10 +488,30 @@ def with_stillness(model: PostureModel, weight: float | None = None) -> PostureM
     return out.eval()
 
 
-def windows_tensor(poses: np.ndarray, frames: int) -> Tensor:
-    """Filled normalised windows ``(N, L, 17, 2)`` -> flow inputs ``(N, 2, frames, 17)``."""
-    x = torch.as_tensor(poses[:, -frames:], dtype=torch.float32).permute(0, 3, 1, 2)
+def turn_upright(x: Tensor, max_degrees: float) -> Tensor:
+    """Flow inputs ``(N, 2, T, V)`` (COCO-17, image axes: y down) each turned about the
+    origin so that the window's mean body axis (hip centre to shoulder centre) points up,
+    by at most ``max_degrees``."""
+    axis = (x[..., [5, 6]].mean(-1) - x[..., [11, 12]].mean(-1)).mean(-1)  # (N, 2)
+    lim = math.radians(max_degrees)
+    a = -torch.atan2(axis[:, 0], -axis[:, 1]).clamp(-lim, lim)  # 0: upright
+    c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
+    u, v = x[:, 0], x[:, 1]
+    return torch.stack([c * u - s * v, s * u + c * v], 1)
+
+
+def flow_inputs(poses: Tensor, cfg: PostureConfig) -> Tensor:
+    """Filled normalised windows ``(N, L, 17, 2)`` -> flow inputs ``(N, 2, cfg.frames, 17)``:
+    the last frames, turned upright when ``cfg.upright``, :func:`stgnf_normalise`-d."""
+    x = poses[:, -cfg.frames :].permute(0, 3, 1, 2)
+    if cfg.upright > 0:
+        x = turn_upright(stgnf_normalise(x), cfg.upright)
     return stgnf_normalise(x)
+
+
+def windows_tensor(poses: np.ndarray, cfg: PostureConfig) -> Tensor:
+    """:func:`flow_inputs` of windows held in numpy."""
+    return flow_inputs(torch.as_tensor(poses, dtype=torch.float32), cfg)
 
 
 def train_posture(
@@ -515,8 +541,8 @@ def train_posture(
     """
     if len(train_poses) == 0:
         raise ValueError("no training windows for the posture flows")
-    x = windows_tensor(train_poses, cfg.frames)
-    xv = windows_tensor(val_poses, cfg.frames) if len(val_poses) else None
+    x = windows_tensor(train_poses, cfg)
+    xv = windows_tensor(val_poses, cfg) if len(val_poses) else None
     model = PostureModel(cfg, joints=train_poses.shape[2])
 
     def val_nll(m: GraphGlow) -> float:
@@ -561,7 +587,7 @@ def fit_normal_stats(
     """
     if len(poses) < 2:
         raise ValueError(f"{len(poses)} held-out normal window(s): at least 2 are needed")
-    x = windows_tensor(poses, model.cfg.frames)
+    x = windows_tensor(poses, model.cfg)
     parts = [model.flow_nll(b) for b in x.split(4096)]
     nll = torch.cat([p[0] for p in parts], 1)
     joints = torch.cat([p[1] for p in parts])
