@@ -210,12 +210,25 @@ def posture(
     data: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: the checkpoint's training data).")
     ] = None,
+    upright: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=90,
+            help="Turn each window's body axis upright by at most this many degrees before the "
+            "flows (undoes a camera's roll; 0: off). See docs/DECISIONS.md, session 12.",
+        ),
+    ] = 0.0,
+    roll: Annotated[
+        float,
+        typer.Option(min=0, max=90, help="Training augmentation: random roll, +-degrees (0: off)."),
+    ] = 0.0,
     refit_stats: Annotated[
         bool,
         typer.Option(
             help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
             "with the stillness term on (about a minute; for flows saved before the term). "
-            "--flows and --epochs are then ignored."
+            "The flow settings (--flows, --epochs, --upright, --roll) are then ignored."
         ),
     ] = False,
 ) -> None:
@@ -226,7 +239,7 @@ def posture(
 
     _offline_logging()
     try:
-        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight)
+        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight, roll=roll, upright=upright)
         run_posture(PostureRequest(model, cfg, seed, data, refit_stats))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
