@@ -90,9 +90,20 @@ def test_forecast_eval_on_a_cold_start_sized_model(
     samplers = result["samplers"]
     assert samplers["snf-interp-tempered0.5-L"]["blocks"] == [5]  # the model's layer count
     assert len(samplers) == 11
+    counts = set()
     for row in result["rows"]:  # the rank histogram: K + 1 ranks over every visible coordinate
-        assert len(row["rank_histogram"]) == 3 and sum(row["rank_histogram"]) > 1000
-        assert 0 <= row["outside"] <= 1 and 0 <= row["middle_half"] <= 1
+        hist = row["rank_histogram"]
+        assert len(hist) == 3 and sum(hist) > 1000
+        counts.add(sum(hist))  # the same coordinates for every sampler
+        # K = 2: ranks 0 and 2 are outside the two futures' range, rank 1 the middle half
+        assert row["outside"] == pytest.approx((hist[0] + hist[2]) / sum(hist))
+        assert row["middle_half"] == pytest.approx(hist[1] / sum(hist))
+        assert row["middle_half_calibrated"] == pytest.approx(1 / 3)
+        # distances are finite and positive: two different futures are apart (APD), and
+        # the best of them still misses a real future (minADE <= minFDE is not implied)
+        assert row["windows"] > 0 and row["K"] == 2
+        assert 0 < row["min_ade"] < 10 and 0 < row["min_fde"] < 10 and row["apd"] > 0
+    assert len(counts) == 1
     assert "out%" in res.output and "mid%" in res.output
     bad = runner.invoke(app, [*args, "--sampler", "nope"])
     assert bad.exit_code == 1 and "choose from default, gru-nf" in bad.output
