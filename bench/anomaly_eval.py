@@ -287,7 +287,9 @@ def main() -> None:
         ck = load_checkpoint(ck_path)
         posture = posture_of(ck.model)
         if any(k in POSTURE_SCORERS for k in args.scorers) and (
-            posture is None or not posture.cfg.stillness  # flows from before the term
+            posture is None
+            or not posture.cfg.stillness  # flows from before the term
+            or posture.cfg.upright != PostureConfig().upright  # or another input turn
         ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)

@@ -45,6 +45,10 @@ DEFAULT_SAMPLER: Final = "default"
 POSTURE_FLOWS = 8
 POSTURE_EPOCHS = 10
 POSTURE_WEIGHT = 1.0
+#: Degrees by which the posture flows turn each window's body axis upright at most
+#: (``PostureConfig.upright``): a camera's roll or perspective lean undone, a body lying down
+#: still lying (docs/DECISIONS.md, session 12).
+POSTURE_UPRIGHT = 30.0
 
 #: Early stop (``forecaster.early_stop_margin``, minhde units; ``fused`` divides it by its
 #: motion part's normal spread, ``forecasting.scoring.early_stop_bound``): live scoring stops drawing

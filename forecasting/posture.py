@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_WEIGHT
+from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_UPRIGHT, POSTURE_WEIGHT
 from forecasting.stillness import HINGE_QUANTILE, stillness
 from forecasting.weights_cache import WeightsCache
 
@@ -361,7 +361,7 @@ class PostureConfig:
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
     roll: float = 0.0
-    upright: float = 0.0
+    upright: float = POSTURE_UPRIGHT
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -372,7 +372,8 @@ class PostureConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PostureConfig:
-        return cls(**{"stillness": False, **d})  # saved before the term: as it was fitted
+        # saved before the stillness term or upright inputs: as it was fitted
+        return cls(**{"stillness": False, "upright": 0.0, **d})
 
 
 class PostureModel(nn.Module):

@@ -25,6 +25,7 @@ from forecasting.defaults import (
     FALLBACK_SCORER,
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
+    POSTURE_UPRIGHT,
     POSTURE_WEIGHT,
     SCORERS,
 )
@@ -216,9 +217,10 @@ def posture(
             min=0,
             max=90,
             help="Turn each window's body axis upright by at most this many degrees before the "
-            "flows (undoes a camera's roll; 0: off). See docs/DECISIONS.md, session 12.",
+            "flows (undoes a camera's roll or perspective lean; 0: off). See docs/DECISIONS.md, "
+            "session 12.",
         ),
-    ] = 0.0,
+    ] = POSTURE_UPRIGHT,
     roll: Annotated[
         float,
         typer.Option(min=0, max=90, help="Training augmentation: random roll, +-degrees (0: off)."),
