@@ -44,6 +44,33 @@ class ForecastRow:
     rank_histogram: list[int] = field(default_factory=list)
 
 
+def _nll_per_dim(model: Forecaster, poses: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean NLL of the windows' true futures, nats per coordinate (batches of 1,024)."""
+    with torch.inference_mode():
+        nll_sum = sum(
+            float(model.log_prob(poses[i : i + 1024], mask[i : i + 1024]).sum())
+            for i in range(0, len(poses), 1024)
+        )
+    return -nll_sum / max(len(poses) * model.cfg.horizon * D, 1)
+
+
+def _window_metrics(
+    smp: torch.Tensor, log_weights: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-window ``(B,)`` minADE, minFDE, ADE of the mean, APD, energy score (plain and
+    with the importance weights) and ESS of futures ``smp (B, K, H, 17, 2)``."""
+    w = metrics.normalized_weights(log_weights)
+    return {
+        "ade": metrics.min_ade(smp, truth, mask),
+        "fde": metrics.min_fde(smp, truth, mask),
+        "mean": metrics.ade_of_mean(smp, truth, mask),
+        "apd": metrics.apd(smp),
+        "es": metrics.energy_score(smp, truth, mask),
+        "esw": metrics.energy_score(smp, truth, mask, w),
+        "ess": metrics.effective_sample_size(log_weights),
+    }
+
+
 def evaluate_forecasts(
     model: Forecaster,
     windows: Windows,
@@ -72,12 +99,7 @@ def evaluate_forecasts(
     n_obs = 1 + cfg.t_obs
     truth = poses[:, n_obs:]
     tmask = mask[:, n_obs:] & to_tensor(windows.visible[:, n_obs:], device)
-    with torch.inference_mode():
-        nll_sum = sum(
-            float(model.log_prob(poses[i : i + 1024], mask[i : i + 1024]).sum())
-            for i in range(0, len(windows), 1024)
-        )
-    nll = -nll_sum / max(len(windows) * cfg.horizon * D, 1)
+    nll = _nll_per_dim(model, poses, mask)
     rows = []
     for s in samplers:
         torch.manual_seed(seed)
@@ -92,14 +114,8 @@ def evaluate_forecasts(
             sl = slice(i, i + batch)
             out = model.sample(poses[sl, :n_obs], mask[sl, :n_obs], cfg.horizon, num_samples, s)
             smp, tr, m = out.poses.cpu(), truth[sl].cpu(), tmask[sl].cpu()
-            w = metrics.normalized_weights(out.log_weights.cpu())
-            acc["ade"].append(metrics.min_ade(smp, tr, m))
-            acc["fde"].append(metrics.min_fde(smp, tr, m))
-            acc["mean"].append(metrics.ade_of_mean(smp, tr, m))
-            acc["apd"].append(metrics.apd(smp))
-            acc["es"].append(metrics.energy_score(smp, tr, m))
-            acc["esw"].append(metrics.energy_score(smp, tr, m, w))
-            acc["ess"].append(metrics.effective_sample_size(out.log_weights.cpu()))
+            for k, v in _window_metrics(smp, out.log_weights.cpu(), tr, m).items():
+                acc[k].append(v)
             hist += metrics.rank_histogram(smp, tr, m)
             accepted += float(out.stats.accepted.sum())
             proposed += float(out.stats.proposed.sum())

@@ -21,7 +21,7 @@ unusual *posture change* (sinking down) that none of the first four covers.
 
 Example:
     >>> import numpy as np
-    >>> from forecasting.windows import Windows
+    >>> from forecasting.windows import HIPS, Windows
     >>> p = np.zeros((2, 25, 17, 2), np.float32); p[:, :, :, 0] = np.arange(25)[:, None]
     >>> ok, i = np.ones((2, 25, 17), bool), np.zeros(2, np.int64)
     >>> w = Windows(p, ok, ok, np.zeros((2, 3), np.float32), i, i)
@@ -36,14 +36,14 @@ from typing import Final
 
 import numpy as np
 
-from forecasting.windows import Windows
+from forecasting.windows import HIPS, Windows
 
 KINDS: Final = ("fall", "jump", "run3x", "freeze", "reverse", "crouch")
 
 #: Kinds that are only unusual for a person who moves (see :func:`moving`).
 MOTION_KINDS: Final = ("run3x", "freeze", "reverse")
 
-_HIPS, _ANKLES = [11, 12], [15, 16]
+_HIPS, _ANKLES = list(HIPS), [15, 16]
 
 
 def window_speed(w: Windows, t_obs: int) -> np.ndarray:

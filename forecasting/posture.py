@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_UPRIGHT, POSTURE_WEIGHT
 from forecasting.stillness import HINGE_QUANTILE, stillness
 from forecasting.weights_cache import WeightsCache
+from forecasting.windows import HIPS, SHOULDERS
 
 #: COCO-17 skeleton (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles).
 COCO_EDGES: tuple[tuple[int, int], ...] = (
@@ -273,15 +274,6 @@ class StackedFlows:
         return nll, prior.mean(dim=(0, 1, 2))
 
 
-def random_roll(x: Tensor, degrees: float) -> Tensor:
-    """Flow inputs ``(N, 2, T, V)`` each turned about its centre by an angle drawn uniformly
-    from ``[-degrees, degrees]`` (torch's global generator), normalised again."""
-    a = (torch.rand(x.shape[0], device=x.device) * 2 - 1) * math.radians(degrees)
-    c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
-    u, v = x[:, 0], x[:, 1]
-    return stgnf_normalise(torch.stack([c * u - s * v, s * u + c * v], 1))
-
-
 def train_glow(
     model: GraphGlow,
     x: Tensor,
@@ -289,7 +281,6 @@ def train_glow(
     lr: float = 5e-4,
     batch: int = 256,
     select: Callable[[GraphGlow], float] | None = None,
-    roll: float = 0.0,
 ) -> tuple[GraphGlow, list[float]]:
     """STG-NF's optimisation: Adamax, weight decay 5e-5, lr x 0.99 per epoch, gradient norm
     clipped at 100, batches of ``batch`` shuffled windows.
@@ -301,7 +292,6 @@ def train_glow(
             building the model for a reproducible run).
         select: when given, called in eval mode after every epoch; the epoch with the
             lowest value is kept (else the last epoch).
-        roll: augmentation (:func:`random_roll`, degrees; 0: none).
 
     Returns:
         The trained model in eval mode and the ``select`` value of every epoch.
@@ -311,8 +301,7 @@ def train_glow(
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(batch):
-            xb = random_roll(x[idx], roll) if roll > 0 else x[idx]
-            loss = model(xb).mean()
+            loss = model(x[idx]).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100)
@@ -343,10 +332,6 @@ class PostureConfig:
         weight: weight of the posture score in the fused score.
         stillness: the fused score also adds the stillness term
             (:mod:`forecasting.stillness`; checkpoints from before it existed load without).
-        roll: training augmentation, degrees: each training window is turned by an angle
-            drawn uniformly from ``[-roll, roll]`` every epoch (a camera's roll, a wide
-            lens's lean at the frame's edges), so the flows do not learn one camera's
-            "upright" (0: none; a fall turns a body by ~90 degrees).
         upright: input canonicalisation, degrees: each window (training and scoring) is
             turned so that the body's mean axis over its frames (hip centre to shoulder
             centre) points up, by at most ``upright`` degrees (:func:`turn_upright`): a
@@ -360,19 +345,19 @@ class PostureConfig:
     epochs: int = POSTURE_EPOCHS
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
-    roll: float = 0.0
     upright: float = POSTURE_UPRIGHT
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("roll", "upright"):
-            if not d[k]:  # as before the option: older readers load the checkpoint
-                del d[k]
+        if not d["upright"]:  # as before the option: older readers load the checkpoint
+            del d["upright"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PostureConfig:
-        # saved before the stillness term or upright inputs: as it was fitted
+        # saved before the stillness term or upright inputs: as it was fitted; "roll" was a
+        # training augmentation (session 12, removed): it does not change how flows score
+        d = {k: v for k, v in d.items() if k != "roll"}
         return cls(**{"stillness": False, "upright": 0.0, **d})
 
 
@@ -493,7 +478,7 @@ def turn_upright(x: Tensor, max_degrees: float) -> Tensor:
     """Flow inputs ``(N, 2, T, V)`` (COCO-17, image axes: y down) each turned about the
     origin so that the window's mean body axis (hip centre to shoulder centre) points up,
     by at most ``max_degrees``."""
-    axis = (x[..., [5, 6]].mean(-1) - x[..., [11, 12]].mean(-1)).mean(-1)  # (N, 2)
+    axis = (x[..., list(SHOULDERS)].mean(-1) - x[..., list(HIPS)].mean(-1)).mean(-1)  # (N, 2)
     lim = math.radians(max_degrees)
     a = -torch.atan2(axis[:, 0], -axis[:, 1]).clamp(-lim, lim)  # 0: upright
     c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
@@ -561,7 +546,7 @@ def train_posture(
         torch.manual_seed(seed * cfg.flows + f)
         flow = GraphGlow(train_poses.shape[2], COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
         select = val_nll if xv is not None else None
-        _, trace = train_glow(flow, x, cfg.epochs, select=select, roll=cfg.roll)
+        _, trace = train_glow(flow, x, cfg.epochs, select=select)
         model.flows[f] = flow
         if log is not None and trace:
             best = int(np.argmin(trace))

@@ -238,6 +238,53 @@ def score_windows(
     return score_windows_many(model, poses, mask, visible, cfg, (cfg.name,), seeds)[cfg.name]
 
 
+def _posture_for(model: Forecaster, names: Sequence[str]) -> PostureModel | None:
+    """The checkpoint's posture model when one of ``names`` needs it (else None).
+
+    Raises:
+        ValueError: an unknown scorer name, or a posture scorer and no posture flows.
+    """
+    for name in names:
+        if name not in SCORERS:
+            raise ValueError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
+    if not any(k in POSTURE_SCORERS for k in names):
+        return None
+    posture = posture_of(model)
+    if posture is None:
+        raise ValueError(
+            "this checkpoint has no posture flows, which the posture and fused scorers need: "
+            "add them with `posewatch posture --model CKPT`, or choose minhde"
+        )
+    return posture
+
+
+def _direct_scores(
+    model: Forecaster,
+    posture: PostureModel | None,
+    names: Sequence[str],
+    p: Tensor,
+    m: Tensor,
+    v: Tensor,
+    seen: Tensor | None,
+    sl: slice,
+    n_obs: int,
+) -> tuple[
+    dict[str, tuple[Tensor, Tensor]], tuple[PostureModel, Tensor, Tensor, Tensor | None] | None
+]:
+    """One batch's scores that need no futures (``nll``, ``posture``: window and per-joint),
+    and what ``fused`` takes from the posture model (its scores, per-joint contributions and
+    the windows' stillness when ``seen``, the whole call's seen keypoints, is given)."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    if "nll" in names:
+        out["nll"] = _nll_scores(model, p, m, v)
+    if posture is None:
+        return out, None
+    sp, jp = posture(p)
+    if "posture" in names:
+        out["posture"] = sp, jp
+    return out, (posture, sp, jp, None if seen is None else stillness(p, seen[sl], n_obs))
+
+
 def score_windows_many(
     model: Forecaster,
     poses: np.ndarray,
@@ -253,22 +300,13 @@ def score_windows_many(
     scorer's scores equal those of a :func:`score_windows` call with that name alone
     (early stopping, ``cfg.stop_below``, applies only when one scorer is asked for).
     """
-    for name in names:
-        if name not in SCORERS:
-            raise ValueError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}")
+    posture = _posture_for(model, names)
     n = poses.shape[0]
     if n == 0:
         return {
             k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
         }
-    posture = posture_of(model)
-    if posture is None and any(k in POSTURE_SCORERS for k in names):
-        raise ValueError(
-            "this checkpoint has no posture flows, which the posture and fused scorers need: "
-            "add them with `posewatch posture --model CKPT`, or choose minhde"
-        )
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    use_posture = posture is not None and any(k in POSTURE_SCORERS for k in names)
     # fused's stillness term counts only really seen keypoints
     seen = to_tensor(visible & mask, P.device) if "fused" in names else None
     # Generators of their own: the same seed gives the same draws even while other threads
@@ -287,18 +325,10 @@ def score_windows_many(
         for sl in _batches(n, cfg.batch, run if seeds is not None else None):
             p, m, v = P[sl], M[sl], V[sl]
             truth = p[:, n_obs:]
-            if "nll" in names:
-                s, j = _nll_scores(model, p, m, v)
-                scores["nll"].append(s.float().cpu())
-                joints["nll"].append(j.float().cpu())
-            post = None
-            if use_posture:
-                assert posture is not None
-                sp, jp = posture(p)
-                post = (posture, sp, jp, None if seen is None else stillness(p, seen[sl], n_obs))
-                if "posture" in names:
-                    scores["posture"].append(sp.float().cpu())
-                    joints["posture"].append(jp.float().cpu())
+            direct, post = _direct_scores(model, posture, names, p, m, v, seen, sl, n_obs)
+            for name, (s, j) in direct.items():
+                scores[name].append(s.float().cpu())
+                joints[name].append(j.float().cpu())
             if not sampled:
                 continue
 

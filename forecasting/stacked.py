@@ -71,6 +71,50 @@ def member_ks(num_samples: int, members: int) -> list[int]:
     return [num_samples // members + (i < num_samples % members) for i in range(members)]
 
 
+def _stack_gru(members: Sequence[GRUNF]) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Per GRU layer, the members' ``w_ih^T`` ``(M, in, 3H)``, ``w_hh^T`` ``(M, H, 3H)``,
+    ``b_ih`` and ``b_hh`` ``(M, 1, 3H)``."""
+    gru = []
+    for layer in range(members[0].gru.num_layers):
+        w_ih, w_hh, b_ih, b_hh = (
+            _stack([getattr(m.gru, f"{n}_l{layer}") for m in members])
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+        gru.append(
+            (
+                w_ih.transpose(1, 2).contiguous(),
+                w_hh.transpose(1, 2).contiguous(),
+                b_ih[:, None],
+                b_hh[:, None],
+            )
+        )
+    return gru
+
+
+def _flow_layers(
+    members: Sequence[GRUNF],
+) -> tuple[list[list[ConditionalAffineCoupling]], list[ConditionalAffine]]:
+    """Each member's couplings and final affine.
+
+    Raises:
+        TypeError: a flow is not affine couplings followed by one conditional affine, or
+            the members' coupling masks differ.
+    """
+    layers = [list(m.flow.layers) for m in members]
+    if not all(
+        isinstance(ly[-1], ConditionalAffine)
+        and all(isinstance(c, ConditionalAffineCoupling) for c in ly[:-1])
+        for ly in layers
+    ):
+        raise TypeError("a flow must be affine couplings followed by one conditional affine")
+    couplings = [cast(list[ConditionalAffineCoupling], ly[:-1]) for ly in layers]
+    for cs in couplings[1:]:
+        for c, c0 in zip(cs, couplings[0], strict=True):
+            if not torch.equal(c.idx_a, c0.idx_a):
+                raise TypeError("ensemble members' coupling masks differ")
+    return couplings, [cast(ConditionalAffine, ly[-1]) for ly in layers]
+
+
 @dataclass
 class _Weights:
     """Stacked weights of some members (leading axis ``M``); see :class:`StackedForecaster`."""
@@ -119,31 +163,9 @@ class StackedForecaster:
         def buf(name: str) -> Tensor:
             return _stack([getattr(m, name) for m in members])[:, None, :]  # (M, 1, D)
 
-        gru = []
-        for layer in range(first.gru.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (
-                _stack([getattr(m.gru, f"{n}_l{layer}") for m in members])
-                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
-            gru.append(
-                (
-                    w_ih.transpose(1, 2).contiguous(),
-                    w_hh.transpose(1, 2).contiguous(),
-                    b_ih[:, None],
-                    b_hh[:, None],
-                )
-            )
         emb = [cast(nn.Linear, m.flow.embed[0]) for m in members]
         self.E = int(emb[0].out_features)
-        layers = [list(m.flow.layers) for m in members]
-        if not all(
-            isinstance(ly[-1], ConditionalAffine)
-            and all(isinstance(c, ConditionalAffineCoupling) for c in ly[:-1])
-            for ly in layers
-        ):
-            raise TypeError("a flow must be affine couplings followed by one conditional affine")
-        couplings = [cast(list[ConditionalAffineCoupling], ly[:-1]) for ly in layers]
-        finals = [cast(ConditionalAffine, ly[-1]) for ly in layers]
+        couplings, finals = _flow_layers(members)
         ctx_parts = [
             [c.ctx.weight for c in cs] + [f.lin.weight]
             for cs, f in zip(couplings, finals, strict=True)
@@ -163,16 +185,12 @@ class StackedForecaster:
             )
             for k, c in enumerate(c0s)
         ]
-        for cs in couplings[1:]:
-            for c, c0 in zip(cs, c0s, strict=True):
-                if not torch.equal(c.idx_a, c0.idx_a):
-                    raise TypeError("ensemble members' coupling masks differ")
         self.w = _Weights(
             pose_mean=buf("pose_mean"),
             pose_std=buf("pose_std"),
             disp_mean=buf("disp_mean"),
             disp_std=buf("disp_std"),
-            gru=gru,
+            gru=_stack_gru(members),
             state_w=_stack(
                 [torch.cat([e.weight, m.point.weight]).T for e, m in zip(emb, members, strict=True)]
             ),
@@ -371,11 +389,7 @@ class StackedForecaster:
         P = last.reshape(Ms, Bs, 1, D).expand(Ms, Bs, kmax, D).reshape(Ms, N, D)
         ones = torch.ones(Ms, N, J, device=device)
         out = torch.empty(Ms, H, N, D, device=device)
-        sel_t = torch.as_tensor(sel, device=device)
-        if rwm:  # padding futures (members with fewer than kmax) do not count
-            valid = torch.arange(kmax, device=device) < torch.tensor(ks, device=device)[:, None]
-            vmask = valid[:, None, :].expand(Ms, Bs, kmax).float()
-            per_group = torch.zeros(Ms, G, device=device).index_add_(1, groups, vmask.sum(-1))
+        sizes = _StepSizes(steps, torch.as_tensor(sel, device=device), groups, ks, G)
         for t in range(H):
             head = _lin(hs[-1], w.head_w, w.head_b)
             st, gh_last = head[..., : self.E + D], head[..., self.E + D :]
@@ -383,22 +397,15 @@ class StackedForecaster:
             ctx = list(_lin(e, w.ctx_w, w.ctx_b).split(self.ctx_sizes, -1))
             x = self._flow_g(w, zs[:, t].reshape(Ms, N, D), ctx)
             if rwm:
-                mu = st[..., self.E :]
-                cur = _point_logpdf(x, mu, w.point_log_scale)
-                for s in range(S):
-                    eps = steps[sel_t][:, groups].repeat_interleave(kmax, dim=1)[..., None]
-                    prop = x + eps * noise[:, t, s].reshape(Ms, N, D)
-                    new = _point_logpdf(prop, mu, w.point_log_scale)
-                    accept = torch.log(us[:, t, s].reshape(Ms, N)) < new - cur
-                    x = torch.where(accept[..., None], prop, x)
-                    cur = torch.where(accept, new, cur)
-                    if sampler.adapt:
-                        acc = (accept.reshape(Ms, Bs, kmax).float() * vmask).sum(-1)
-                        rate = torch.zeros(Ms, G, device=device).index_add_(1, groups, acc)
-                        rate = rate / per_group.clamp_min(1)
-                        old = steps[sel_t]
-                        adapted = old * torch.exp(0.5 * (rate - sampler.target_accept))
-                        steps[sel_t] = torch.where(per_group > 0, adapted, old)
+                x = _metropolis(
+                    x,
+                    st[..., self.E :],
+                    w.point_log_scale,
+                    noise[:, t].reshape(Ms, S, N, D),
+                    us[:, t].reshape(Ms, S, N),
+                    sizes,
+                    sampler.target_accept if sampler.adapt else None,
+                )
             x = x.clamp(-self.cfg.clip, self.cfg.clip)
             P = P + x * w.disp_std + w.disp_mean
             out[:, t] = P
@@ -408,6 +415,59 @@ class StackedForecaster:
         if all(k == kmax for k in ks):
             return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
         return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+
+
+class _StepSizes:
+    """Metropolis step sizes ``steps (M, G)`` (per member and group, updated in place) as
+    seen by the selected members ``sel`` rolling out ``B`` windows of ``groups`` with
+    ``ks`` futures each (padded to ``max(ks)``; padding futures do not count)."""
+
+    def __init__(self, steps: Tensor, sel: Tensor, groups: Tensor, ks: Sequence[int], G: int):
+        self.steps, self.sel, self.groups, self.kmax = steps, sel, groups, max(ks)
+        ks_t = torch.tensor(ks, device=steps.device)
+        valid = torch.arange(self.kmax, device=steps.device) < ks_t[:, None]  # (M, kmax)
+        self.valid = valid[:, None, :].expand(len(ks), len(groups), self.kmax).float()
+        self.per_group = torch.zeros(len(ks), G, device=steps.device)
+        self.per_group.index_add_(1, groups, self.valid.sum(-1))  # futures per group
+
+    def per_future(self) -> Tensor:
+        """``(M, B * kmax)`` each future's step size (its member's, its group's)."""
+        return self.steps[self.sel][:, self.groups].repeat_interleave(self.kmax, dim=1)
+
+    def adapt(self, accept: Tensor, target: float) -> None:
+        """Scale each group's step size by ``exp((rate - target) / 2)``, ``rate`` its share
+        of ``accept (M, B * kmax)``."""
+        acc = (accept.reshape(self.valid.shape).float() * self.valid).sum(-1)
+        rate = torch.zeros_like(self.per_group).index_add_(1, self.groups, acc)
+        rate = rate / self.per_group.clamp_min(1)
+        old = self.steps[self.sel]
+        adapted = old * torch.exp(0.5 * (rate - target))
+        self.steps[self.sel] = torch.where(self.per_group > 0, adapted, old)
+
+
+def _metropolis(
+    x: Tensor,
+    mu: Tensor,
+    log_scale: Tensor,
+    noise: Tensor,
+    us: Tensor,
+    sizes: _StepSizes,
+    target_accept: float | None,
+) -> Tensor:
+    """Random-walk Metropolis steps on one frame's displacements ``x (M, N, D)`` towards
+    the point head's Gaussian (mean ``mu``, log scale ``log_scale``): per step ``s`` the
+    proposal ``x + step * noise[:, s]`` is accepted where ``log(us[:, s])`` is below the
+    log-density gain; step sizes adapt towards ``target_accept`` (None: fixed)."""
+    cur = _point_logpdf(x, mu, log_scale)
+    for s in range(noise.shape[1]):
+        prop = x + sizes.per_future()[..., None] * noise[:, s]
+        new = _point_logpdf(prop, mu, log_scale)
+        accept = torch.log(us[:, s]) < new - cur
+        x = torch.where(accept[..., None], prop, x)
+        cur = torch.where(accept, new, cur)
+        if target_accept is not None:
+            sizes.adapt(accept, target_accept)
+    return x
 
 
 def _draws(

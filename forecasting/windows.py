@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 J = 17
-TORSO = (5, 6, 11, 12)
+SHOULDERS = (5, 6)  # COCO-17
+HIPS = (11, 12)
+TORSO = SHOULDERS + HIPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,16 +221,12 @@ def posture(
             "session 12.",
         ),
     ] = POSTURE_UPRIGHT,
-    roll: Annotated[
-        float,
-        typer.Option(min=0, max=90, help="Training augmentation: random roll, +-degrees (0: off)."),
-    ] = 0.0,
     refit_stats: Annotated[
         bool,
         typer.Option(
             help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
             "with the stillness term on (about a minute; for flows saved before the term). "
-            "The flow settings (--flows, --epochs, --upright, --roll) are then ignored."
+            "The flow settings (--flows, --epochs, --upright) are then ignored."
         ),
     ] = False,
 ) -> None:
@@ -241,7 +237,7 @@ def posture(
 
     _offline_logging()
     try:
-        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight, roll=roll, upright=upright)
+        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight, upright=upright)
         run_posture(PostureRequest(model, cfg, seed, data, refit_stats))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc

@@ -24,8 +24,6 @@ from forecasting.posture import (
     PostureConfig,
     fit_normal_stats,
     flow_inputs,
-    random_roll,
-    stgnf_normalise,
     train_posture,
 )
 from forecasting.scoring import (
@@ -38,7 +36,15 @@ from forecasting.scoring import (
 )
 from forecasting.stillness import stillness
 from forecasting.torch_model import GRUNF, ModelConfig
-from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
+from forecasting.windows import (
+    HIPS,
+    SHOULDERS,
+    Standardizer,
+    WindowConfig,
+    Windows,
+    augment_flip,
+    fill_unseen,
+)
 from pipelines.config import PosewatchConfig
 from pipelines.offline.evaluation import normal_window_sets
 from pipelines.serving import RuntimeConfigError, resolve_threshold
@@ -71,28 +77,23 @@ def test_log_determinant_equals_the_jacobian() -> None:
     assert float(nll[0]) == pytest.approx(float(want), rel=1e-5)
 
 
-def test_random_roll_turns_each_window_within_its_range() -> None:
-    """The roll augmentation turns each training window as a whole (every frame by the same
-    angle), by angles spread over ``[-roll, roll]``, and keeps the flows' normalisation."""
-    rng = np.random.default_rng(0)
-    x = stgnf_normalise(torch.as_tensor(rng.normal(0, 1, (4000, 2, 24, 17)), dtype=torch.float32))
-    torch.manual_seed(0)
-    y = random_roll(x, 20.0)
-    np.testing.assert_allclose(y.mean(dim=(2, 3)).numpy(), 0, atol=1e-5)
-    np.testing.assert_allclose(y[:, 1].std(dim=(1, 2)).numpy(), 1, atol=1e-5)
-    # the angle of each keypoint about the window's centre turned by one angle per window
-    turn = torch.atan2(y[:, 1], y[:, 0]) - torch.atan2(x[:, 1], x[:, 0])
-    turn = torch.remainder(turn + np.pi, 2 * np.pi) - np.pi
-    per_window = turn.flatten(1)
-    np.testing.assert_allclose((per_window - per_window[:, :1]).abs().max().item(), 0, atol=1e-3)
-    deg = np.degrees(per_window[:, 0].numpy())
-    assert np.abs(deg).max() <= 20.0 + 1e-3 and np.abs(deg).max() > 19.0
-    assert abs(float(np.mean(deg))) < 1.0 and 10.5 < float(np.std(deg)) < 12.5  # uniform: 11.5
+def test_posture_config_round_trip_and_older_checkpoints() -> None:
+    """A config survives its checkpoint dict; flows saved before the upright turn score as
+    they were fitted (upright 0, the key absent); one saved with session 12's removed roll
+    augmentation loads with its turn."""
+    cfg = PostureConfig()
+    assert cfg.upright == 30.0 and PostureConfig.from_dict(cfg.to_dict()) == cfg
+    plain = PostureConfig(upright=0.0)
+    assert "upright" not in plain.to_dict()
+    assert PostureConfig.from_dict(plain.to_dict()) == plain
+    assert PostureConfig.from_dict({**cfg.to_dict(), "roll": 20.0}) == cfg
+    with pytest.raises(TypeError):
+        PostureConfig.from_dict({**cfg.to_dict(), "tilt": 1.0})  # unknown: not silently dropped
 
 
 def _axis_degrees(x: torch.Tensor) -> np.ndarray:
     """Each flow input's mean body axis (hip centre to shoulder centre), degrees from up."""
-    axis = (x[..., [5, 6]].mean(-1) - x[..., [11, 12]].mean(-1)).mean(-1)
+    axis = (x[..., list(SHOULDERS)].mean(-1) - x[..., list(HIPS)].mean(-1)).mean(-1)
     return np.degrees(torch.atan2(axis[:, 0], -axis[:, 1]).numpy())
 
 
