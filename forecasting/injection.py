@@ -21,7 +21,7 @@ unusual *posture change* (sinking down) that none of the first four covers.
 
 Example:
     >>> import numpy as np
-    >>> from forecasting.windows import HIPS, Windows
+    >>> from forecasting.windows import Windows
     >>> p = np.zeros((2, 25, 17, 2), np.float32); p[:, :, :, 0] = np.arange(25)[:, None]
     >>> ok, i = np.ones((2, 25, 17), bool), np.zeros(2, np.int64)
     >>> w = Windows(p, ok, ok, np.zeros((2, 3), np.float32), i, i)

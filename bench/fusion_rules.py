@@ -1,0 +1,151 @@
+"""How the fused score combines motion, posture and stillness: rules compared on injected
+anomalies (validation clips and the test split's normal windows) and on AIHub2 test.
+
+The fused score adds the standardised motion score ``z_m`` (minhde), the posture score
+``z_p`` and the stillness excess ``e`` (:meth:`forecasting.posture.PostureModel.fuse`). A
+sum lets a part that sees nothing cancel a part that sees the anomaly: a person running
+three times too fast has a typical (or more typical) posture, and a low ``z_p`` pulls the
+sum down. Rules compared, from one draw of futures per window:
+
+- ``sum``: ``z_m + z_p + e`` (the fused score as it is);
+- ``fisher``: ``-log sf(z_m) - log sf(z_p) + e`` (Fisher's combination of the parts' upper
+  tail p-values, Gaussian tails): a part below its normal median adds about 0 instead of
+  subtracting, and one part far in its tail is not diluted by the other;
+- ``max``: ``max(z_m, z_p) + e``;
+- ``softplus``: ``softplus(z_m) + softplus(z_p) + e``.
+
+The injected kinds need no test labels; the AIHub2 test AUC (``--test-auc``) shows what a
+rule costs or gains on real anomalies. Session 13 kept the sum although the injected kinds
+favour the others, because of that test AUC (``docs/DECISIONS.md``).
+
+Usage::
+
+    .venv/bin/python bench/fusion_rules.py --model runs/anomaly_eval/seed0-m7.pt [--test-auc]
+
+Prints a table, writes ``bench/results/fusion_rules.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pipelines.clip_scoring as clip_scoring
+from forecasting.checkpoint import load_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.detection_metrics import roc_auc
+from forecasting.injection import KINDS, MOTION_KINDS, inject, moving_mask
+from forecasting.posture import PostureModel
+from forecasting.scoring import WindowScores, posture_of, score_windows_many
+from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.serving import scorer_config
+
+Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+RULES: dict[str, Rule] = {
+    "sum": lambda m, p, e: m + p + e,
+    "fisher": lambda m, p, e: -norm.logsf(m) - norm.logsf(p) + e,
+    "max": lambda m, p, e: np.maximum(m, p) + e,
+    "softplus": lambda m, p, e: np.logaddexp(0, m) + np.logaddexp(0, p) + e,
+}
+PARTS = ("minhde", "posture", "fused")
+
+
+def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, cfg: Any) -> dict[str, np.ndarray]:  # fmt: skip
+    """Standardised motion ``m``, posture ``p`` and stillness excess ``e`` ``(N,)`` of
+    windows (one draw of futures), and each rule's score."""
+    pm = posture_of(model)
+    assert isinstance(pm, PostureModel)
+    many = score_windows_many(model, poses, mask, visible, cfg, PARTS)
+    m = (many["minhde"].score - float(pm.motion_mean)) / float(pm.motion_std)
+    p = pm.cfg.weight * many["posture"].score
+    e = many["fused"].score - m - p
+    out = {"m": m, "p": p, "e": e}
+    out.update({k: rule(m, p, e) for k, rule in RULES.items()})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    ap.add_argument("--stride", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-auc", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/fusion_rules.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ck = load_checkpoint(args.model)
+    t_obs = ck.window_config.t_obs
+    cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)
+    sets = normal_window_sets(
+        args.data, ck.meta.get("validation_clips", []), ck.window_config, args.stride
+    )
+    result: dict[str, Any] = {"model": str(args.model), "rules": list(RULES), "injected": {}}
+    t0 = time.perf_counter()
+    for name in ("validation", "test"):
+        w0 = sets[name]
+        normal = parts(ck.model, w0.poses, w0.mask, w0.visible, cfg)
+        moves = moving_mask(w0, t_obs, None)
+        for kind in args.kinds:
+            keep = moves if kind in MOTION_KINDS else np.ones(len(w0), bool)
+            if keep.sum() < 10:
+                print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
+                continue
+            w = w0.select(keep)
+            bad = parts(ck.model, inject(w, kind, t_obs, np.random.default_rng(0)), w.mask, w.visible, cfg)  # fmt: skip
+            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
+            row = {k: roc_auc(y, np.r_[normal[k][keep], bad[k]]) for k in ("m", "p", *RULES)}
+            row["windows"] = len(w)
+            result["injected"][f"{name}.{kind}"] = row
+            print(f"{name:>10} {kind:<8}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    result["seconds_injected"] = time.perf_counter() - t0
+    if args.test_auc:
+        result["test"] = test_auc(ck, load_clips(args.data, "test"), cfg)
+    print(f"{'set.kind':<22}" + "".join(f"{k:>10}" for k in ("m", "p", *RULES)))
+    for key, row in result["injected"].items():
+        print(f"{key:<22}" + "".join(f"{row[k]:>10.3f}" for k in ("m", "p", *RULES)))
+    for k, (off, cau) in result.get("test", {}).items():
+        print(f"AIHub2 test {k:<10} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {args.out}")
+
+
+def test_auc(ck: Any, clips: Sequence[Any], cfg: Any) -> dict[str, tuple[float, float]]:
+    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every rule on AIHub2
+    test, from one draw: the clip scorer's window scoring is wrapped to return the rules."""
+    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
+
+    def rules_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
+        d = parts(model, poses, mask, visible, c)
+        nan = np.full((len(poses), 17), np.nan, np.float32)
+        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
+
+    clip_scoring.score_windows_many = rules_of  # type: ignore[attr-defined,assignment]
+    try:
+        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(RULES), 1, False)
+    finally:
+        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
+    out = {}
+    for k in RULES:
+        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
+        out[k] = (r.auc_offline, r.auc_causal)
+    return out
+
+
+if __name__ == "__main__":
+    main()
