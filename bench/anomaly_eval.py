@@ -289,7 +289,8 @@ def main() -> None:
         if any(k in POSTURE_SCORERS for k in args.scorers) and (
             posture is None
             or not posture.cfg.stillness  # flows from before the term
-            or posture.cfg.upright != PostureConfig().upright  # or another input turn
+            or (posture.cfg.upright, posture.cfg.upright_frames)
+            != (PostureConfig().upright, PostureConfig().upright_frames)  # another input turn
         ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)

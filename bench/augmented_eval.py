@@ -24,7 +24,7 @@ Augmentations (about the frame centre, coordinates in units of the frame height)
 Usage::
 
     .venv/bin/python bench/augmented_eval.py [--model runs/anomaly_eval/seed0-m7.pt]
-        [--augment none mirror rot+15 ...] [--stride 2] [--threads 2]
+        [--augment none mirror rot+15 ...] [--stride 2] [--threads 2] [--split validation]
 
 Prints a table (AUC-ROC offline / causal per scorer and the change from ``none``) and writes
 ``bench/results/augmented_eval.json``.
@@ -146,6 +146,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     ap.add_argument("--stride", type=int, default=2, help="score every STRIDE-th window")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="validation: the checkpoint's validation clips (AIHub2 train, labelled), "
+        "to choose on without the test split's labels",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
@@ -153,7 +160,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ck = load_checkpoint(args.model)
-    clips = load_clips(args.data, "test")
+    if args.split == "validation":  # the checkpoint's held-out train clips (labelled)
+        val = set(ck.meta.get("validation_clips") or [])
+        clips = [c for c in load_clips(args.data, "train") if c.name in val]
+    else:
+        clips = load_clips(args.data, "test")
     cfg = ScorerConfig(
         name=args.scorers[0], num_samples=args.samples, sampler=SNF_DEFAULT, seed=args.seed
     )
@@ -191,6 +202,7 @@ def main() -> None:
         json.dumps(
             {
                 "model": str(args.model),
+                "split": args.split,
                 "stride": args.stride,
                 "samples": args.samples,
                 "rows": rows,

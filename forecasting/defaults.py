@@ -50,6 +50,14 @@ POSTURE_WEIGHT = 1.0
 #: still lying (docs/DECISIONS.md, session 12).
 POSTURE_UPRIGHT = 30.0
 
+#: Frames (the first of those the posture flows see) over which the body axis that
+#: ``POSTURE_UPRIGHT`` turns upright is measured (``PostureConfig.upright_frames``; 0: all).
+#: 12 (a default window's observed part, so a body tipping over in the future is not turned
+#: back) measured the same as 0 on AIHub2 test, seed 0 (94.47 vs 94.51; under a 15-degree
+#: roll 93.21 vs 93.23): 0 stays, the three-seed table is of it (docs/DECISIONS.md,
+#: session 13).
+POSTURE_UPRIGHT_FRAMES = 0
+
 #: Early stop (``forecaster.early_stop_margin``, minhde units; ``fused`` divides it by its
 #: motion part's normal spread, ``forecasting.scoring.early_stop_bound``): live scoring stops drawing
 #: futures for a window whose score from the first member's futures is this far below the

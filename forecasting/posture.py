@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from forecasting.defaults import POSTURE_EPOCHS, POSTURE_FLOWS, POSTURE_UPRIGHT, POSTURE_WEIGHT
+from forecasting.defaults import (
+    POSTURE_EPOCHS,
+    POSTURE_FLOWS,
+    POSTURE_UPRIGHT,
+    POSTURE_UPRIGHT_FRAMES,
+    POSTURE_WEIGHT,
+)
 from forecasting.stillness import HINGE_QUANTILE, stillness
 from forecasting.weights_cache import WeightsCache
 from forecasting.windows import HIPS, SHOULDERS
@@ -336,6 +342,11 @@ class PostureConfig:
             turned so that the body's mean axis over its frames (hip centre to shoulder
             centre) points up, by at most ``upright`` degrees (:func:`turn_upright`): a
             camera's roll is undone, a body lying down stays lying (0: none).
+        upright_frames: the body axis is measured over the first ``upright_frames`` frames
+            the flows see (0: all of them); 12, with the default windows (12 observed
+            frames, 12 future ones), is the observed part: a body that tips over in the
+            future is then not turned back toward upright by its own fall (measured the same
+            on AIHub2, so not the default).
     """
 
     frames: int = 24
@@ -346,11 +357,13 @@ class PostureConfig:
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
     upright: float = POSTURE_UPRIGHT
+    upright_frames: int = POSTURE_UPRIGHT_FRAMES
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["upright"]:  # as before the option: older readers load the checkpoint
-            del d["upright"]
+        for k in ("upright", "upright_frames"):
+            if not d[k]:  # as before the option: older readers load the checkpoint
+                del d[k]
         return d
 
     @classmethod
@@ -358,6 +371,8 @@ class PostureConfig:
         # saved before the stillness term or upright inputs: as it was fitted; "roll" was a
         # training augmentation (session 12, removed): it does not change how flows score
         d = {k: v for k, v in d.items() if k != "roll"}
+        if "upright" in d:  # upright flows of session 12 measured the axis on every frame
+            d = {"upright_frames": 0, **d}
         return cls(**{"stillness": False, "upright": 0.0, **d})
 
 
@@ -474,11 +489,12 @@ def with_stillness(model: PostureModel, weight: float | None = None) -> PostureM
     return out.eval()
 
 
-def turn_upright(x: Tensor, max_degrees: float) -> Tensor:
+def turn_upright(x: Tensor, max_degrees: float, frames: int = 0) -> Tensor:
     """Flow inputs ``(N, 2, T, V)`` (COCO-17, image axes: y down) each turned about the
-    origin so that the window's mean body axis (hip centre to shoulder centre) points up,
-    by at most ``max_degrees``."""
-    axis = (x[..., list(SHOULDERS)].mean(-1) - x[..., list(HIPS)].mean(-1)).mean(-1)  # (N, 2)
+    origin so that the window's mean body axis (hip centre to shoulder centre) over its
+    first ``frames`` frames (0: all ``T``) points up, by at most ``max_degrees``."""
+    part = x[:, :, :frames] if frames > 0 else x
+    axis = (part[..., list(SHOULDERS)].mean(-1) - part[..., list(HIPS)].mean(-1)).mean(-1)
     lim = math.radians(max_degrees)
     a = -torch.atan2(axis[:, 0], -axis[:, 1]).clamp(-lim, lim)  # 0: upright
     c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
@@ -491,7 +507,7 @@ def flow_inputs(poses: Tensor, cfg: PostureConfig) -> Tensor:
     the last frames, turned upright when ``cfg.upright``, :func:`stgnf_normalise`-d."""
     x = poses[:, -cfg.frames :].permute(0, 3, 1, 2)
     if cfg.upright > 0:
-        x = turn_upright(stgnf_normalise(x), cfg.upright)
+        x = turn_upright(stgnf_normalise(x), cfg.upright, cfg.upright_frames)
     return stgnf_normalise(x)
 
 

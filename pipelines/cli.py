@@ -26,6 +26,7 @@ from forecasting.defaults import (
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
     POSTURE_UPRIGHT,
+    POSTURE_UPRIGHT_FRAMES,
     POSTURE_WEIGHT,
     SCORERS,
 )
@@ -221,12 +222,20 @@ def posture(
             "session 12.",
         ),
     ] = POSTURE_UPRIGHT,
+    upright_frames: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Measure the body axis --upright turns over the first N frames the flows see "
+            "(0: all; 12: a default window's observed part).",
+        ),
+    ] = POSTURE_UPRIGHT_FRAMES,
     refit_stats: Annotated[
         bool,
         typer.Option(
             help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
             "with the stillness term on (about a minute; for flows saved before the term). "
-            "The flow settings (--flows, --epochs, --upright) are then ignored."
+            "The flow settings (--flows, --epochs, --upright, --upright-frames) are then ignored."
         ),
     ] = False,
 ) -> None:
@@ -237,7 +246,13 @@ def posture(
 
     _offline_logging()
     try:
-        cfg = PostureConfig(flows=flows, epochs=epochs, weight=weight, upright=upright)
+        cfg = PostureConfig(
+            flows=flows,
+            epochs=epochs,
+            weight=weight,
+            upright=upright,
+            upright_frames=upright_frames,
+        )
         run_posture(PostureRequest(model, cfg, seed, data, refit_stats))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc

@@ -71,16 +71,44 @@ def test_log_determinant_equals_the_jacobian() -> None:
 
 def test_posture_config_round_trip_and_older_checkpoints() -> None:
     """A config survives its checkpoint dict; flows saved before the upright turn score as
-    they were fitted (upright 0, the key absent); one saved with session 12's removed roll
-    augmentation loads with its turn."""
+    they were fitted (upright 0, the key absent), and so do session 12's upright flows (axis
+    over every frame); one saved with session 12's removed roll augmentation loads."""
     cfg = PostureConfig()
     assert cfg.upright == 30.0 and PostureConfig.from_dict(cfg.to_dict()) == cfg
     plain = PostureConfig(upright=0.0)
     assert "upright" not in plain.to_dict()
     assert PostureConfig.from_dict(plain.to_dict()) == plain
     assert PostureConfig.from_dict({**cfg.to_dict(), "roll": 20.0}) == cfg
+    session12 = {k: v for k, v in cfg.to_dict().items() if k != "upright_frames"}
+    assert PostureConfig.from_dict(session12) == PostureConfig(upright_frames=0)
+    observed = PostureConfig(upright_frames=12)
+    assert PostureConfig.from_dict(observed.to_dict()) == observed
     with pytest.raises(TypeError):
         PostureConfig.from_dict({**cfg.to_dict(), "tilt": 1.0})  # unknown: not silently dropped
+
+
+def test_upright_turn_is_measured_on_the_observed_frames(
+    real_windows: tuple[Windows, Windows, Standardizer],
+) -> None:
+    """A body that tips over by 25 degrees in the future frames keeps that tilt in the flows'
+    input when the axis is measured on the observed frames (``upright_frames`` 12), and
+    loses half of it when it is measured on the whole window (0, the default): its own fall
+    turned it back."""
+    _, va, std = real_windows
+    poses = fill_unseen(va.poses, std.pose_mean)
+    n_obs = 1 + WindowConfig().t_obs
+    tipped = poses.copy()
+    tipped[:, n_obs:] = _rotate(poses[:, n_obs:], np.radians(25.0))
+    upright = _axis_degrees(flow_inputs(torch.as_tensor(poses), PostureConfig(upright=0.0)))
+    walkers = np.abs(upright) < 5  # the turn stays inside its limit for these
+
+    def future_tilt(cfg: PostureConfig) -> float:
+        x = flow_inputs(torch.as_tensor(tipped), cfg)[walkers]
+        fut = x[:, :, n_obs - 1 :]  # the flows see window frames 1..24
+        return float(np.median(_axis_degrees(fut)))
+
+    assert future_tilt(PostureConfig(upright_frames=n_obs - 1)) == pytest.approx(25.0, abs=1.5)
+    assert future_tilt(PostureConfig(upright_frames=0)) == pytest.approx(12.5, abs=2.0)
 
 
 def _axis_degrees(x: torch.Tensor) -> np.ndarray:
