@@ -156,13 +156,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sigma", type=float, default=9.5)
     ap.add_argument("--causal-sigma", type=float, default=6.0)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/augmented_eval.json"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: bench/results/augmented_eval.json (test) or "
+        "bench/results/augmented_eval_validation.json",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ck = load_checkpoint(args.model)
-    if args.split == "validation":  # the checkpoint's held-out train clips (labelled)
+    if args.out is None:
+        suffix = "" if args.split == "test" else f"_{args.split}"
+        args.out = Path(f"bench/results/augmented_eval{suffix}.json")
+    if args.split == "validation":  # the checkpoint's held-out clips of its training split
         val = set(ck.meta.get("validation_clips") or [])
-        clips = [c for c in load_clips(args.data, "train") if c.name in val]
+        clips = [c for c in load_clips(args.data, ck.meta.get("split", "train")) if c.name in val]
+        if not clips:
+            sys.exit(f"{args.model}: no validation clips of the checkpoint found in {args.data}")
     else:
         clips = load_clips(args.data, "test")
     cfg = ScorerConfig(
