@@ -236,7 +236,7 @@ def test_run_cli_with_failing_cameras_leaks_no_secret(tmp_path: Path) -> None:
     path = _write(tmp_path / "run.yaml", cfg)
     env = sec.environ()
     proc = subprocess.Popen(
-        [EXE, "run", "--config", str(path), "--max-seconds", "12"],
+        [EXE, "run", "--config", str(path), "--max-seconds", "90"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
     )  # fmt: skip
     body = ""
@@ -249,6 +249,7 @@ def test_run_cli_with_failing_cameras_leaks_no_secret(tmp_path: Path) -> None:
                 time.sleep(0.5)
                 continue
             if metric_sum(body.decode(), "posewatch_camera_reconnects_total") >= 26:
+                proc.terminate()  # enough reconnects seen: a graceful stop (SIGTERM)
                 break
             time.sleep(0.5)
         stdout, stderr = proc.communicate(timeout=240)
