@@ -45,7 +45,7 @@ import pipelines.clip_scoring as clip_scoring
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, MOTION_KINDS, inject, moving_mask
+from forecasting.injection import KINDS, injected
 from forecasting.posture import PostureModel
 from forecasting.scoring import WindowScores, posture_of, score_windows_many
 from pipelines.offline.evaluation import load_clips, normal_window_sets, report
@@ -99,14 +99,12 @@ def main() -> None:
     for name in ("validation", "test"):
         w0 = sets[name]
         normal = parts(ck.model, w0.poses, w0.mask, w0.visible, cfg)
-        moves = moving_mask(w0, t_obs, None)
         for kind in args.kinds:
-            keep = moves if kind in MOTION_KINDS else np.ones(len(w0), bool)
+            keep, w, poses = injected(w0, kind, t_obs)
             if keep.sum() < 10:
                 print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
                 continue
-            w = w0.select(keep)
-            bad = parts(ck.model, inject(w, kind, t_obs, np.random.default_rng(0)), w.mask, w.visible, cfg)  # fmt: skip
+            bad = parts(ck.model, poses, w.mask, w.visible, cfg)
             y = np.r_[np.zeros(len(w)), np.ones(len(w))]
             row = {k: roc_auc(y, np.r_[normal[k][keep], bad[k]]) for k in ("m", "p", *RULES)}
             row["windows"] = len(w)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, MOTION_KINDS, inject, moving_mask
+from forecasting.injection import KINDS, injected
 from forecasting.scoring import score_windows
 from forecasting.windows import Windows
 from pipelines.clip_scoring import score_split_many
@@ -93,15 +93,13 @@ def main() -> None:
             t0 = time.perf_counter()
             for name, w0 in sets.items():
                 normal = score_windows(ck.model, w0.poses, w0.mask, w0.visible, cfg).score
-                moves = moving_mask(w0, t_obs, args.min_speed)
                 for kind in args.kinds:
-                    keep = moves if kind in MOTION_KINDS else np.ones(len(w0), bool)
+                    keep, w, bad = injected(w0, kind, t_obs, args.min_speed)
                     if keep.sum() < 10:
                         print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
                         row[f"{name}.{kind}"] = float("nan")
                         continue
-                    w, n = w0.select(keep), normal[keep]
-                    bad = inject(w, kind, t_obs, np.random.default_rng(0))
+                    n = normal[keep]
                     a = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
                     y = np.r_[np.zeros(len(n)), np.ones(len(a))]
                     row[f"{name}.{kind}"] = roc_auc(y, np.r_[n, a])

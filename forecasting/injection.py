@@ -117,4 +117,28 @@ def inject(w: Windows, kind: str, t_obs: int, rng: np.random.Generator) -> np.nd
     return p
 
 
-__all__ = ["KINDS", "MOTION_KINDS", "inject", "moving", "moving_mask", "window_speed"]
+def injected(
+    w: Windows, kind: str, t_obs: int, min_speed: float | None = None, seed: int = 0
+) -> tuple[np.ndarray, Windows, np.ndarray]:
+    """The windows ``kind`` is measured on and their anomalous copies: ``(keep, windows,
+    poses)``, ``keep`` ``(N,)`` bool over ``w`` (:func:`moving_mask` for
+    :data:`MOTION_KINDS`, every window otherwise), ``windows = w.select(keep)`` and
+    ``poses`` ``(keep.sum(), T, 17, 2)`` from :func:`inject` with ``default_rng(seed)``.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    keep = moving_mask(w, t_obs, min_speed) if kind in MOTION_KINDS else np.ones(len(w), bool)
+    sel = w.select(keep)
+    return keep, sel, inject(sel, kind, t_obs, np.random.default_rng(seed))
+
+
+__all__ = [
+    "KINDS",
+    "MOTION_KINDS",
+    "inject",
+    "injected",
+    "moving",
+    "moving_mask",
+    "window_speed",
+]

@@ -324,7 +324,6 @@ def score_windows_many(
     with ctx:
         for sl in _batches(n, cfg.batch, run if seeds is not None else None):
             p, m, v = P[sl], M[sl], V[sl]
-            truth = p[:, n_obs:]
             direct, post = _direct_scores(model, posture, names, p, m, v, seen, sl, n_obs)
             for name, (s, j) in direct.items():
                 scores[name].append(s.float().cpu())
@@ -332,52 +331,76 @@ def score_windows_many(
             if not sampled:
                 continue
 
-            def finish(name: str, smp: Tensor, rows: slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:  # fmt: skip
-                return _best_of_k_scores(name, model, cfg, smp, truth[rows], v[rows], post, rows)  # noqa: B023
-
-            t_fc = time.perf_counter()
             brun = run[sl]
             groups = torch.as_tensor(brun - brun[0], device=P.device)
             bgens = gens[int(brun[0]) : int(brun[-1]) + 1]
-            early = (
-                stacked is not None
-                and cfg.stop_below is not None
-                and stacked.M > 1
-                and len(sampled) == 1
-                and sampled[0] in EARLY_STOP_SCORERS
-            )
-            if not early:
-                smp, lw = _draw(model, stacked, p[:, :n_obs], m[:, :n_obs], cfg, bgens, groups)
-                forecast_s += time.perf_counter() - t_fc
-                for name in sampled:
-                    if name == "kde":
-                        s, j = _sample_scores(name, model, cfg, smp, lw, truth, v)
-                    else:
-                        s, j = finish(name, smp)
-                    scores[name].append(s.float().cpu())
-                    joints[name].append(j.float().cpu())
-                continue
-            assert stacked is not None
-            (name,) = sampled
             # a generator serving the next batch too must draw whatever happens here
             carries = bool(sl.stop < n and run[sl.stop] == run[sl.stop - 1])
-            s, j = _early_stop_scores(
-                stacked,
-                p[:, :n_obs],
-                m[:, :n_obs],
-                cfg,
-                bgens,
-                groups,
-                carries,
-                lambda smp, rows: finish(name, smp, rows),  # noqa: B023
+            sampled_out, secs = _sampled_scores(
+                model, stacked, cfg, sampled, (p, m, v), n_obs, post, bgens, groups, carries
             )
-            forecast_s += time.perf_counter() - t_fc
-            scores[name].append(s.float().cpu())
-            joints[name].append(j.float().cpu())
+            forecast_s += secs
+            for name, (s, j) in sampled_out.items():
+                scores[name].append(s.float().cpu())
+                joints[name].append(j.float().cpu())
     return {
         k: WindowScores(torch.cat(scores[k]).numpy(), torch.cat(joints[k]).numpy(), forecast_s)
         for k in names
     }
+
+
+def _sampled_scores(
+    model: Forecaster,
+    stacked: StackedForecaster | None,
+    cfg: ScorerConfig,
+    sampled: Sequence[str],
+    batch: tuple[Tensor, Tensor, Tensor],
+    n_obs: int,
+    post: tuple[PostureModel, Tensor, Tensor, Tensor | None] | None,
+    gens: list[torch.Generator],
+    groups: Tensor,
+    carries: bool,
+) -> tuple[dict[str, tuple[Tensor, Tensor]], float]:
+    """One batch's sample-based scores (``sampled``, names of :data:`SAMPLE_SCORERS`), all
+    from one draw of futures: ``name -> (scores (B,), per-joint (B, 17))``, and the seconds
+    spent drawing. ``batch`` is the batch's ``(poses, mask, visible)``; early stopping
+    (:func:`_early_stop_scores`) when ``cfg.stop_below`` is set, the stacked path draws, and
+    one scorer of :data:`EARLY_STOP_SCORERS` is asked for (``carries``: a generator serves
+    the next batch too)."""
+    p, m, v = batch
+    truth = p[:, n_obs:]
+
+    def finish(name: str, smp: Tensor, rows: slice | Tensor = slice(None)) -> tuple[Tensor, Tensor]:  # fmt: skip
+        return _best_of_k_scores(name, model, cfg, smp, truth[rows], v[rows], post, rows)
+
+    t0 = time.perf_counter()
+    if (
+        stacked is not None
+        and cfg.stop_below is not None
+        and stacked.M > 1
+        and len(sampled) == 1
+        and sampled[0] in EARLY_STOP_SCORERS
+    ):
+        (name,) = sampled
+        out = _early_stop_scores(
+            stacked,
+            p[:, :n_obs],
+            m[:, :n_obs],
+            cfg,
+            gens,
+            groups,
+            carries,
+            lambda smp, rows: finish(name, smp, rows),
+        )
+        return {name: out}, time.perf_counter() - t0
+    smp, lw = _draw(model, stacked, p[:, :n_obs], m[:, :n_obs], cfg, gens, groups)
+    secs = time.perf_counter() - t0
+    return {
+        name: _sample_scores(name, model, cfg, smp, lw, truth, v)
+        if name == "kde"
+        else finish(name, smp)
+        for name in sampled
+    }, secs
 
 
 def _generators(

@@ -387,16 +387,41 @@ class StackedForecaster:
             w.pose_mean.reshape(Ms, 1, J, 2),
         )  # (M, B', 17, 2)
         P = last.reshape(Ms, Bs, 1, D).expand(Ms, Bs, kmax, D).reshape(Ms, N, D)
-        ones = torch.ones(Ms, N, J, device=device)
-        out = torch.empty(Ms, H, N, D, device=device)
-        sizes = _StepSizes(steps, torch.as_tensor(sel, device=device), groups, ks, G)
+        sel_t = torch.as_tensor(sel, device=device)
+        sizes = _StepSizes(steps, sel_t, groups, ks, G) if rwm else None
+        out = self._roll_out(w, hs, P, zs, noise, us, sizes, sampler)
+        fut = out.reshape(Ms, H, Bs, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B', M, kmax, ..)
+        if all(k == kmax for k in ks):
+            return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
+        return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+
+    def _roll_out(
+        self,
+        w: _Weights,
+        hs: list[Tensor],
+        P: Tensor,
+        zs: Tensor,
+        noise: Tensor,
+        us: Tensor,
+        sizes: _StepSizes | None,
+        sampler: SamplerConfig,
+    ) -> Tensor:
+        """The autoregressive rollout of ``N = B * kmax`` futures per member: from the
+        encoder states ``hs`` (per layer ``(M, N, hidden)``), the last observed poses ``P
+        (M, N, 34)`` and the call's draws (:func:`_draws`, rows selected), frame by frame:
+        the flow maps ``z`` to a displacement, Metropolis refines it (``sizes`` given: the
+        rwm kernel), the pose moves by it and the GRU steps. Returns ``(M, H, N, 34)``."""
+        Ms, N, _ = P.shape
+        H, S = zs.shape[1], noise.shape[2]
+        ones = torch.ones(Ms, N, J, device=P.device)
+        out = torch.empty(Ms, H, N, D, device=P.device)
         for t in range(H):
             head = _lin(hs[-1], w.head_w, w.head_b)
             st, gh_last = head[..., : self.E + D], head[..., self.E + D :]
             e = torch.nn.functional.silu(st[..., : self.E])
             ctx = list(_lin(e, w.ctx_w, w.ctx_b).split(self.ctx_sizes, -1))
             x = self._flow_g(w, zs[:, t].reshape(Ms, N, D), ctx)
-            if rwm:
+            if sizes is not None:
                 x = _metropolis(
                     x,
                     st[..., self.E :],
@@ -411,10 +436,7 @@ class StackedForecaster:
             out[:, t] = P
             inp = torch.cat([(P - w.pose_mean) / w.pose_std, x, ones], -1)
             hs = self._gru_step(w, inp, hs, gh_last)
-        fut = out.reshape(Ms, H, Bs, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B', M, kmax, ..)
-        if all(k == kmax for k in ks):
-            return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
-        return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+        return out
 
 
 class _StepSizes:

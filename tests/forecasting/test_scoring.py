@@ -9,7 +9,7 @@ import torch
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
-from forecasting.injection import MOTION_KINDS, inject, moving_mask
+from forecasting.injection import inject, injected
 from forecasting.scoring import SCORERS, ScorerConfig, kde_nll, resolve_scorer, score_windows
 from forecasting.train import build_windows
 from forecasting.windows import Windows
@@ -84,12 +84,7 @@ def test_default_scorer_separates_injected_anomalies(
     assert len(w) > 150
     if where not in _NORMAL_SCORES:  # one pass over each set's untouched windows
         _NORMAL_SCORES[where] = score_windows(ck.model, w.poses, w.mask, w.visible, cfg).score
-    keep = np.ones(len(w), bool)
-    if kind in MOTION_KINDS:
-        keep = moving_mask(w, ck.window_config.t_obs)
-        w = w.select(keep)
-    rng = np.random.default_rng(0)
-    bad = inject(w, kind, ck.window_config.t_obs, rng)
+    keep, w, bad = injected(w, kind, ck.window_config.t_obs)
     normal = _NORMAL_SCORES[where][keep]
     anomal = score_windows(ck.model, bad, w.mask, w.visible, cfg).score
     labels = np.r_[np.zeros(len(normal)), np.ones(len(anomal))]
