@@ -12,6 +12,9 @@ Input: the first ``--frames`` frames of every AIHub2 test clip (0: all), one cam
 - ``flows1x1``: ``default`` with the posture flows (``fused``, the default scorer) evaluated
   one by one through their own modules, as before :class:`forecasting.posture.StackedFlows`
   (``exact`` does so too);
+- ``fused-issue``: ``default`` with the fused score as issue 22 found it (no stillness term,
+  no upright turn of the posture flows' input): the reference of that issue's speed bar
+  (the new default no slower than the ``fused`` of then);
 - ``stg-nf``: STG-NF's GraphGlow over its 24-frame windows (stride 1) of the same frames,
   window normalisation included (``bench/stg_nf.py``; trained for the run, ``--stg-epochs``;
   the speed does not depend on how well it is trained).
@@ -37,6 +40,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -50,15 +54,18 @@ from bench.stg_nf import SEG_LEN, load_segments, normalise, train_model
 from detector.datasets import load_split
 from detector.pose import PoseFrame, frames_from_tracks
 from forecasting.posture import PostureModel
+from forecasting.scoring import posture_of
 from pipelines.config import PosewatchConfig
 from pipelines.model_provider import CheckpointProvider
 from pipelines.score_stage import ScoreStage
 
 ONE_BY_ONE = "posture_flows_one_by_one"  # not a config field: the flows' path before session 11
+AS_AT_ISSUE = "fused_as_at_issue_22"  # not a config field: no stillness, no upright turn
 PATHS = {
     "exact": {"exact": True, "early_stop_margin": None, ONE_BY_ONE: True},
     "stacked": {"exact": False, "early_stop_margin": None},
     "flows1x1": {ONE_BY_ONE: True},
+    "fused-issue": {AS_AT_ISSUE: True},
     "default": {},
 }
 
@@ -90,8 +97,13 @@ def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any
     if forecaster.pop(ONE_BY_ONE, False):  # the posture flows' path before StackedFlows
         with patch.object(PostureModel, "flow_nll", PostureModel.flow_nll_one_by_one):
             return run_path(model, frames, chunk, **forecaster)
+    as_at_issue = forecaster.pop(AS_AT_ISSUE, False)
     cfg = config(model, **forecaster)
     provider = CheckpointProvider(cfg, warmup=True)
+    if as_at_issue:
+        posture = posture_of(provider.model.checkpoint.model)
+        assert posture is not None, f"{model}: no posture flows, so no fused score"
+        posture.cfg = replace(posture.cfg, stillness=False, upright=0.0)
     stage = ScoreStage(provider, cfg.alerting, cfg.forecaster.seeding)
     windows, alerts, scores = 0, [], {}
     t0 = time.perf_counter()
