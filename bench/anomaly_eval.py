@@ -1,4 +1,9 @@
-"""Anomaly detection on AIHub2: train N seeds, evaluate scorers x {GRU-NF, GRU-SNF default}.
+"""Anomaly detection on AIHub2: train N seeds, evaluate scorers x {GRU-NF, GRU-SNF}.
+
+GRU-SNF is scored with the sampler a checkpoint trained now carries
+(:data:`forecasting.snf.CHECKPOINT_SAMPLER`, ``gru-snf-t0.8``), whatever the cached member
+checkpoints were saved with, so the ``default`` row is what ``posewatch train`` then
+``posewatch run`` give; ``--samplers gru-snf`` scores the same at temperature 1.
 
 Each seed's model is the default ensemble of ``--members`` GRU-NFs (seeds ``seed * M + r``)
 with the default posture flows (flow seeds ``seed * F + f``), added when missing.
@@ -41,7 +46,7 @@ from forecasting.scoring import (
     ScorerConfig,
     posture_of,
 )
-from forecasting.snf import GRU_NF, SNF_DEFAULT
+from forecasting.snf import CHECKPOINT_SAMPLER, GRU_NF, SNF_DEFAULT
 from pipelines.clip_scoring import (
     ClipScores,
     calibrate_on_clips,
@@ -106,12 +111,16 @@ def calibrated_recall(
     return out
 
 
+#: Samplers the table can score (``--samplers``).
+SAMPLERS = (GRU_NF, SNF_DEFAULT, CHECKPOINT_SAMPLER)
+
+
 def fresh(cache: Path, ck_path: Path, key: tuple[str, str]) -> bool:
     """A cached row newer than its checkpoint (the default row also needs its calibrated
     recall, added after the first caches were written)."""
     if not cache.exists() or cache.stat().st_mtime <= ck_path.stat().st_mtime:
         return False
-    if key != (DEFAULT_SCORER, SNF_DEFAULT.name):
+    if key != (DEFAULT_SCORER, CHECKPOINT_SAMPLER.name):
         return True
     return "calibrated_recall_1h" in json.loads(cache.read_text())
 
@@ -187,7 +196,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for k in keys:
         sel = [r for r in rows if (r["scorer"], r["sampler"]) == k]
         d: dict[str, Any] = {"scorer": k[0], "sampler": k[1]}
-        d["default"] = k == (DEFAULT_SCORER, SNF_DEFAULT.name)
+        d["default"] = k == (DEFAULT_SCORER, CHECKPOINT_SAMPLER.name)
         for f, name in [
             ("auc_offline", "auc_offline"),
             ("auc_causal", "auc_causal"),
@@ -226,8 +235,11 @@ def main() -> None:
     ap.add_argument(
         "--samplers",
         nargs="+",
-        default=[GRU_NF.name, SNF_DEFAULT.name],
-        help="samplers of the sample-based scorers (default: GRU-NF and GRU-SNF default)",
+        default=[GRU_NF.name, CHECKPOINT_SAMPLER.name],
+        choices=[s.name for s in SAMPLERS],
+        help="samplers of the sample-based scorers (default: GRU-NF and the sampler a "
+        f"checkpoint trained now carries, {CHECKPOINT_SAMPLER.name}; {SNF_DEFAULT.name}: "
+        "the same at temperature 1, the default before session 14)",
     )
     ap.add_argument(
         "--members",
@@ -298,7 +310,7 @@ def main() -> None:
         members = ck.meta.get("ensemble_members", [])
         # The sample-based scorers of one sampler share one draw of futures (same scores as
         # separate runs with the same seed); "seconds" is that shared pass's.
-        samplers = [s for s in (GRU_NF, SNF_DEFAULT) if s.name in args.samplers]
+        samplers = [s for s in SAMPLERS if s.name in args.samplers]
         for sampler_or_none, names in scoring_passes(args.scorers, samplers):
             sampler = sampler_or_none or GRU_NF
             caches = {
@@ -329,7 +341,7 @@ def main() -> None:
                 d = asdict(r)
                 d["seed"] = seed
                 d["members"] = members
-                if (scorer, sampler.name) == (DEFAULT_SCORER, SNF_DEFAULT.name):
+                if (scorer, sampler.name) == (DEFAULT_SCORER, CHECKPOINT_SAMPLER.name):
                     d.update(calibrated_recall(ck, args.data, replace(cfg, name=scorer), many[scorer], args.causal_sigma))  # type: ignore[arg-type]  # fmt: skip
                 d["train_seconds"] = train_s
                 rows.append(d)

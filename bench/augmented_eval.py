@@ -50,8 +50,9 @@ from detector.pose import Track
 from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLES
+from forecasting.samplers import sampler_by_name
 from forecasting.scoring import ScorerConfig
-from forecasting.snf import SNF_DEFAULT
+from forecasting.snf import CHECKPOINT_SAMPLER
 from pipelines.clip_scoring import score_split_many
 from pipelines.offline.evaluation import load_clips, report
 
@@ -147,6 +148,12 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=2, help="score every STRIDE-th window")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--sampler",
+        default=CHECKPOINT_SAMPLER.name,
+        help="what a checkpoint trained now carries (default); gru-snf: temperature 1, "
+        "the default before session 14",
+    )
+    ap.add_argument(
         "--split",
         choices=["test", "validation"],
         default="test",
@@ -176,8 +183,9 @@ def main() -> None:
             sys.exit(f"{args.model}: no validation clips of the checkpoint found in {args.data}")
     else:
         clips = load_clips(args.data, "test")
+    sampler = sampler_by_name(args.sampler, ck.model.flow.num_layers, ck.sampler)
     cfg = ScorerConfig(
-        name=args.scorers[0], num_samples=args.samples, sampler=SNF_DEFAULT, seed=args.seed
+        name=args.scorers[0], num_samples=args.samples, sampler=sampler, seed=args.seed
     )
     rows = []
     for aug in args.augment:
@@ -187,11 +195,12 @@ def main() -> None:
             ck, augmented(clips, aug, args.seed), cfg, args.scorers, args.stride, progress=False
         )
         for k in args.scorers:
-            rep = report(k, SNF_DEFAULT.name, many[k], args.sigma * sig, args.causal_sigma * sig, fps, secs, nw)  # fmt: skip
+            rep = report(k, sampler.name, many[k], args.sigma * sig, args.causal_sigma * sig, fps, secs, nw)  # fmt: skip
             rows.append(
                 {
                     "augment": aug,
                     "scorer": k,
+                    "sampler": sampler.name,
                     "auc_offline": 100 * rep.auc_offline,
                     "auc_causal": 100 * rep.auc_causal,
                     "seconds": secs,  # the shared scoring pass

@@ -8,7 +8,7 @@ tensors (the state dict, bit for bit) plus one metadata entry, ``posewatch``, a 
 ``format`` (``posewatch-grunf``), ``format_version`` (:data:`CHECKPOINT_VERSION`),
 ``code_version``, ``model_config``, ``window_config``, ``standardizer``, ``members`` (1, or
 the size of an :class:`~forecasting.torch_model.Ensemble`), ``train_config``, ``history``,
-``sampler`` (the checkpoint's default sampler, the GRU-SNF default unless given;
+``sampler`` (the checkpoint's default sampler, :data:`forecasting.snf.CHECKPOINT_SAMPLER` unless given;
 ``--sampler default``), ``calibration`` (alert threshold and the serving configuration it
 was fitted for) and, with posture flows, ``posture``. Loading one parses a JSON header and
 copies tensor bytes: it never runs code, whoever wrote the file.
@@ -51,7 +51,7 @@ import safetensors.torch
 import torch
 
 from forecasting.posture import PostureConfig, PostureModel
-from forecasting.snf import SNF_DEFAULT, SamplerConfig
+from forecasting.snf import CHECKPOINT_SAMPLER, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, ModelConfig
 from forecasting.windows import Standardizer, WindowConfig
 
@@ -301,7 +301,8 @@ def save_checkpoint(
         wcfg: how its windows are cut.
         tcfg: the training configuration (anything with ``to_dict()``), or None.
         history: per-epoch training records.
-        sampler: the checkpoint's default sampler (the GRU-SNF default when None).
+        sampler: the checkpoint's default sampler (when None,
+            :data:`forecasting.snf.CHECKPOINT_SAMPLER`: GRU-SNF at temperature 0.8).
         extra: more header fields (JSON-able: numbers, strings, lists, mappings).
 
     Raises:
@@ -316,7 +317,7 @@ def save_checkpoint(
         "members": len(model.member_list()) if isinstance(model, Ensemble) else 1,
         "train_config": tcfg.to_dict() if tcfg is not None else None,
         "history": history or [],
-        "sampler": (sampler or SNF_DEFAULT).to_dict(),
+        "sampler": (sampler or CHECKPOINT_SAMPLER).to_dict(),
         "calibration": {},
     }
     posture = getattr(model, "posture", None)

@@ -4,7 +4,8 @@
 variants kept in tables; variants that place MCMC blocks by layer position need the model's
 flow layer count ``L`` (a cold-start model has fewer layers than a trained one).
 ``sampler_by_name`` resolves a name for a given model: ``default`` is the checkpoint's own
-sampler (the GRU-SNF default for every trained model). Any name may end in ``-t<T>``: that
+sampler (``gru-snf-t0.8`` for a model trained now:
+:data:`forecasting.snf.CHECKPOINT_SAMPLER`). Any name may end in ``-t<T>``: that
 sampler with the flow's base noise at temperature ``T`` (``z ~ N(0, T^2)``; below 1 draws
 sharper sets of futures). A tempered sampler keeps its own name, so a threshold calibrated
 at one temperature is never served at another.

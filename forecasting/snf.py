@@ -36,6 +36,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from forecasting.defaults import SAMPLER_TEMPERATURE
 from forecasting.flow import ConditionalFlow, diag_normal_logpdf, std_normal_logpdf
 
 Kernel = Literal["none", "rwm", "mala"]
@@ -122,6 +123,15 @@ SNF_DEFAULT = SamplerConfig(
     adapt=True,
     target_accept=0.4,
     weights=False,
+)
+
+#: The sampler a newly saved checkpoint carries (``Checkpoint.sampler``, what the name
+#: ``default`` serves for it): :data:`SNF_DEFAULT` at
+#: :data:`forecasting.defaults.SAMPLER_TEMPERATURE`, named as
+#: :func:`forecasting.samplers.sampler_by_name` names a tempered sampler (``gru-snf-t0.8``),
+#: so a threshold calibrated with it is never served with another temperature.
+CHECKPOINT_SAMPLER = SNF_DEFAULT.with_(
+    name=f"{SNF_DEFAULT.name}-t{SAMPLER_TEMPERATURE:g}", temperature=SAMPLER_TEMPERATURE
 )
 
 

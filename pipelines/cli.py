@@ -77,7 +77,7 @@ def _offline_logging() -> None:
 
 #: Help of the sampler options (the names need torch to list; an unknown name lists them).
 _SAMPLER_HELP = (
-    f"{DEFAULT_SAMPLER} (the checkpoint's own: GRU-SNF for every trained model), gru-nf, "
+    f"{DEFAULT_SAMPLER} (the checkpoint's own: GRU-SNF at temperature 0.8 for a model trained now), gru-nf, "
     "gru-snf, or any sampler of `posewatch forecast-eval` (an unknown name lists them all)"
 )
 

@@ -152,7 +152,8 @@ class ForecasterConfig(Base):
     sampler: str = Field(
         DEFAULT_SAMPLER,
         title="Sampler",
-        description="default (the checkpoint's own: GRU-SNF for every trained model, the one "
+        description="default (the checkpoint's own: GRU-SNF at temperature 0.8 for a model "
+        "trained now, the one "
         "`posewatch calibrate` and cold start calibrate with), gru-nf, gru-snf, or any name of "
         "`forecast-eval`; any of them with a -t<T> suffix (e.g. default-t0.8) draws at "
         "temperature T (below 1: sharper sets of futures). A threshold is only served with "

@@ -325,16 +325,19 @@ def _member_histories(
 
 
 def forecast_samplers(names: tuple[str, ...], ckpt: Checkpoint) -> list[SamplerConfig]:
-    """The samplers called ``names`` for the checkpoint's model (every sampler of
-    :func:`forecasting.samplers.default_samplers` when empty; duplicates dropped), built for
-    the model's flow layer count (a cold-start model has fewer layers than a trained one).
+    """The samplers called ``names`` for the checkpoint's model (when empty, every sampler of
+    :func:`forecasting.samplers.default_samplers` and the checkpoint's own, the one it is
+    served with; duplicates dropped), built for the model's flow layer count (a cold-start
+    model has fewer layers than a trained one).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
     layers = ckpt.model.flow.num_layers
     if not names:
-        return default_samplers(layers)
+        every = default_samplers(layers)
+        own = ckpt.sampler
+        return every if own.name in {s.name for s in every} else [*every, own]
     out: dict[str, SamplerConfig] = {}
     for name in names:
         s = sampler_by_name(name, layers, ckpt.sampler)

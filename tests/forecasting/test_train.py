@@ -8,7 +8,7 @@ import torch
 
 from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import load_checkpoint, save_checkpoint
-from forecasting.snf import SNF_DEFAULT
+from forecasting.snf import CHECKPOINT_SAMPLER, SNF_DEFAULT
 from forecasting.torch_model import GRUNF, Ensemble, ModelConfig, to_tensor
 from forecasting.train import (
     TrackArrays,
@@ -91,7 +91,9 @@ def test_ensemble_members_are_seeded_trainings_and_sample_as_a_mixture(
     ck = load_checkpoint(path)
     assert isinstance(ck.model, Ensemble) and len(ck.model.member_list()) == 3
     assert torch.equal(ck.model.error_scale, res.model.error_scale)
-    assert ck.sampler == SNF_DEFAULT  # `--sampler default` is the GRU-SNF default
+    assert ck.sampler == CHECKPOINT_SAMPLER  # `--sampler default`: GRU-SNF at temperature 0.8
+    assert (ck.sampler.name, ck.sampler.temperature) == ("gru-snf-t0.8", 0.8)
+    assert ck.sampler == SNF_DEFAULT.with_(name="gru-snf-t0.8", temperature=0.8)
     assert evaluate_nll(ck.model, Pv, Mv) == pytest.approx(res.best_val_nll, abs=1e-6)
     with pytest.raises(ValueError, match="members"):
         train(tr, va, mcfg, TrainConfig(members=0), progress=False)

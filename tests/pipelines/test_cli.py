@@ -89,7 +89,8 @@ def test_forecast_eval_on_a_cold_start_sized_model(
     result = json.loads(out.read_text())
     samplers = result["samplers"]
     assert samplers["snf-interp-tempered0.5-L"]["blocks"] == [5]  # the model's layer count
-    assert len(samplers) == 11
+    assert len(samplers) == 12  # default_samplers and the model's own, gru-snf-t0.8
+    assert samplers["gru-snf-t0.8"]["temperature"] == 0.8
     counts = set()
     for row in result["rows"]:  # the rank histogram: K + 1 ranks over every visible coordinate
         hist = row["rank_histogram"]

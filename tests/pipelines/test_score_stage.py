@@ -257,14 +257,14 @@ def test_cold_start_cameras_learn_instead_of_scoring(tiny_ckpt: Path) -> None:
 def test_threshold_for_another_sampler_k_or_model_is_refused(
     tiny_ckpt: Path, tmp_path: Path
 ) -> None:
-    calibrate(tiny_ckpt, 1.5)  # fitted for minhde, the checkpoint's sampler (gru-snf), K 8
+    calibrate(tiny_ckpt, 1.5)  # fitted for minhde, the checkpoint's sampler (gru-snf-t0.8), K 8
     ck = load_checkpoint(tiny_ckpt)
     assert resolve_threshold(config(tiny_ckpt), ck) == 1.5
     with pytest.raises(RuntimeConfigError) as e:
         resolve_threshold(config(tiny_ckpt, sampler="gru-nf"), ck)
     msg = str(e.value)
-    assert "sampler gru-snf, K 8" in msg and "sampler gru-nf, K 8" in msg
-    assert "sampler gru-snf != gru-nf" in msg and "posewatch calibrate" in msg
+    assert "sampler gru-snf-t0.8, K 8" in msg and "sampler gru-nf, K 8" in msg
+    assert "sampler gru-snf-t0.8 != gru-nf" in msg and "posewatch calibrate" in msg
     with pytest.raises(RuntimeConfigError, match=r"K 8 != 16") as e:
         resolve_threshold(config(tiny_ckpt, samples=16), ck)
     assert "K 8," in str(e.value) and "K 16," in str(e.value)
@@ -282,7 +282,7 @@ def test_threshold_for_another_sampler_k_or_model_is_refused(
     with pytest.raises(RuntimeConfigError, match=r"model [0-9a-f]{12} != [0-9a-f]{12}"):
         resolve_threshold(config(other), load_checkpoint(other))
     # Services refuse at start, before any camera or broker is touched.
-    with pytest.raises(RuntimeConfigError, match="sampler gru-snf != gru-nf"):
+    with pytest.raises(RuntimeConfigError, match=r"sampler gru-snf-t0\.8 != gru-nf"):
         Service(config(tiny_ckpt, sampler="gru-nf"))
     with pytest.raises(RuntimeConfigError, match="K 8 != 16"):
         ScoreService(config(tiny_ckpt, samples=16))
@@ -324,7 +324,7 @@ def test_cold_start_reuses_a_saved_scene_model_only_if_calibrated_for_what_is_se
     stage = ScoreStage(provider, cfg.alerting)
     assert stage.poll_models() == ["gate"]
     assert (stage.phase("gate"), stage.phase("lawn")) == ("scoring", "learning")
-    assert any("lawn" in r.getMessage() and "sampler gru-nf != gru-snf" in r.getMessage()
+    assert any("lawn" in r.getMessage() and "sampler gru-nf != gru-snf-t0.8" in r.getMessage()
                for r in caplog.records)  # fmt: skip
     model = provider.model_for("gate")
     assert model is not None and model.threshold == -1e9
