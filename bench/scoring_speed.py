@@ -13,8 +13,10 @@ Input: the first ``--frames`` frames of every AIHub2 test clip (0: all), one cam
   one by one through their own modules, as before :class:`forecasting.posture.StackedFlows`
   (``exact`` does so too);
 - ``fused-issue``: ``default`` with the fused score as issue 22 found it (no stillness term,
-  no upright turn of the posture flows' input): the reference of that issue's speed bar
-  (the new default no slower than the ``fused`` of then);
+  no upright turn of the posture flows' input, GRU-SNF at temperature 1): the reference of
+  that issue's speed bar (the new default no slower than the ``fused`` of then). The other
+  paths draw with the sampler a checkpoint trained now carries (``gru-snf-t0.8``) whatever
+  the checkpoint was saved with;
 - ``stg-nf``: STG-NF's GraphGlow over its 24-frame windows (stride 1) of the same frames,
   window normalisation included (``bench/stg_nf.py``; trained for the run, ``--stg-epochs``;
   the speed does not depend on how well it is trained).
@@ -55,6 +57,7 @@ from detector.datasets import load_split
 from detector.pose import PoseFrame, frames_from_tracks
 from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
+from forecasting.snf import CHECKPOINT_SAMPLER, SNF_DEFAULT
 from pipelines.config import PosewatchConfig
 from pipelines.model_provider import CheckpointProvider
 from pipelines.score_stage import ScoreStage
@@ -65,7 +68,7 @@ PATHS = {
     "exact": {"exact": True, "early_stop_margin": None, ONE_BY_ONE: True},
     "stacked": {"exact": False, "early_stop_margin": None},
     "flows1x1": {ONE_BY_ONE: True},
-    "fused-issue": {AS_AT_ISSUE: True},
+    "fused-issue": {AS_AT_ISSUE: True, "sampler": SNF_DEFAULT.name},
     "default": {},
 }
 
@@ -98,6 +101,7 @@ def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any
         with patch.object(PostureModel, "flow_nll", PostureModel.flow_nll_one_by_one):
             return run_path(model, frames, chunk, **forecaster)
     as_at_issue = forecaster.pop(AS_AT_ISSUE, False)
+    forecaster.setdefault("sampler", CHECKPOINT_SAMPLER.name)  # what a model trained now draws
     cfg = config(model, **forecaster)
     provider = CheckpointProvider(cfg, warmup=True)
     if as_at_issue:

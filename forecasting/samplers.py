@@ -18,6 +18,11 @@ Example:
     >>> s = sampler_by_name("default-t0.8", num_layers=7)
     >>> s.name, s.temperature, s.kernel
     ('gru-snf-t0.8', 0.8, 'rwm')
+    >>> from forecasting.snf import CHECKPOINT_SAMPLER  # what a model trained now carries
+    >>> sampler_by_name("default-t0.8", 7, CHECKPOINT_SAMPLER) == CHECKPOINT_SAMPLER
+    True
+    >>> sampler_by_name("default-t0.6", 7, CHECKPOINT_SAMPLER).name
+    'gru-snf-t0.6'
 """
 
 from __future__ import annotations
@@ -97,6 +102,10 @@ def sampler_names(num_layers: int) -> list[str]:
     return [DEFAULT_SAMPLER, *(s.name for s in default_samplers(num_layers))]
 
 
+#: A tempered sampler's name suffix (``-t0.8``).
+_TEMPERED_NAME = re.compile(r"-t[0-9]*\.?[0-9]+$")
+
+
 def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None) -> SamplerConfig:
     """The sampler called ``name`` for a model whose flow has ``num_layers`` layers.
 
@@ -117,7 +126,10 @@ def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None
         t = float(tempered.group(2))
         if t <= 0:
             raise ValueError(f"sampler {name!r}: the temperature after -t must be > 0")
-        return base.with_(name=f"{base.name}-t{t:g}", temperature=t)
+        # a tempered base (a checkpoint's own gru-snf-t0.8) is renamed, not suffixed twice:
+        # default-t0.8 of such a checkpoint is its own sampler, default-t0.6 gru-snf-t0.6
+        plain = _TEMPERED_NAME.sub("", base.name) if base.temperature != 1.0 else base.name
+        return base.with_(name=f"{plain}-t{t:g}", temperature=t)
     if name == DEFAULT_SAMPLER:
         return own if own is not None else SNF_DEFAULT
     for s in default_samplers(num_layers):

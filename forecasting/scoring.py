@@ -307,8 +307,9 @@ def score_windows_many(
             k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
         }
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    # fused's stillness term counts only really seen keypoints
-    seen = to_tensor(visible & mask, P.device) if "fused" in names else None
+    # fused's stillness term (posture flows fitted with it) counts only really seen keypoints
+    still = "fused" in names and posture is not None and posture.cfg.stillness
+    seen = to_tensor(visible & mask, P.device) if still else None
     # Generators of their own: the same seed gives the same draws even while other threads
     # (cold start training) use torch's global generator. One per group of windows.
     run, gens = _generators(n, seeds, cfg.seed, P.device)
@@ -363,7 +364,7 @@ def _sampled_scores(
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], float]:
     """One batch's sample-based scores (``sampled``, names of :data:`SAMPLE_SCORERS`), all
     from one draw of futures: ``name -> (scores (B,), per-joint (B, 17))``, and the seconds
-    spent drawing. ``batch`` is the batch's ``(poses, mask, visible)``; early stopping
+    spent drawing (with early stop, drawing and scoring: they alternate). ``batch`` is the batch's ``(poses, mask, visible)``; early stopping
     (:func:`_early_stop_scores`) when ``cfg.stop_below`` is set, the stacked path draws, and
     one scorer of :data:`EARLY_STOP_SCORERS` is asked for (``carries``: a generator serves
     the next batch too)."""

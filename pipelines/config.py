@@ -155,7 +155,7 @@ class ForecasterConfig(Base):
         description="default (the checkpoint's own: GRU-SNF at temperature 0.8 for a model "
         "trained now, the one "
         "`posewatch calibrate` and cold start calibrate with), gru-nf, gru-snf, or any name of "
-        "`forecast-eval`; any of them with a -t<T> suffix (e.g. default-t0.8) draws at "
+        "`forecast-eval`; any of them with a -t<T> suffix (e.g. default-t0.6) draws at "
         "temperature T (below 1: sharper sets of futures). A threshold is only served with "
         "the sampler and K it was calibrated for.",
     )

@@ -6,7 +6,7 @@ from scipy import stats
 
 from forecasting.flow import ConditionalFlow
 from forecasting.samplers import sampler_by_name
-from forecasting.snf import SamplerConfig, StochasticFlowSampler, acceptance
+from forecasting.snf import CHECKPOINT_SAMPLER, SamplerConfig, StochasticFlowSampler, acceptance
 from tests.forecasting.test_flow import randomize
 
 N = 6000
@@ -156,6 +156,13 @@ def test_a_temperature_suffix_names_a_tempered_sampler() -> None:
     assert (s.name, s.temperature, s.kernel) == ("gru-nf-t0.5", 0.5, "none")
     own = sampler_by_name("default-t0.8", 7)
     assert (own.name, own.temperature, own.blocks) == ("gru-snf-t0.8", 0.8, (-1,))
+    # a checkpoint trained now carries gru-snf-t0.8: its default-t<T> is renamed, not stacked
+    new = CHECKPOINT_SAMPLER
+    assert sampler_by_name("default-t0.8", 7, new) == new
+    t6 = sampler_by_name("default-t0.6", 7, new)
+    assert (t6.name, t6.temperature) == ("gru-snf-t0.6", 0.6)
+    t1 = sampler_by_name("default-t1", 7, new)
+    assert (t1.name, t1.temperature) == ("gru-snf-t1", 1.0)
     with pytest.raises(ValueError, match="must be > 0"):
         sampler_by_name("gru-snf-t0", 7)
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
