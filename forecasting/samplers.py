@@ -102,10 +102,6 @@ def sampler_names(num_layers: int) -> list[str]:
     return [DEFAULT_SAMPLER, *(s.name for s in default_samplers(num_layers))]
 
 
-#: A tempered sampler's name suffix (``-t0.8``).
-_TEMPERED_NAME = re.compile(r"-t[0-9]*\.?[0-9]+$")
-
-
 def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None) -> SamplerConfig:
     """The sampler called ``name`` for a model whose flow has ``num_layers`` layers.
 
@@ -126,10 +122,8 @@ def sampler_by_name(name: str, num_layers: int, own: SamplerConfig | None = None
         t = float(tempered.group(2))
         if t <= 0:
             raise ValueError(f"sampler {name!r}: the temperature after -t must be > 0")
-        # a tempered base (a checkpoint's own gru-snf-t0.8) is renamed, not suffixed twice:
-        # default-t0.8 of such a checkpoint is its own sampler, default-t0.6 gru-snf-t0.6
-        plain = _TEMPERED_NAME.sub("", base.name) if base.temperature != 1.0 else base.name
-        return base.with_(name=f"{plain}-t{t:g}", temperature=t)
+        # default-t0.8 of a checkpoint carrying gru-snf-t0.8 is that sampler itself
+        return base.tempered(t)
     if name == DEFAULT_SAMPLER:
         return own if own is not None else SNF_DEFAULT
     for s in default_samplers(num_layers):

@@ -30,6 +30,7 @@ the ``model`` target)::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
@@ -105,6 +106,23 @@ class SamplerConfig:
     def with_(self, **kw: Any) -> SamplerConfig:
         return replace(self, **kw)
 
+    def tempered(self, t: float) -> SamplerConfig:
+        """This sampler at temperature ``t``, named ``<name>-t<t>`` (a tempered sampler's own
+        suffix replaced, not stacked), so a threshold calibrated at one temperature is never
+        served at another.
+
+        Raises:
+            ValueError: ``t`` is not > 0.
+        """
+        if not t > 0:
+            raise ValueError(f"sampler {self.name!r}: the temperature must be > 0, got {t}")
+        plain = _TEMPERED_SUFFIX.sub("", self.name) if self.temperature != 1.0 else self.name
+        return replace(self, name=f"{plain}-t{t:g}", temperature=t)
+
+
+#: A tempered sampler's name suffix (``-t0.8``).
+_TEMPERED_SUFFIX = re.compile(r"-t[0-9]*\.?[0-9]+$")
+
 
 GRU_NF = SamplerConfig()
 
@@ -130,9 +148,7 @@ SNF_DEFAULT = SamplerConfig(
 #: :data:`forecasting.defaults.SAMPLER_TEMPERATURE`, named as
 #: :func:`forecasting.samplers.sampler_by_name` names a tempered sampler (``gru-snf-t0.8``),
 #: so a threshold calibrated with it is never served with another temperature.
-CHECKPOINT_SAMPLER = SNF_DEFAULT.with_(
-    name=f"{SNF_DEFAULT.name}-t{SAMPLER_TEMPERATURE:g}", temperature=SAMPLER_TEMPERATURE
-)
+CHECKPOINT_SAMPLER = SNF_DEFAULT.tempered(SAMPLER_TEMPERATURE)
 
 
 class StepStats(NamedTuple):

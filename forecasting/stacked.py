@@ -387,13 +387,9 @@ class StackedForecaster:
             w.pose_mean.reshape(Ms, 1, J, 2),
         )  # (M, B', 17, 2)
         P = last.reshape(Ms, Bs, 1, D).expand(Ms, Bs, kmax, D).reshape(Ms, N, D)
-        sel_t = torch.as_tensor(sel, device=device)
-        sizes = _StepSizes(steps, sel_t, groups, ks, G) if rwm else None
+        sizes = _StepSizes(steps, torch.as_tensor(sel, device=device), groups, ks, G) if rwm else None  # fmt: skip
         out = self._roll_out(w, hs, P, zs, noise, us, sizes, sampler)
-        fut = out.reshape(Ms, H, Bs, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B', M, kmax, ..)
-        if all(k == kmax for k in ks):
-            return fut.reshape(Bs, Ms * kmax, H, J, 2), steps
-        return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1), steps
+        return _by_window(out, ks, Bs), steps
 
     def _roll_out(
         self,
@@ -437,6 +433,16 @@ class StackedForecaster:
             inp = torch.cat([(P - w.pose_mean) / w.pose_std, x, ones], -1)
             hs = self._gru_step(w, inp, hs, gh_last)
         return out
+
+
+def _by_window(out: Tensor, ks: Sequence[int], B: int) -> Tensor:
+    """Rolled-out poses ``(M, H, B * kmax, 34)`` -> ``(B, sum(ks), H, 17, 2)``: each window's
+    futures member by member, member ``j``'s first ``ks[j]`` (the rest is padding)."""
+    M, H, kmax = out.shape[0], out.shape[1], max(ks)
+    fut = out.reshape(M, H, B, kmax, J, 2).permute(2, 0, 3, 1, 4, 5)  # (B, M, kmax, H, ..)
+    if all(k == kmax for k in ks):
+        return fut.reshape(B, M * kmax, H, J, 2)
+    return torch.cat([fut[:, j, :k] for j, k in enumerate(ks)], 1)
 
 
 class _StepSizes:
