@@ -99,6 +99,26 @@ def learn(frames: list[PoseFrame], settings: LearnSettings) -> Any:
     return model
 
 
+def overrides(base: LearnSettings, pairs: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as typed :class:`LearnSettings` fields (the type of ``base``'s
+    value).
+
+    Raises:
+        SystemExit: a pair without ``=`` or a field LearnSettings does not have.
+
+    Example:
+        >>> overrides(LearnSettings(), ["posture_flows=8", "max_train_minutes=7.5"])
+        {'posture_flows': 8, 'max_train_minutes': 7.5}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(base, key):
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a LearnSettings field")
+        out[key] = type(getattr(base, key))(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
@@ -107,12 +127,28 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=9.5, help="offline smoothing (evaluate's)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cold_start_eval.json"))
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        help="other scorers of the same model and draw (e.g. minhde posture): their AUCs "
+        "are added to each seed row as auc_offline_<name> / auc_causal_<name>",
+    )
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="cold-start settings other than the default configuration's (LearnSettings "
+        "fields, e.g. posture_flows=8); recorded in the JSON's settings",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     default = PosewatchConfig.model_validate({"cameras": {"aihub2": {"source": "x.mp4"}}})
     # no alert store (operators' verdicts would move the threshold), nothing saved
     base = replace(LearnSettings.from_config(default), store=None, save_dir=None)
+    base = replace(base, **overrides(base, args.set))
     clips = load_clips(args.data, "test")
     rows = []
     for minutes in args.minutes:
@@ -126,7 +162,8 @@ def main() -> None:
             learn_s = time.perf_counter() - t0
             ck = m.checkpoint
             cfg = scorer_config(ck, settings.scorer, settings.sampler, settings.samples)
-            many, secs, nw = score_split_many(ck, clips, cfg, (cfg.name,), 1, progress=False)
+            names = (cfg.name, *[a for a in args.also if a != cfg.name])
+            many, secs, nw = score_split_many(ck, clips, cfg, names, 1, progress=False)
             cal = Calibration.from_record(ck.calibration)
             assert cal is not None  # the learner always calibrates
             # as `posewatch evaluate` does; at the threshold, alerts as the service raises
@@ -134,6 +171,10 @@ def main() -> None:
             r = report(cfg.name, cfg.sampler.name, many[cfg.name], args.sigma, settings.sigma,
                        FPS, secs, nw, cal, cal.min_duration)  # fmt: skip
             d = asdict(r)
+            for other in names[1:]:
+                o = report(other, cfg.sampler.name, many[other], args.sigma, settings.sigma,
+                           FPS, secs, nw, cal, cal.min_duration)  # fmt: skip
+                d[f"auc_offline_{other}"], d[f"auc_causal_{other}"] = o.auc_offline, o.auc_causal
             d.update(
                 minutes=minutes,
                 seed=seed,

@@ -443,6 +443,13 @@ class ColdStartConfig(Base):
         description="Stop training the scene model, then its posture flows, after this long "
         "(the first posture flow is always trained).",
     )
+    members: int = Field(
+        1,
+        ge=1,
+        title="Scene-model members",
+        description="Scene models trained from different seeds and served as one ensemble; "
+        "they share the training time limit.",
+    )
     posture_flows: int = Field(
         4,
         ge=0,

@@ -74,6 +74,7 @@ class LearnSettings:
     holdout: float = 0.25
     epochs: int = 15
     max_train_minutes: float = 5.0
+    members: int = 1
     posture_flows: int = 4
     posture_epochs: int = POSTURE_EPOCHS
     hidden: int = 128
@@ -274,7 +275,9 @@ class SceneLearner:
             )
         train_clip, hold_clip = parts
         wcfg = WindowConfig()
-        tcfg = TrainConfig(s.epochs, seed=s.seed, normal_only=False, max_minutes=s.max_train_minutes, device="cpu", patience=4)  # fmt: skip
+        # Members share the cap: each stops after its share of it.
+        per_member = s.max_train_minutes / s.members
+        tcfg = TrainConfig(s.epochs, seed=s.seed, normal_only=False, max_minutes=per_member, device="cpu", patience=4, members=s.members)  # fmt: skip
         tr = build_windows(clip_tracks([train_clip]), wcfg, tcfg.stride, normal_only=False)
         va = build_windows(clip_tracks([hold_clip]), wcfg, tcfg.stride, normal_only=False)
         if len(tr) < 32:
@@ -328,6 +331,10 @@ class SceneLearner:
             "train_windows": float(len(tr)),
             "holdout_windows": float(n_win),
             "val_nll": float(result.best_val_nll),
+            "scene_seconds": float(result.seconds),
+            "scene_epochs": float(len(result.history)),
+            "best_epoch": float(result.best_epoch),
+            "members": float(s.members),
             "posture_flows": float(flows),
         }
         return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
