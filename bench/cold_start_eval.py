@@ -11,8 +11,11 @@ calibrated on its own held-out footage, is then evaluated on AIHub2 test exactly
 false alerts per camera-hour), and at its calibrated threshold the events it alerts and the
 false episodes per hour.
 
-Training is capped by wall time (``cold_start.max_train_minutes``, 5 min by default), as in
-the service: run it on an otherwise idle machine, or the figures measure the load.
+Training is capped by wall time (``cold_start.max_train_minutes``, 10 min by default: the 3
+scene-model members each stop after a third of it, the posture flows get what is left), as
+in the service: run it on an otherwise idle machine, or the figures measure the load.
+``--set FIELD=VALUE`` tries other cold-start settings; ``--also minhde posture`` adds the
+AUCs of the fused score's parts to each seed row.
 
 Prints a table, writes ``bench/results/cold_start_eval.json``.
 
@@ -142,7 +145,21 @@ def main() -> None:
         help="cold-start settings other than the default configuration's (LearnSettings "
         "fields, e.g. posture_flows=8); recorded in the JSON's settings",
     )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="no run: the seed rows of these earlier outputs (same settings) summarised "
+        "together into --out",
+    )
     args = ap.parse_args()
+    if args.merge:
+        runs = [json.loads(p.read_text()) for p in args.merge]
+        if any(r["settings"] != runs[0]["settings"] for r in runs):
+            raise SystemExit(f"--merge: {args.merge} were run with different settings")
+        rows = [row for r in runs for row in r["seed_rows"]]
+        write(args.out, runs[0]["settings"], rows, list(dict.fromkeys(r["minutes"] for r in rows)))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     default = PosewatchConfig.model_validate({"cameras": {"aihub2": {"source": "x.mp4"}}})
@@ -187,25 +204,34 @@ def main() -> None:
                 f"N={minutes:g} min seed {seed}: AUC off {100 * r.auc_offline:.1f} causal "
                 f"{100 * r.auc_causal:.1f} (learned in {learn_s:.0f} s, threshold "
                 f"{m.threshold:.3f})",
+                *[f"{n} {100 * d[f'auc_offline_{n}']:.1f}" for n in names[1:]],
+                *[f"{k} {v:.4g}" for k, v in m.info.items()],
                 flush=True,
             )
+    write(args.out, asdict(base), rows, args.minutes)
+
+
+def summarise(rows: list[dict[str, Any]], minutes: list[float]) -> list[dict[str, Any]]:
+    """Mean (and sample std) over seeds of each N's seed rows, printed as a table; the AUCs
+    of ``--also`` scorers as ``auc_offline_<name>_mean`` where every row has them."""
     summary = []
     head = f"{'minutes':>8}{'AUC off':>14}{'AUC causal':>14}{'AP off':>14}{'R@1/h':>8}{'R@5/h':>8}{'R@thr':>7}{'FA/h':>7}{'learn s':>9}"
     print(head)
     print("-" * len(head))
-    for minutes in args.minutes:
-        sel = [r for r in rows if r["minutes"] == minutes]
+    for n in minutes:
+        sel = [r for r in rows if r["minutes"] == n]
 
         def ms(f: str, sel: list[dict[str, Any]] = sel) -> tuple[float, float]:
             v = [100 * r[f] for r in sel]
             return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
+        parts = [k for k in sel[0] if k.startswith("auc_offline_") and all(k in r for r in sel)]
         d = {
-            "minutes": minutes,
+            "minutes": n,
             "seeds": len(sel),
             **{
                 f"{f}_{s}": v
-                for f in ("auc_offline", "auc_causal", "ap_offline")
+                for f in ("auc_offline", "auc_causal", "ap_offline", *parts)
                 for s, v in zip(("mean", "std"), ms(f), strict=True)
             },
             "recall_1h": statistics.mean(100 * r["recall"][0]["event_recall"] for r in sel),
@@ -220,19 +246,27 @@ def main() -> None:
         }
         summary.append(d)
         print(
-            f"{minutes:>8g}{d['auc_offline_mean']:>8.1f} ±{d['auc_offline_std']:>4.1f}"
+            f"{n:>8g}{d['auc_offline_mean']:>8.1f} ±{d['auc_offline_std']:>4.1f}"
             f"{d['auc_causal_mean']:>8.1f} ±{d['auc_causal_std']:>4.1f}"
             f"{d['ap_offline_mean']:>8.1f} ±{d['ap_offline_std']:>4.1f}"
             f"{d['recall_1h']:>8.0f}{d['recall_5h']:>8.0f}{d['recall_at_threshold']:>7.0f}"
             f"{d['false_per_hour_at_threshold']:>7.1f}{d['learn_seconds']:>9.0f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
+    return summary
+
+
+def write(
+    out: Path, settings: dict[str, Any], rows: list[dict[str, Any]], minutes: list[float]
+) -> None:
+    """Summarise ``rows`` and write them with the settings to ``out``."""
+    summary = summarise(rows, minutes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
-            {"settings": asdict(base), "rows": summary, "seed_rows": rows}, indent=2, default=str
+            {"settings": settings, "rows": summary, "seed_rows": rows}, indent=2, default=str
         )
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ class LearnSettings:
     seconds: float = 120.0
     holdout: float = 0.25
     epochs: int = 15
-    max_train_minutes: float = 5.0
-    members: int = 1
+    max_train_minutes: float = 10.0
+    members: int = 3
     posture_flows: int = 4
     posture_epochs: int = POSTURE_EPOCHS
     hidden: int = 128

@@ -22,6 +22,18 @@ AIHUB2 = SHARED_DATA / "aihub2"
 VIDEOS = SHARED_DATA / "video"
 
 
+def pytest_report_header() -> str:
+    """The machine's load when the suite starts: the service and capacity tests run in real
+    time, so a slow run can be told apart from a busy machine."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    one, five, fifteen = os.getloadavg()
+    terminalreporter.write_line(f"load average at the end: {one:.1f}, {five:.1f}, {fifteen:.1f}")
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         if os.environ.get("CI"):

@@ -7,6 +7,7 @@ import numpy as np
 from detector.datasets import load_split
 from detector.pose import frames_from_tracks
 from forecasting.scoring import resolve_scorer
+from forecasting.torch_model import Ensemble
 from pipelines.learning import LearnSettings, SceneLearner
 
 FAST = {
@@ -73,3 +74,20 @@ def test_too_little_footage_fails_with_a_clear_reason(aihub2: Path) -> None:
     assert learner.phase == "failed"
     assert learner.error is not None
     assert "hall" in learner.error and "learn for longer" in learner.error
+
+
+def test_scene_model_members_share_the_training_cap(aihub2: Path) -> None:
+    frames, _ = _frames(aihub2)
+    settings = {**FAST, "epochs": 2, "posture_flows": 1, "posture_epochs": 1}
+    learner = SceneLearner("hall", LearnSettings(seconds=3600, members=2, **settings))
+    for f in frames[:3000]:
+        learner.add(f, fps=30.0)
+    learner.input_ended()
+    assert learner.wait(timeout=600)
+    learned = learner.poll()
+    assert learned is not None, learner.error
+    model = learned.checkpoint.model
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    assert learned.info["members"] == 2
+    assert learned.info["scene_epochs"] == 4  # two epochs of each member's
+    assert learned.info["posture_flows"] == 1 and np.isfinite(learned.threshold)
