@@ -33,7 +33,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +114,15 @@ def overrides(base: LearnSettings, pairs: list[str]) -> dict[str, Any]:
         {'posture_flows': 8, 'max_train_minutes': 7.5}
     """
     out: dict[str, Any] = {}
+    known = {f.name for f in fields(LearnSettings)} - {"save_dir", "store", "seed", "seconds"}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not hasattr(base, key):
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a LearnSettings field")
-        out[key] = type(getattr(base, key))(value)
+        if not sep or key not in known:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE, FIELD one of {sorted(known)}")
+        try:
+            out[key] = type(getattr(base, key))(value)
+        except ValueError as exc:
+            raise SystemExit(f"--set {pair!r}: {exc}") from None
     return out
 
 

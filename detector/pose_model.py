@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,23 +139,30 @@ class PoseModel:
         if target.exists():
             return target
         root.mkdir(parents=True, exist_ok=True)
-        local = root / self.weights.name
-        shutil.copy2(self.weights, local)
-        log.info(
-            "exporting %s to %s at imgsz %d (once; cached in %s)",
-            self.weights.name,
-            backend,
-            self.imgsz,
-            root,
-        )
-        with contextlib.redirect_stdout(None):
-            out = YOLO(str(local)).export(
-                format=backend, imgsz=self.imgsz, dynamic=True, half=False, verbose=False
+        # Exported in a private directory, then moved into place in one rename: no process
+        # ever loads a half-written export, and processes exporting at once all succeed.
+        work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+        try:
+            local = work / self.weights.name
+            shutil.copy2(self.weights, local)
+            log.info(
+                "exporting %s to %s at imgsz %d (once; cached in %s)",
+                self.weights.name,
+                backend,
+                self.imgsz,
+                root,
             )
-        produced = Path(out)
-        if produced != target and produced.exists():
-            produced.rename(target)
-        local.unlink(missing_ok=True)
+            with contextlib.redirect_stdout(None):
+                out = YOLO(str(local)).export(
+                    format=backend, imgsz=self.imgsz, dynamic=True, half=False, verbose=False
+                )
+            try:
+                Path(out).rename(target)
+            except OSError:
+                if not target.exists():  # not another process's export that got there first
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return target
 
     def warmup(self, width: int = 1280, height: int = 720) -> None:

@@ -333,7 +333,8 @@ class SceneLearner:
             "val_nll": float(result.best_val_nll),
             "scene_seconds": float(result.seconds),
             "scene_epochs": float(len(result.history)),
-            "best_epoch": float(result.best_epoch),
+            # mean over the members (an ensemble's own best_epoch is 0)
+            "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
             "members": float(s.members),
             "posture_flows": float(flows),
         }

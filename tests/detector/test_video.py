@@ -100,3 +100,36 @@ def test_pushing_clip_has_two_people(videos: Path, model: PoseModel) -> None:
     tracks = tracks_from_frames(frames)
     assert np.median(counts) == 2
     assert sum(1 for t in tracks.values() if t.num_present >= 36) == 2
+
+
+@pytest.mark.slow
+def test_a_fresh_cache_gets_one_whole_export_when_two_processes_start_at_once(
+    tmp_path: Path,
+) -> None:
+    """Two services starting on a machine that never exported (a shared cache): each builds
+    the OpenVINO model at once; both load a whole export and nothing half-written is left."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from detector.pose_model import PoseModel; "
+        "m = PoseModel(backend='openvino', device='cpu'); "
+        "d = m.predict([np.zeros((480, 640, 3), np.uint8)])[0]; print(m.path, len(d.scores))"
+    )
+    env = {**os.environ, "POSEWATCH_CACHE": str(tmp_path), "YOLO_OFFLINE": "1"}
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-c", code]
+    pipe = subprocess.PIPE
+    procs = [
+        subprocess.Popen(cmd, cwd=root, env=env, text=True, stdout=pipe, stderr=pipe)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    last = [out.splitlines()[-1].split() for out, _ in outs]  # Ultralytics prints too
+    assert len({p for p, _ in last}) == 1 and all(n == "0" for _, n in last)  # nobody there
+    (key,) = list((tmp_path / "exports").iterdir())
+    assert [p.name for p in key.iterdir()] == ["yolo11n-pose_openvino_model"]
+    assert (key / "yolo11n-pose_openvino_model" / "yolo11n-pose.xml").is_file()

@@ -90,4 +90,5 @@ def test_scene_model_members_share_the_training_cap(aihub2: Path) -> None:
     assert isinstance(model, Ensemble) and len(model.members) == 2
     assert learned.info["members"] == 2
     assert learned.info["scene_epochs"] == 4  # two epochs of each member's
+    assert learned.checkpoint.meta["train_config"]["max_minutes"] == 2.5  # a half of the cap
     assert learned.info["posture_flows"] == 1 and np.isfinite(learned.threshold)
