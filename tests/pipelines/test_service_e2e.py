@@ -154,6 +154,7 @@ def test_cold_start_learns_the_scene_then_scores(videos: Path, tmp_path: Path) -
             "cameras": {"lawn": {"source": str(videos / "vtest.avi"), "loop": True}},
             "cold_start": {
                 "learn_minutes": 0.5,  # 300 frames of the 10 fps video
+                "members": 1,  # the ensemble is test_learning's; this one is the service path
                 "epochs": 3,
                 "hidden": 48,
                 "flow_layers": 2,
