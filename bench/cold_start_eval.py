@@ -189,12 +189,25 @@ def main() -> None:
             assert cal is not None  # the learner always calibrates
             # as `posewatch evaluate` does; at the threshold, alerts as the service raises
             # them (the calibration's minimum duration)
-            r = report(cfg.name, cfg.sampler.name, many[cfg.name], args.sigma, settings.sigma,
-                       FPS, secs, nw, cal, cal.min_duration)  # fmt: skip
+            reports = {
+                n: report(
+                    n,
+                    cfg.sampler.name,
+                    many[n],
+                    args.sigma,
+                    settings.sigma,
+                    FPS,
+                    secs,
+                    nw,
+                    cal,
+                    cal.min_duration,
+                )
+                for n in names
+            }
+            r = reports[cfg.name]
             d = asdict(r)
             for other in names[1:]:
-                o = report(other, cfg.sampler.name, many[other], args.sigma, settings.sigma,
-                           FPS, secs, nw, cal, cal.min_duration)  # fmt: skip
+                o = reports[other]
                 d[f"auc_offline_{other}"], d[f"auc_causal_{other}"] = o.auc_offline, o.auc_causal
             d.update(
                 minutes=minutes,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from forecasting.allocator import retain_freed_memory
 from forecasting.defaults import (
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
@@ -302,6 +303,7 @@ def train_glow(
     Returns:
         The trained model in eval mode and the ``select`` value of every epoch.
     """
+    retain_freed_memory()
     opt = torch.optim.Adamax(model.parameters(), lr=lr, weight_decay=5e-5)
     best, best_state, trace = math.inf, None, []
     for epoch in range(epochs):

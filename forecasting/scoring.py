@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from forecasting.allocator import retain_freed_memory
 from forecasting.defaults import AUTO as AUTO  # re-exported: the default scorer's alias
 from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER, FALLBACK_SCORER
 from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer registry
@@ -300,6 +301,7 @@ def score_windows_many(
     scorer's scores equal those of a :func:`score_windows` call with that name alone
     (early stopping, ``cfg.stop_below``, applies only when one scorer is asked for).
     """
+    retain_freed_memory()
     posture = _posture_for(model, names)
     n = poses.shape[0]
     if n == 0:

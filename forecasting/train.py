@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from forecasting.allocator import retain_freed_memory
 from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats, train_posture
 from forecasting.scoring import ScorerConfig, fit_error_scale, score_windows
 from forecasting.torch_model import GRUNF, D, Ensemble, Forecaster, ModelConfig, to_tensor
@@ -240,6 +241,7 @@ def train(
         ``tcfg.members`` > 1 the :class:`Ensemble` of each member's best model (history
         records then carry a ``member`` index; ``best_val_nll`` is the mixture's).
     """
+    retain_freed_memory()
     if len(train_w) == 0:
         raise ValueError("no training windows: tracks too short or no normal frames")
     if tcfg.members < 1:

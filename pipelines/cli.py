@@ -667,7 +667,9 @@ class JsonLogFormatter(logging.Formatter):
 def _service_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Logs to stderr at ``level`` as text or JSON lines; kafka-python's own INFO chatter
     (connection attempts, metadata) is kept out (WARNING and above shown, all at DEBUG):
-    posewatch logs delivery problems itself, once; so is uvicorn's access log."""
+    posewatch logs delivery problems itself, once; so is uvicorn's access log. Python
+    warnings (a library's deprecation notice) are log records too (logger ``py.warnings``):
+    with JSON logs every stderr line stays JSON, and secrets are redacted from them."""
     lvl = level.upper()
     if lvl not in LOG_LEVELS:
         raise _fail(f"--log-level must be {_or(LOG_LEVELS)}, got {level!r}", 2)
@@ -685,6 +687,7 @@ def _service_logging(level: str = "INFO", fmt: str = "text") -> None:
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root.setLevel(lvl)
+    logging.captureWarnings(True)
     logging.getLogger("kafka").setLevel(logging.DEBUG if lvl == "DEBUG" else logging.WARNING)
 
 

@@ -256,25 +256,75 @@ class SceneLearner:
             self.fail(f"learning the scene of camera {self.camera!r} failed: {exc}")
 
     def _learn(self, frames: list[PoseFrame], t0: float) -> LearnedModel:
-        s = self.s
+        """Split the footage, train, calibrate; ``t0``: ``perf_counter`` when learning began."""
         fps = self._fps_of(frames)
+        train_clip, hold_clip = self._split(frames)
+        wcfg = WindowConfig()
+        tcfg, tr, va = self._windows(train_clip, hold_clip, wcfg, len(frames))
+        mcfg = ModelConfig(hidden=self.s.hidden, flow_layers=self.s.flow_layers)
+        result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
+        flows = self._posture(result.model, tr, va, t0) if self.s.posture_flows > 0 else 0
+        path = self.saved_path
+        tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
+        cut = self._cut(len(frames))
+        extra = {"learned_scene": self.camera, "training_frames": cut, "fps": fps}
+        save_checkpoint(tmp, result.model, wcfg, tcfg, result.history, extra=extra)
+        threshold, n_win = self._calibrate(tmp, hold_clip, fps)
+        info = {
+            "train_windows": float(len(tr)),
+            "holdout_windows": float(n_win),
+            "val_nll": float(result.best_val_nll),
+            "scene_seconds": float(result.seconds),
+            "scene_epochs": float(len(result.history)),
+            # mean over the members (an ensemble's own best_epoch is 0)
+            "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
+            "members": float(self.s.members),
+            "posture_flows": float(flows),
+        }
+        elapsed = time.perf_counter() - t0
+        return LearnedModel(load_checkpoint(tmp), threshold, path, elapsed, info)
+
+    def _cut(self, n: int) -> int:
+        """How many of ``n`` frames train (the rest is held out)."""
+        return round(n * (1.0 - self.s.holdout))
+
+    def _split(self, frames: list[PoseFrame]) -> tuple[Clip, Clip]:
+        """The footage split in time: the first ``1 - holdout`` share trains, the rest is
+        held out; each part's frame indices re-based to 0 (a clip's frames start at 0)."""
         n = len(frames)
-        cut = round(n * (1.0 - s.holdout))
+        cut = self._cut(n)
         first = frames[0].frame_index
         cut_frame = frames[cut].frame_index if cut < n else frames[-1].frame_index + 1
-        # Frame indices of each part re-based to 0 (a clip's frames start at 0).
-        parts = []
-        for name, sel in (("train", frames[:cut]), ("holdout", frames[cut:])):
-            base = first if name == "train" else cut_frame
-            rebased = [
-                PoseFrame(f.camera, f.frame_index - base, f.timestamp, f.image_size, f.persons)
-                for f in sel
-            ]
-            parts.append(
-                Clip(f"{self.camera}-{name}", Path(self.camera), tracks_from_frames(rebased), None)
+        train_clip, hold_clip = (
+            Clip(
+                f"{self.camera}-{name}",
+                Path(self.camera),
+                tracks_from_frames(
+                    [
+                        PoseFrame(
+                            f.camera, f.frame_index - base, f.timestamp, f.image_size, f.persons
+                        )
+                        for f in sel
+                    ]
+                ),
+                None,
             )
-        train_clip, hold_clip = parts
-        wcfg = WindowConfig()
+            for name, sel, base in (
+                ("train", frames[:cut], first),
+                ("holdout", frames[cut:], cut_frame),
+            )
+        )
+        return train_clip, hold_clip
+
+    def _windows(
+        self, train_clip: Clip, hold_clip: Clip, wcfg: WindowConfig, n_frames: int
+    ) -> tuple[TrainConfig, Windows, Windows]:
+        """The training settings and the training / held-out windows.
+
+        Raises:
+            ValueError: too few training windows (people tracked too briefly).
+        """
+        s = self.s
         # Members share the cap: each stops after its share of it.
         per_member = s.max_train_minutes / s.members
         tcfg = TrainConfig(s.epochs, seed=s.seed, normal_only=False, max_minutes=per_member, device="cpu", patience=4, members=s.members)  # fmt: skip
@@ -282,25 +332,23 @@ class SceneLearner:
         va = build_windows(clip_tracks([hold_clip]), wcfg, tcfg.stride, normal_only=False)
         if len(tr) < 32:
             raise ValueError(
-                f"only {len(tr)} training windows in {n} frames: too few people were tracked "
-                f"long enough ({wcfg.length} frames); learn for longer (learn.seconds)"
+                f"only {len(tr)} training windows in {n_frames} frames: too few people were "
+                f"tracked long enough ({wcfg.length} frames); learn for longer (learn.seconds)"
             )
-        mcfg = ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers)
-        result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
-        flows = 0
-        if s.posture_flows > 0:  # what the default scorer (fused) needs, in the same time cap
-            flows = self._posture(result.model, tr, va, t0)
-        path = self.saved_path
-        tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
-        save_checkpoint(
-            tmp,
-            result.model,
-            wcfg,
-            tcfg,
-            result.history,
-            extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
-        )
-        ck = load_checkpoint(tmp)
+        return tcfg, tr, va
+
+    def _calibrate(self, path: Path, hold_clip: Clip, fps: float) -> tuple[float, int]:
+        """Calibrate the alert threshold of the checkpoint at ``path`` on the held-out
+        footage (operators' verdicts applied) and record it in the checkpoint.
+
+        Returns:
+            The threshold and the number of held-out windows scored.
+
+        Raises:
+            ValueError: no held-out windows.
+        """
+        s = self.s
+        ck = load_checkpoint(path)
         scorer = self._scorer_for(ck)
         cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, progress=False)
         if n_win == 0:
@@ -316,29 +364,9 @@ class SceneLearner:
             hours = sum(len(c.frames) for c in cs) / fps / 3600
             cal = Calibration(top, s.target_per_hour, "holdout-max", fps, min_dur, hours)
         cal, verdicts = self._feedback(cal, ck, scorer)
-        update_checkpoint(
-            tmp,
-            calibration={
-                **cal.to_dict(),
-                **calibration_record(ck, scorer),
-                "sigma_causal": s.sigma,
-                "stride": s.stride,
-                **verdicts,
-            },
-        )
-        ck = load_checkpoint(tmp)
-        info = {
-            "train_windows": float(len(tr)),
-            "holdout_windows": float(n_win),
-            "val_nll": float(result.best_val_nll),
-            "scene_seconds": float(result.seconds),
-            "scene_epochs": float(len(result.history)),
-            # mean over the members (an ensemble's own best_epoch is 0)
-            "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
-            "members": float(s.members),
-            "posture_flows": float(flows),
-        }
-        return LearnedModel(ck, cal.threshold, path, time.perf_counter() - t0, info)
+        record = {**cal.to_dict(), **calibration_record(ck, scorer), "sigma_causal": s.sigma}
+        update_checkpoint(path, calibration={**record, "stride": s.stride, **verdicts})
+        return cal.threshold, n_win
 
     def _posture(self, model: Forecaster, tr: Windows, va: Windows, t0: float) -> int:
         """Posture flows for the trained scene model within the time left of the training

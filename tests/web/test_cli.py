@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -124,3 +126,21 @@ def test_json_logs_and_levels(capsys: pytest.CaptureFixture[str]) -> None:
             root.removeHandler(h)
         root.setLevel(level)
         logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def test_a_library_warning_is_a_json_log_line_with_its_secret_redacted() -> None:
+    """A third party's ``warnings.warn`` (torch 2.14 warns that ``torch.jit.trace``, which
+    the pose-model export uses, is deprecated) went to stderr as a bare line and broke the
+    one-JSON-record-per-line contract of ``--log-format json``."""
+    code = (
+        "import warnings; from pipelines import cli; cli._service_logging('INFO', 'json'); "
+        "warnings.warn('deprecated; see kafka://bob:hunter2@10.0.0.1:9093', FutureWarning)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    records = [json.loads(x) for x in out.stderr.splitlines() if x.strip()]
+    assert len(records) == 1, out.stderr
+    assert (records[0]["level"], records[0]["logger"]) == ("WARNING", "py.warnings")
+    assert "FutureWarning: deprecated" in records[0]["message"]
+    assert "hunter2" not in out.stderr
