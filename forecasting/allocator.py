@@ -1,18 +1,28 @@
-"""Keep freed tensor memory in the process instead of handing it back to the kernel.
+"""One process-wide policy for glibc's ``malloc`` thresholds: a service bounds its heap,
+batch work (training, offline scoring) keeps its freed memory.
 
-PyTorch's CPU tensors come from glibc ``malloc``. Blocks above glibc's mmap threshold
-(128 KiB at start, raised only as far as the size of blocks freed so far) are mapped on each
-allocation and unmapped on each free, and heap memory above the trim threshold is returned
-at every free: each training step then maps and faults in its activations afresh. Measured
-here (torch 2.14.1, 2 cores): training the posture flows made about 650,000 minor page faults
-a second and spent ~45% of the machine's time in the kernel, about 3x slower than with the
-thresholds raised (``docs/DECISIONS.md``). :func:`retain_freed_memory` raises both
-thresholds, as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would at process
-start; the cost is that the process keeps its peak heap instead of shrinking after it.
+PyTorch's CPU tensors come from glibc ``malloc``. Blocks above the mmap threshold are
+mapped on each allocation and unmapped on each free, and free heap memory above the trim
+threshold is handed back to the kernel: each training step then maps and faults in its
+activations afresh. Two needs pull the thresholds opposite ways:
+
+- a long-running service (:func:`bound_heap_growth`) serves frames and input tensors of
+  1-10 MB: with glibc's dynamic threshold they come from the heap after the first large
+  free, which fragments (a 4-camera ``posewatch detect`` grew ~1.4 GB/min, measured; flat at
+  1.27 GB with a fixed 512 KiB threshold);
+- batch work (:func:`retain_freed_memory`): training the posture flows with the fixed 512
+  KiB threshold made ~650,000 minor page faults a second and spent ~45% of the machine in
+  the kernel; with the thresholds raised, 65x fewer faults (``docs/DECISIONS.md``).
+
+The service's bound wins: once a process has called :func:`bound_heap_growth`, a later
+:func:`retain_freed_memory` (a camera's cold-start training in that service) leaves the
+thresholds alone, so the service's memory stays bounded.
 
 Example:
-    >>> retain_freed_memory()  # glibc (Linux), no MALLOC_*_THRESHOLD_ in the environment
+    >>> bound_heap_growth()  # a service, at start  # doctest: +SKIP
     True
+    >>> retain_freed_memory()  # doctest: +SKIP
+    False
 """
 
 from __future__ import annotations
@@ -20,48 +30,70 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 
 #: ``mallopt`` parameters (glibc ``malloc.h``).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
-#: Blocks up to this size come from the heap; larger ones are still mapped (32 MiB: the
-#: most glibc accepts on 64-bit, half its 64 MiB per-thread heap).
-MMAP_THRESHOLD = 32 * 1024 * 1024
-#: Free heap memory above this is returned to the kernel (1 GiB).
-TRIM_THRESHOLD = 1024 * 1024 * 1024
+#: Batch work: blocks up to this size come from the heap (32 MiB: the most glibc accepts on
+#: 64-bit, half its 64 MiB per-thread heap); larger ones are still mapped.
+RETAIN_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Batch work: free heap memory above this is returned to the kernel (1 GiB).
+RETAIN_TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-_done: bool | None = None
+_lock = threading.Lock()
+_mode: str | None = None  # None, "bounded" or "retained"
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """``mallopt(param, value)`` for each pair; False where glibc's is unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return all([bool(fn(param, value)) for param, value in settings])
+
+
+def bound_heap_growth(threshold: int = 512 * 1024) -> bool:
+    """Serve allocations above ``threshold`` bytes (frames, input tensors) with mmap, always
+    (a service, before its main loop); later :func:`retain_freed_memory` calls in this
+    process do nothing.
+
+    Returns:
+        True when set, False where glibc's ``mallopt`` is unavailable.
+    """
+    global _mode
+    with _lock:
+        _mode = "bounded"
+        return _mallopt((M_MMAP_THRESHOLD, int(threshold)))
 
 
 def retain_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process (idempotent, thread-safe
-    enough: a second concurrent call repeats the same two ``mallopt`` calls).
+    """Raise glibc's mmap and trim thresholds for batch work, once per process.
 
-    Left as they are where the user set ``MALLOC_MMAP_THRESHOLD_`` or
-    ``MALLOC_TRIM_THRESHOLD_`` (their choice wins) or the C library is not glibc.
+    Does nothing in a process that bounded its heap (:func:`bound_heap_growth`: a service)
+    or where the user set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (their
+    choice wins). The cost: the process keeps its peak heap instead of shrinking after it.
 
     Returns:
-        True when the thresholds are set (now or by an earlier call), False otherwise.
+        True when the thresholds are raised (now or by an earlier call), False otherwise.
     """
-    global _done
-    if _done is not None:
-        return _done
-    _done = False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return _done
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return _done
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
-    return _done
+    global _mode
+    with _lock:
+        if _mode is not None:
+            return _mode == "retained"
+        if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+            _mode = "user"
+            return False
+        ok = _mallopt(
+            (M_MMAP_THRESHOLD, RETAIN_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, RETAIN_TRIM_THRESHOLD)
+        )
+        _mode = "retained" if ok else "unavailable"
+        return ok
 
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["bound_heap_growth", "retain_freed_memory"]

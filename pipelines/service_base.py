@@ -15,28 +15,12 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from forecasting.allocator import bound_heap_growth
 from pipelines.config import PosewatchConfig
 from pipelines.metrics import Metrics
 from pipelines.serving import RuntimeConfigError
 
 log = logging.getLogger(__name__)
-
-
-def bound_heap_growth(threshold: int = 512 * 1024) -> bool:
-    """Serve allocations above ``threshold`` bytes (frames, input tensors) with mmap, always.
-
-    glibc raises its mmap threshold after the first large free, so 1-10 MB frames and tensors
-    then come from the heap, which fragments: a 4-camera `posewatch detect` grew ~1.4 GB/min
-    (measured), flat at 1.27 GB with a fixed threshold. Returns False where unavailable.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 class ServiceBase:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,14 +147,19 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     ``POSEWATCH_DEFAULT_MODEL=path`` uses that checkpoint instead (a local run that has
     ``runs/anomaly_eval/seed0-m7.pt``).
     """
-    import torch
-
-    from pipelines.offline.training import TrainRequest, run_training
-
     given = os.environ.get("POSEWATCH_DEFAULT_MODEL")
     if given:
         return Path(given)
-    torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("default_model") / "seed0-m3.pt"
-    req = TrainRequest(aihub2, out, device="cpu", members=3, posture_flows=4, progress=False)
-    return run_training(req)
+    # In a process of its own, as `posewatch train` runs: this one's heap was bounded by the
+    # in-process service tests (forecasting.allocator), which made training the posture
+    # flows ~3x slower (page faults).
+    code = (
+        "import sys, torch; from pathlib import Path; "
+        "from pipelines.offline.training import TrainRequest, run_training; "
+        "torch.set_num_threads(2); "
+        "run_training(TrainRequest(Path(sys.argv[1]), Path(sys.argv[2]), device='cpu', "
+        "members=3, posture_flows=4, progress=False))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(aihub2), str(out)], check=True, cwd=REPO)
+    return out
