@@ -42,8 +42,11 @@ RETAIN_MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Batch work: free heap memory above this is returned to the kernel (1 GiB).
 RETAIN_TRIM_THRESHOLD = 1024 * 1024 * 1024
 
+#: glibc's default trim threshold (128 KiB), which a service keeps.
+TRIM_DEFAULT = 128 * 1024
+
 _lock = threading.Lock()
-_mode: str | None = None  # None, "bounded" or "retained"
+_mode: str | None = None  # "bounded", "retained", "user" (MALLOC_* set) or "unavailable"
 
 
 def _mallopt(*settings: tuple[int, int]) -> bool:
@@ -60,8 +63,8 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 
 def bound_heap_growth(threshold: int = 512 * 1024) -> bool:
     """Serve allocations above ``threshold`` bytes (frames, input tensors) with mmap, always
-    (a service, before its main loop); later :func:`retain_freed_memory` calls in this
-    process do nothing.
+    (a service, before its main loop), and free heap memory above 128 KiB back to the kernel
+    (glibc's default); later :func:`retain_freed_memory` calls in this process do nothing.
 
     Returns:
         True when set, False where glibc's ``mallopt`` is unavailable.
@@ -69,7 +72,8 @@ def bound_heap_growth(threshold: int = 512 * 1024) -> bool:
     global _mode
     with _lock:
         _mode = "bounded"
-        return _mallopt((M_MMAP_THRESHOLD, int(threshold)))
+        # glibc's own trim threshold, in case batch work in this process had raised it
+        return _mallopt((M_MMAP_THRESHOLD, int(threshold)), (M_TRIM_THRESHOLD, TRIM_DEFAULT))
 
 
 def retain_freed_memory() -> bool:
