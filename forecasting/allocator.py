@@ -88,6 +88,9 @@ def retain_freed_memory() -> bool:
         True when the thresholds are raised (now or by an earlier call), False otherwise.
     """
     global _mode
+    mode = _mode  # decided once: later calls (a scoring batch in a service) take no lock
+    if mode is not None:
+        return mode == "retained"
     with _lock:
         if _mode is not None:
             return _mode == "retained"

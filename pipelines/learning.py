@@ -4,8 +4,13 @@ the background, calibrates an alert threshold on held-out footage of the same ca
 starts scoring.
 
 Phases per camera: ``learning`` (tracked poses are collected, nothing is scored) ->
-``training`` (a background thread trains while detection goes on) -> ``scoring``. A camera
+``training`` (a child process trains while detection goes on) -> ``scoring``. A camera
 whose training fails goes to ``failed`` with the reason (detection keeps running; no alerts).
+
+The scene model and its posture flows train in a child process of their own (``spawn``):
+training keeps its freed heap memory there (:func:`forecasting.allocator.retain_freed_memory`)
+while the service keeps its bounded heap, and a training that dies (out of memory, killed)
+fails its camera with the reason instead of taking the service with it.
 
 The footage is split in time: the first ``1 - holdout`` share trains, the rest validates
 (early stopping) and calibrates the threshold for the operator's false-alert target. With a
@@ -25,25 +30,30 @@ Example:
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from detector.datasets import Clip
 from detector.pose import PoseFrame, tracks_from_frames
 from detector.skeleton import FLIP_INDEX
+from forecasting.allocator import retain_freed_memory
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, update_checkpoint
 from forecasting.defaults import AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
-from forecasting.torch_model import Forecaster, ModelConfig
+from forecasting.torch_model import ModelConfig
 from forecasting.train import TrainConfig, build_windows, fit_posture, train
 from forecasting.windows import WindowConfig, Windows
 from pipelines.clip_scoring import calibrate_on_clips, score_split
@@ -121,8 +131,117 @@ class LearnedModel:
     info: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SceneJob:
+    """What the training child process of one camera needs (pickled to it).
+
+    Attributes:
+        path: where the trained checkpoint is saved (no calibration yet).
+        train, val: training and held-out windows (:class:`forecasting.windows.Windows`).
+        model, train_cfg, windows: the scene model's, training's and windows' settings.
+        posture: the posture flows to fit after the scene model, or None for none.
+        deadline: ``time.monotonic()`` value (seconds, system-wide on Linux) after which
+            no further posture flow starts (the first one always trains).
+        extra: checkpoint metadata (scene, training frames, fps).
+        threads: torch threads of the child.
+    """
+
+    path: Path
+    train: Windows
+    val: Windows
+    model: ModelConfig
+    train_cfg: TrainConfig
+    windows: WindowConfig
+    posture: PostureConfig | None
+    deadline: float
+    extra: dict[str, object]
+    threads: int
+
+
+def fit_scene(job: SceneJob) -> dict[str, float]:
+    """Train the scene model and its posture flows and save the checkpoint at ``job.path``
+    (in the calling process; :func:`run_scene_job` calls it in a child process).
+
+    Returns:
+        The training's record: validation NLL, seconds, epochs, mean best epoch of the
+        members, posture flows fitted, and ``heap_retained`` (1.0 when this process kept
+        its freed heap memory, :func:`forecasting.allocator.retain_freed_memory`).
+    """
+    torch.set_num_threads(max(1, job.threads))
+    retained = retain_freed_memory()
+    result = train(job.train, job.val, job.model, job.train_cfg, FLIP_INDEX, progress=False)
+    flows = 0
+    if job.posture is not None:
+        seed = job.train_cfg.seed
+        args = (result.model, job.train, job.val, job.posture, seed, FLIP_INDEX, None)
+        flows = fit_posture(*args, job.deadline).cfg.flows
+    save_checkpoint(
+        job.path, result.model, job.windows, job.train_cfg, result.history, extra=job.extra
+    )
+    return {
+        "val_nll": float(result.best_val_nll),
+        "scene_seconds": float(result.seconds),
+        "scene_epochs": float(len(result.history)),
+        # mean over the members (an ensemble's own best_epoch is 0)
+        "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
+        "posture_flows": float(flows),
+        "heap_retained": float(retained),
+    }
+
+
+def _scene_child(conn: Connection, job: SceneJob) -> None:
+    """Child process entry: :func:`fit_scene`, its record or its error sent on ``conn``."""
+    try:
+        reply: tuple[str, object] = ("ok", fit_scene(job))
+    except Exception as exc:  # sent to the parent, which fails the camera with it
+        reply = ("error", f"{type(exc).__name__}: {exc}")
+    try:
+        conn.send(reply)
+    except OSError:  # the service is gone: nobody to tell
+        pass
+    finally:
+        conn.close()
+
+
+def run_scene_job(job: SceneJob, name: str) -> dict[str, float]:
+    """Run :func:`fit_scene` in a child process (``spawn``; a daemon: it ends with the
+    service) and wait for it.
+
+    Raises:
+        RuntimeError: training failed in the child (its error), or the child died without
+            an answer (its exit code or signal; SIGKILL usually means out of memory).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_scene_child, args=(send, job), name=name, daemon=True)
+    proc.start()
+    send.close()  # the child holds the only sending end: its death reads as EOF
+    try:
+        kind, payload = recv.recv()
+    except EOFError:
+        proc.join()
+        code = proc.exitcode
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit code {code}"
+        )
+        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+        raise RuntimeError(
+            f"the training process {name} died without a result: {how}{hint}"
+        ) from None
+    finally:
+        recv.close()
+    proc.join()
+    if kind != "ok":
+        raise RuntimeError(f"training failed: {payload}")
+    assert isinstance(payload, dict)
+    return payload
+
+
 class SceneLearner:
-    """Collects one camera's poses, then trains and calibrates in a background thread.
+    """Collects one camera's poses, then trains (in a child process, waited on by a
+    background thread) and calibrates.
 
     Arguments:
         camera: camera name.
@@ -256,31 +375,34 @@ class SceneLearner:
             self.fail(f"learning the scene of camera {self.camera!r} failed: {exc}")
 
     def _learn(self, frames: list[PoseFrame], t0: float) -> LearnedModel:
-        """Split the footage, train, calibrate; ``t0``: ``perf_counter`` when learning began."""
+        """Split the footage, train (in a child process), calibrate; ``t0``:
+        ``perf_counter`` when learning began."""
         fps = self._fps_of(frames)
-        train_clip, hold_clip = self._split(frames)
+        train_clip, hold_clip, cut = self._split(frames)
         wcfg = WindowConfig()
         tcfg, tr, va = self._windows(train_clip, hold_clip, wcfg, len(frames))
-        mcfg = ModelConfig(hidden=self.s.hidden, flow_layers=self.s.flow_layers)
-        result = train(tr, va, mcfg, tcfg, flip_index=FLIP_INDEX, progress=False)
-        flows = self._posture(result.model, tr, va, t0) if self.s.posture_flows > 0 else 0
         path = self.saved_path
         tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
-        cut = self._cut(len(frames))
-        extra = {"learned_scene": self.camera, "training_frames": cut, "fps": fps}
-        save_checkpoint(tmp, result.model, wcfg, tcfg, result.history, extra=extra)
+        s = self.s
+        job = SceneJob(
+            path=tmp,
+            train=tr,
+            val=va,
+            model=ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers),
+            train_cfg=tcfg,
+            windows=wcfg,
+            posture=PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
+            if s.posture_flows > 0
+            else None,
+            deadline=time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0),
+            extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
+            threads=torch.get_num_threads(),
+        )
+        info = run_scene_job(job, f"learn-{self.camera}")
         threshold, n_win = self._calibrate(tmp, hold_clip, fps)
-        info = {
-            "train_windows": float(len(tr)),
-            "holdout_windows": float(n_win),
-            "val_nll": float(result.best_val_nll),
-            "scene_seconds": float(result.seconds),
-            "scene_epochs": float(len(result.history)),
-            # mean over the members (an ensemble's own best_epoch is 0)
-            "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
-            "members": float(self.s.members),
-            "posture_flows": float(flows),
-        }
+        info.update(
+            train_windows=float(len(tr)), holdout_windows=float(n_win), members=float(s.members)
+        )
         elapsed = time.perf_counter() - t0
         return LearnedModel(load_checkpoint(tmp), threshold, path, elapsed, info)
 
@@ -288,9 +410,13 @@ class SceneLearner:
         """How many of ``n`` frames train (the rest is held out)."""
         return round(n * (1.0 - self.s.holdout))
 
-    def _split(self, frames: list[PoseFrame]) -> tuple[Clip, Clip]:
+    def _split(self, frames: list[PoseFrame]) -> tuple[Clip, Clip, int]:
         """The footage split in time: the first ``1 - holdout`` share trains, the rest is
-        held out; each part's frame indices re-based to 0 (a clip's frames start at 0)."""
+        held out; each part's frame indices re-based to 0 (a clip's frames start at 0).
+
+        Returns:
+            The training clip, the held-out clip and how many frames train.
+        """
         n = len(frames)
         cut = self._cut(n)
         first = frames[0].frame_index
@@ -314,7 +440,7 @@ class SceneLearner:
                 ("holdout", frames[cut:], cut_frame),
             )
         )
-        return train_clip, hold_clip
+        return train_clip, hold_clip, cut
 
     def _windows(
         self, train_clip: Clip, hold_clip: Clip, wcfg: WindowConfig, n_frames: int
@@ -367,14 +493,6 @@ class SceneLearner:
         record = {**cal.to_dict(), **calibration_record(ck, scorer), "sigma_causal": s.sigma}
         update_checkpoint(path, calibration={**record, "stride": s.stride, **verdicts})
         return cal.threshold, n_win
-
-    def _posture(self, model: Forecaster, tr: Windows, va: Windows, t0: float) -> int:
-        """Posture flows for the trained scene model within the time left of the training
-        cap (learning started at ``perf_counter`` ``t0``); how many were trained."""
-        s = self.s
-        pcfg = PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
-        deadline = time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0)
-        return fit_posture(model, tr, va, pcfg, s.seed, FLIP_INDEX, None, deadline).cfg.flows
 
     def _feedback(
         self, cal: Calibration, ck: Checkpoint, scorer: ScorerConfig
@@ -445,4 +563,13 @@ def _tmpdir() -> str:
     return tempfile.mkdtemp(prefix="posewatch-learn-")
 
 
-__all__ = ["PHASES", "ColdStartProvider", "LearnSettings", "LearnedModel", "SceneLearner"]
+__all__ = [
+    "PHASES",
+    "ColdStartProvider",
+    "LearnSettings",
+    "LearnedModel",
+    "SceneJob",
+    "SceneLearner",
+    "fit_scene",
+    "run_scene_job",
+]

@@ -92,3 +92,72 @@ def test_scene_model_members_share_the_training_cap(aihub2: Path) -> None:
     assert learned.info["scene_epochs"] == 4  # two epochs of each member's
     assert learned.checkpoint.meta["train_config"]["max_minutes"] == 2.5  # a half of the cap
     assert learned.info["posture_flows"] == 1 and np.isfinite(learned.threshold)
+
+
+TINY = {**FAST, "epochs": 1, "hidden": 16, "flow_layers": 1, "members": 1, "posture_flows": 1}
+
+# A service bounds its heap (pipelines.service_base); its cold start trains in a child
+# process that keeps its freed heap memory. Run in a process of its own: bounding the pytest
+# process would slow every later training test (tests/forecasting/test_allocator.py).
+_BOUNDED_SERVICE_LEARNS = """
+import json, os, sys
+from detector.datasets import load_split
+from detector.pose import frames_from_tracks
+from forecasting.allocator import bound_heap_growth, retain_freed_memory
+from pipelines.learning import LearnSettings, SceneLearner
+
+assert bound_heap_growth()
+clip = load_split(sys.argv[1], "test")[0]
+frames = frames_from_tracks(clip.tracks, "hall", (1920, 1080), fps=30.0)[:1500]
+learner = SceneLearner("hall", LearnSettings(seconds=3600, **json.loads(sys.argv[2])))
+for f in frames:
+    learner.add(f, fps=30.0)
+learner.input_ended()
+assert learner.wait(timeout=600)
+learned = learner.poll()
+assert learned is not None, learner.error
+print(json.dumps({"info": learned.info, "service_retains": retain_freed_memory()}))
+"""
+
+
+def test_a_bounded_service_trains_its_scene_in_a_child_that_keeps_its_heap(
+    aihub2: Path,
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", _BOUNDED_SERVICE_LEARNS, str(aihub2), json.dumps(TINY)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["service_retains"] is False  # the service's heap stays bounded
+    assert out["info"]["heap_retained"] == 1.0  # the training child kept its freed memory
+    assert out["info"]["posture_flows"] == 1 and out["info"]["scene_epochs"] == 1
+
+
+def test_a_training_process_that_dies_fails_its_camera_with_the_reason(aihub2: Path) -> None:
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    frames, _ = _frames(aihub2)
+    learner = SceneLearner("hall", LearnSettings(seconds=3600, **{**TINY, "epochs": 50}))
+    for f in frames[:3000]:
+        learner.add(f, fps=30.0)
+    learner.input_ended()
+    assert learner.phase == "training"
+    deadline = time.monotonic() + 120
+    children: list[multiprocessing.process.BaseProcess] = []
+    while not children and time.monotonic() < deadline:
+        children = [p for p in multiprocessing.active_children() if p.name == "learn-hall"]
+        time.sleep(0.05)
+    assert len(children) == 1, "no training child process appeared"
+    assert children[0].pid != os.getpid()
+    os.kill(children[0].pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    assert learner.wait(timeout=120)
+    assert learner.poll() is None and learner.phase == "failed"
+    assert learner.error is not None
+    assert "'hall'" in learner.error and "killed by SIGKILL" in learner.error, learner.error
+    assert "out of memory" in learner.error
