@@ -16,8 +16,10 @@ activations afresh. Two needs pull the thresholds opposite ways:
   fewer than under glibc's own thresholds (``tests/forecasting/test_allocator.py``).
 
 The service's bound wins: once a process has called :func:`bound_heap_growth`, a later
-:func:`retain_freed_memory` (a camera's cold-start training in that service) leaves the
-thresholds alone, so the service's memory stays bounded.
+:func:`retain_freed_memory` (a camera's cold-start calibration, which scores in that
+service) leaves the thresholds alone, so the service's memory stays bounded. Cold-start
+training runs in a child process of its own, which keeps its freed memory
+(``pipelines.scene_training``).
 
 Example:
     >>> bound_heap_growth()  # a service, at start  # doctest: +SKIP

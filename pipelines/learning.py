@@ -7,10 +7,9 @@ Phases per camera: ``learning`` (tracked poses are collected, nothing is scored)
 ``training`` (a child process trains while detection goes on) -> ``scoring``. A camera
 whose training fails goes to ``failed`` with the reason (detection keeps running; no alerts).
 
-The scene model and its posture flows train in a child process of their own (``spawn``):
-training keeps its freed heap memory there (:func:`forecasting.allocator.retain_freed_memory`)
-while the service keeps its bounded heap, and a training that dies (out of memory, killed)
-fails its camera with the reason instead of taking the service with it.
+The scene model and its posture flows train in a child process of their own
+(:mod:`pipelines.scene_training`: its own heap policy; a training that dies or hangs fails
+only its camera, with the reason; a graceful stop ends it without failing the camera).
 
 The footage is split in time: the first ``1 - holdout`` share trains, the rest validates
 (early stopping) and calibrates the threshold for the operator's false-alert target. With a
@@ -30,13 +29,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,20 +44,19 @@ import torch
 
 from detector.datasets import Clip
 from detector.pose import PoseFrame, tracks_from_frames
-from detector.skeleton import FLIP_INDEX
-from forecasting.allocator import retain_freed_memory
 from forecasting.calibration import Calibration
-from forecasting.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, update_checkpoint
+from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from forecasting.defaults import AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
 from forecasting.torch_model import ModelConfig
-from forecasting.train import TrainConfig, build_windows, fit_posture, train
+from forecasting.train import TrainConfig, build_windows
 from forecasting.windows import WindowConfig, Windows
 from pipelines.clip_scoring import calibrate_on_clips, score_split
 from pipelines.feedback import apply_feedback
 from pipelines.model_provider import ServedModel, served_model
+from pipelines.scene_training import SceneJob, TrainingStoppedError, run_scene_job
 from pipelines.serving import (
     RuntimeConfigError,
     ServingSpec,
@@ -131,114 +129,6 @@ class LearnedModel:
     info: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class SceneJob:
-    """What the training child process of one camera needs (pickled to it).
-
-    Attributes:
-        path: where the trained checkpoint is saved (no calibration yet).
-        train, val: training and held-out windows (:class:`forecasting.windows.Windows`).
-        model, train_cfg, windows: the scene model's, training's and windows' settings.
-        posture: the posture flows to fit after the scene model, or None for none.
-        deadline: ``time.monotonic()`` value (seconds, system-wide on Linux) after which
-            no further posture flow starts (the first one always trains).
-        extra: checkpoint metadata (scene, training frames, fps).
-        threads: torch threads of the child.
-    """
-
-    path: Path
-    train: Windows
-    val: Windows
-    model: ModelConfig
-    train_cfg: TrainConfig
-    windows: WindowConfig
-    posture: PostureConfig | None
-    deadline: float
-    extra: dict[str, object]
-    threads: int
-
-
-def fit_scene(job: SceneJob) -> dict[str, float]:
-    """Train the scene model and its posture flows and save the checkpoint at ``job.path``
-    (in the calling process; :func:`run_scene_job` calls it in a child process).
-
-    Returns:
-        The training's record: validation NLL, seconds, epochs, mean best epoch of the
-        members, posture flows fitted, and ``heap_retained`` (1.0 when this process kept
-        its freed heap memory, :func:`forecasting.allocator.retain_freed_memory`).
-    """
-    torch.set_num_threads(max(1, job.threads))
-    retained = retain_freed_memory()
-    result = train(job.train, job.val, job.model, job.train_cfg, FLIP_INDEX, progress=False)
-    flows = 0
-    if job.posture is not None:
-        seed = job.train_cfg.seed
-        args = (result.model, job.train, job.val, job.posture, seed, FLIP_INDEX, None)
-        flows = fit_posture(*args, job.deadline).cfg.flows
-    save_checkpoint(
-        job.path, result.model, job.windows, job.train_cfg, result.history, extra=job.extra
-    )
-    return {
-        "val_nll": float(result.best_val_nll),
-        "scene_seconds": float(result.seconds),
-        "scene_epochs": float(len(result.history)),
-        # mean over the members (an ensemble's own best_epoch is 0)
-        "best_epoch": float(np.mean([m["best_epoch"] for m in result.members])),
-        "posture_flows": float(flows),
-        "heap_retained": float(retained),
-    }
-
-
-def _scene_child(conn: Connection, job: SceneJob) -> None:
-    """Child process entry: :func:`fit_scene`, its record or its error sent on ``conn``."""
-    try:
-        reply: tuple[str, object] = ("ok", fit_scene(job))
-    except Exception as exc:  # sent to the parent, which fails the camera with it
-        reply = ("error", f"{type(exc).__name__}: {exc}")
-    try:
-        conn.send(reply)
-    except OSError:  # the service is gone: nobody to tell
-        pass
-    finally:
-        conn.close()
-
-
-def run_scene_job(job: SceneJob, name: str) -> dict[str, float]:
-    """Run :func:`fit_scene` in a child process (``spawn``; a daemon: it ends with the
-    service) and wait for it.
-
-    Raises:
-        RuntimeError: training failed in the child (its error), or the child died without
-            an answer (its exit code or signal; SIGKILL usually means out of memory).
-    """
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_scene_child, args=(send, job), name=name, daemon=True)
-    proc.start()
-    send.close()  # the child holds the only sending end: its death reads as EOF
-    try:
-        kind, payload = recv.recv()
-    except EOFError:
-        proc.join()
-        code = proc.exitcode
-        how = (
-            f"killed by {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exit code {code}"
-        )
-        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        raise RuntimeError(
-            f"the training process {name} died without a result: {how}{hint}"
-        ) from None
-    finally:
-        recv.close()
-    proc.join()
-    if kind != "ok":
-        raise RuntimeError(f"training failed: {payload}")
-    assert isinstance(payload, dict)
-    return payload
-
-
 class SceneLearner:
     """Collects one camera's poses, then trains (in a child process, waited on by a
     background thread) and calibrates.
@@ -269,6 +159,7 @@ class SceneLearner:
         self._frames: list[PoseFrame] = []
         self._fps = 0.0
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._result: LearnedModel | None = None
         self._handed_over = False
         saved = self.saved_path
@@ -347,6 +238,11 @@ class SceneLearner:
         self.phase = "failed"
         log.error("%s", error)
 
+    def close(self) -> None:
+        """Stop training (a graceful stop of the service): the child is killed, the phase
+        stays ``training`` (not ``failed``)."""
+        self._stop.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for background training; True when it is no longer running."""
         if self._thread is not None:
@@ -371,40 +267,58 @@ class SceneLearner:
                 self._result.seconds,
                 self._result.threshold,
             )
+        except TrainingStoppedError:
+            log.info("%s: training stopped with the service", self.camera)
         except Exception as exc:
             self.fail(f"learning the scene of camera {self.camera!r} failed: {exc}")
 
     def _learn(self, frames: list[PoseFrame], t0: float) -> LearnedModel:
         """Split the footage, train (in a child process), calibrate; ``t0``:
-        ``perf_counter`` when learning began."""
+        ``perf_counter`` when learning began. The model is written in a private directory
+        (in ``save_dir`` when set) and moved into place once calibrated."""
         fps = self._fps_of(frames)
         train_clip, hold_clip, cut = self._split(frames)
         wcfg = WindowConfig()
         tcfg, tr, va = self._windows(train_clip, hold_clip, wcfg, len(frames))
-        path = self.saved_path
-        tmp = path if path is not None else Path(_tmpdir()) / f"{self.camera}.pt"
         s = self.s
-        job = SceneJob(
-            path=tmp,
-            train=tr,
-            val=va,
-            model=ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers),
-            train_cfg=tcfg,
-            windows=wcfg,
-            posture=PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
-            if s.posture_flows > 0
-            else None,
-            deadline=time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0),
-            extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
-            threads=torch.get_num_threads(),
-        )
-        info = run_scene_job(job, f"learn-{self.camera}")
-        threshold, n_win = self._calibrate(tmp, hold_clip, fps)
-        info.update(
-            train_windows=float(len(tr)), holdout_windows=float(n_win), members=float(s.members)
-        )
+        path = self.saved_path
+        # The cap binds the members and the flows after the first; the first flow and a
+        # slow machine's epoch ends may overrun it, a hung child may not.
+        timeout = 2 * s.max_train_minutes * 60 + 600
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_work(path.parent, timeout)
+        work = Path(tempfile.mkdtemp(prefix=".learn-", dir=None if path is None else path.parent))
+        try:
+            job = SceneJob(
+                path=work / f"{self.camera}.pt",
+                train=tr,
+                val=va,
+                model=ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers),
+                train_cfg=tcfg,
+                windows=wcfg,
+                posture=PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
+                if s.posture_flows > 0
+                else None,
+                deadline=time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0),
+                extra={"learned_scene": self.camera, "training_frames": cut, "fps": fps},
+                threads=torch.get_num_threads(),
+            )
+            info = run_scene_job(job, f"learn-{self.camera}", timeout, self._stop)
+            n_train = len(tr)
+            del job, tr, va  # the child's copies are gone; ours need not wait for calibration
+            threshold, n_win = self._calibrate(work / f"{self.camera}.pt", hold_clip, fps)
+            final = path if path is not None else work / f"{self.camera}.pt"
+            if path is not None:
+                os.replace(work / f"{self.camera}.pt", path)
+            learned = load_checkpoint(final)
+        finally:
+            if path is not None:
+                shutil.rmtree(work, ignore_errors=True)
+        info.update(train_windows=float(n_train), holdout_windows=float(n_win))
+        info["members"] = float(s.members)
         elapsed = time.perf_counter() - t0
-        return LearnedModel(load_checkpoint(tmp), threshold, path, elapsed, info)
+        return LearnedModel(learned, threshold, path, elapsed, info)
 
     def _cut(self, n: int) -> int:
         """How many of ``n`` frames train (the rest is held out)."""
@@ -459,7 +373,7 @@ class SceneLearner:
         if len(tr) < 32:
             raise ValueError(
                 f"only {len(tr)} training windows in {n_frames} frames: too few people were "
-                f"tracked long enough ({wcfg.length} frames); learn for longer (learn.seconds)"
+                f"tracked long enough ({wcfg.length} frames); learn for longer (cold_start.learn_minutes)"
             )
         return tcfg, tr, va
 
@@ -544,6 +458,13 @@ class ColdStartProvider:
         if learner is not None:
             learner.input_ended()
 
+    def close(self) -> None:
+        """Stop every camera's training (a graceful stop) and wait for it."""
+        for learner in self.learners.values():
+            learner.close()
+        for learner in self.learners.values():
+            learner.wait(15.0)
+
     def poll(self) -> dict[str, ServedModel]:
         ready: dict[str, ServedModel] = {}
         for n, learner in self.learners.items():
@@ -557,19 +478,17 @@ class ColdStartProvider:
         return ready
 
 
-def _tmpdir() -> str:
-    import tempfile
+def _remove_stale_work(folder: Path, age: float) -> None:
+    """Remove the private training directories (``.learn-*``) in ``folder`` older than
+    ``age`` seconds: left by a service that was killed while a camera trained."""
+    now = time.time()
+    for d in folder.glob(".learn-*"):
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > age:
+                shutil.rmtree(d, ignore_errors=True)
+                log.info("removed %s, left by a training that was killed", d)
+        except OSError:
+            continue
 
-    return tempfile.mkdtemp(prefix="posewatch-learn-")
 
-
-__all__ = [
-    "PHASES",
-    "ColdStartProvider",
-    "LearnSettings",
-    "LearnedModel",
-    "SceneJob",
-    "SceneLearner",
-    "fit_scene",
-    "run_scene_job",
-]
+__all__ = ["PHASES", "ColdStartProvider", "LearnSettings", "LearnedModel", "SceneLearner"]

@@ -104,6 +104,9 @@ class ModelProvider(Protocol):
     def poll(self) -> dict[str, ServedModel]:
         """Cameras whose model became ready since the last call."""
 
+    def close(self) -> None:
+        """A graceful stop: background work (a learner's training) ends."""
+
 
 class CheckpointProvider:
     """One checkpoint serves every camera (one shared :class:`TrackScorer`).
@@ -144,6 +147,9 @@ class CheckpointProvider:
 
     def poll(self) -> dict[str, ServedModel]:
         return {}
+
+    def close(self) -> None:
+        return None
 
 
 def make_provider(cfg: PosewatchConfig, cameras: Iterable[str]) -> ModelProvider:

@@ -276,6 +276,7 @@ class Service(CameraService):
         )
 
     def close_episodes(self) -> None:
+        self.provider.close()  # cold-start training stops (not a failure)
         alerts = self.scoring.close(time.time())
         if self.router is not None:
             self.router.publish(alerts)

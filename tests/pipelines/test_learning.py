@@ -1,8 +1,10 @@
 """Cold start: learning a scene from its own footage (real AIHub2 poses, real training)."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from detector.datasets import load_split
 from detector.pose import frames_from_tracks
@@ -56,6 +58,7 @@ def test_scene_learner_trains_calibrates_saves_and_reuses(aihub2: Path, tmp_path
     assert resolve_scorer("auto", learned.checkpoint.model) == "fused"
     assert cal["scorer"]["name"] == "fused"
     assert (tmp_path / "hall.pt").exists()
+    assert not list(tmp_path.glob(".learn-*"))  # the private training directory is gone
     # The next start reuses the saved model instead of learning again.
     again = SceneLearner("hall", LearnSettings(save_dir=tmp_path, **FAST))
     reused = again.poll()
@@ -161,3 +164,109 @@ def test_a_training_process_that_dies_fails_its_camera_with_the_reason(aihub2: P
     assert learner.error is not None
     assert "'hall'" in learner.error and "killed by SIGKILL" in learner.error, learner.error
     assert "out of memory" in learner.error
+
+
+def test_a_graceful_stop_ends_training_without_failing_the_camera(
+    aihub2: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import multiprocessing
+    import time
+
+    frames, _ = _frames(aihub2)
+    learner = SceneLearner("hall", LearnSettings(seconds=3600, **{**TINY, "epochs": 50}))
+    for f in frames[:3000]:
+        learner.add(f, fps=30.0)
+    learner.input_ended()
+    time.sleep(1.0)  # the child is starting or training
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="pipelines.learning"):
+        learner.close()
+        assert learner.wait(timeout=30)
+    assert time.monotonic() - t0 < 10  # the wait loop checks the stop every 0.5 s
+    assert learner.phase == "training" and learner.error is None  # stopped, not failed
+    assert learner.poll() is None
+    assert not [p for p in multiprocessing.active_children() if p.name == "learn-hall"]
+    assert "training stopped with the service" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_error_in_the_training_child_reaches_the_service_with_its_type(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from forecasting.torch_model import ModelConfig
+    from forecasting.train import TrainConfig
+    from forecasting.windows import WindowConfig, Windows
+    from pipelines.scene_training import SceneJob, run_scene_job
+
+    rng = np.random.default_rng(0)
+    n, length = 64, WindowConfig().length
+    w = Windows(
+        rng.normal(size=(n, length, 17, 2)).astype(np.float32),
+        np.ones((n, length, 17), bool),
+        np.ones((n, length, 17), bool),
+        np.tile(np.array([100.0, 100.0, 50.0], np.float32), (n, 1)),
+        np.arange(n, dtype=np.int64),
+        np.zeros(n, np.int64),
+    )
+    (tmp_path / "a-file").write_text("not a directory")
+    job = SceneJob(
+        path=tmp_path / "a-file" / "hall.pt",  # saving it fails in the child
+        train=w,
+        val=w,
+        model=ModelConfig(hidden=8, flow_layers=1),
+        train_cfg=TrainConfig(1, seed=0, normal_only=False, device="cpu"),
+        windows=WindowConfig(),
+        posture=None,
+        deadline=time.monotonic() + 60,
+        extra={},
+        threads=1,
+    )
+    with pytest.raises(RuntimeError, match=r"Error: .*a-file"):
+        run_scene_job(job, "learn-bad", timeout=300)
+
+
+def test_the_childs_log_records_and_warnings_are_logged_by_the_service(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import multiprocessing
+
+    from pipelines import scene_training
+
+    recv, send = multiprocessing.Pipe(duplex=False)
+    handler = scene_training._PipeHandler(send)
+    handler.setFormatter(logging.Formatter())
+    child_log = logging.getLogger("forecasting.train.child-test")
+    child_log.propagate = False
+    child_log.addHandler(handler)
+    try:
+        child_log.warning("members %d", 3)
+    finally:
+        child_log.removeHandler(handler)
+    kind, fields = recv.recv()
+    assert kind == "log" and fields["msg"] == "members 3" and fields["levelno"] == logging.WARNING
+    child_log.propagate = True
+    with caplog.at_level(logging.INFO):
+        scene_training._log_record(fields)
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("forecasting.train.child-test", "members 3")
+    ]
+
+
+def test_training_directories_left_by_a_killed_service_are_removed_when_stale(
+    tmp_path: Path,
+) -> None:
+    import os
+    import time
+
+    from pipelines.learning import _remove_stale_work
+
+    old, fresh = tmp_path / ".learn-old", tmp_path / ".learn-fresh"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "hall.pt").write_bytes(b"half a model")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    _remove_stale_work(tmp_path, age=1800)  # 30 minutes: the old one is past it
+    assert not old.exists() and (fresh / "hall.pt").exists()  # a running training's is kept
