@@ -214,7 +214,12 @@ def read_checkpoint_file(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint (train one with `posewatch train`)")
-    data = path.read_bytes()
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file; give the .pt file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
     try:
         tensors = safetensors.torch.load(data)
         n = int.from_bytes(data[:8], "little")
@@ -344,15 +349,50 @@ def _check_sizes(path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor
             f"{max(1, len(in_file))}; a damaged or foreign file"
         )
     for name, value in (meta.get("model_config") or {}).items():
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and not (0 <= value <= MAX_MODEL_SIZE)
-        ):
+        _check_int(path, f"model_config.{name}", value, 0, MAX_MODEL_SIZE)
+    window = meta.get("window_config") or {}
+    for name, (lo, hi) in _WINDOW_BOUNDS.items():
+        if name in window:
+            _check_int(path, f"window_config.{name}", window[name], lo, hi)
+    posture = meta.get("posture")
+    if isinstance(posture, dict):
+        for name, (lo, hi) in _POSTURE_BOUNDS.items():
+            if name in posture:
+                _check_int(path, f"posture.{name}", posture[name], lo, hi)
+        nll = state.get("posture.nll_mean")
+        held = None if nll is None or nll.dim() != 1 else int(nll.shape[0])
+        if held != posture.get("flows"):
             raise CheckpointError(
-                f"{path}: model_config.{name} = {value} is outside 0..{MAX_MODEL_SIZE}; "
-                "a damaged or foreign file"
+                f"{path}: the header says {posture.get('flows')} posture flows, the tensors "
+                f"hold {held}; a damaged or foreign file"
             )
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): a damaged file or a training that diverged "
+            "(every score would be NaN and nothing would alert); retrain"
+        )
+
+
+#: Bounds of a header's window and posture settings (frames, steps): a crafted value would
+#: build a model that exhausts memory, or windows no track ever fills (nothing scored).
+_WINDOW_BOUNDS = {
+    "t_obs": (1, 1024),
+    "horizon": (1, 1024),
+    "frame_step": (1, 64),
+    "max_gap": (0, 1024),
+}
+_POSTURE_BOUNDS = {"frames": (1, 2048), "flows": (0, 256), "steps": (1, 64), "max_hop": (1, 64)}
+
+
+def _check_int(path: Path, name: str, value: Any, lo: int, hi: int) -> None:
+    """Refuse an integer header setting outside ``lo..hi`` (other types are left to the
+    configuration classes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not (lo <= value <= hi):
+        raise CheckpointError(
+            f"{path}: {name} = {value} is outside {lo}..{hi}; a damaged or foreign file"
+        )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

@@ -49,9 +49,10 @@ class ConfigError(ValueError):
 
 
 class Base(BaseModel):
-    """Shared base: unknown keys are errors, values are validated on assignment."""
+    """Shared base: unknown keys are errors, values are validated on assignment, numbers
+    are finite (a NaN threshold would never alert)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class CameraConfig(Base):
@@ -488,7 +489,11 @@ class PosewatchConfig(BaseSettings):
     """The whole service configuration."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", env_prefix="POSEWATCH_", env_nested_delimiter="__", validate_assignment=True
+        extra="forbid",
+        env_prefix="POSEWATCH_",
+        env_nested_delimiter="__",
+        validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     cameras: dict[str, CameraConfig] = Field(
@@ -588,8 +593,13 @@ def resolve_secrets(value: Any, where: str = "", found: set[str] | None = None) 
         return [resolve_secrets(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
-    if value.startswith("file:"):
-        path = Path(value[5:]).expanduser()
+    if value.startswith("file:") and not value.startswith("file://"):  # file:// is a URL
+        try:
+            path = Path(value[5:]).expanduser()
+        except RuntimeError:  # ~user that does not exist
+            raise ConfigError(
+                "config", [(where, "cannot expand '~' in the secret file's path: give it whole")]
+            ) from None
         try:
             secret = path.read_text().strip()
         except (OSError, UnicodeDecodeError) as exc:
@@ -625,6 +635,46 @@ def _inline_secrets(value: Any, name: str = "") -> set[str]:
     if isinstance(value, str) and (SECRET_NAME.search(name) or redact(value) != value):
         return {value}
     return set()
+
+
+def _url_strings(value: Any) -> set[str]:
+    """Every string in ``value`` (recursively) that holds a URL (``scheme://``)."""
+    if isinstance(value, dict):
+        return set().union(set(), *(_url_strings(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(set(), *(_url_strings(v) for v in value))
+    return {value} if isinstance(value, str) and "://" in value else set()
+
+
+def environment_secrets(environ: dict[str, str] | None = None) -> set[str]:
+    """Values of ``POSEWATCH_*`` variables that may hold a secret (they are a way to give
+    one, like ``${ENV}``): the whole value of a variable with a secret-looking name
+    (``..._SASL_PASSWORD``) or naming a camera's ``SOURCE``, every URL (``scheme://``: a
+    token may sit in its path, which no pattern recognises), and in a JSON value the strings
+    under secret-looking names and the URLs. Other values (a port, a topic) are not.
+
+    Example:
+        >>> sorted(environment_secrets({"POSEWATCH_CAMERAS__GATE__SOURCE": "rtsp://h/Tk9",
+        ...                             "POSEWATCH_METRICS__PORT": "9100"}))
+        ['rtsp://h/Tk9']
+    """
+    import json
+
+    out: set[str] = set()
+    for name, value in (os.environ if environ is None else environ).items():
+        upper = name.upper()
+        if not upper.startswith("POSEWATCH_") or not value:
+            continue
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        if isinstance(parsed, (bool, int, float)) or parsed is None:
+            continue  # a number or a switch (SIGMA matches "sig"): not a secret
+        if SECRET_NAME.search(upper[len("POSEWATCH_") :]) or upper.endswith("__SOURCE"):
+            out.add(value)
+        out |= _url_strings(parsed) | _inline_secrets(parsed)
+    return out
 
 
 def scrub(text: str, secrets: set[str]) -> str:
@@ -710,7 +760,7 @@ def load_config(
             raise ConfigError(source, [("(file)", _yaml_problem(exc, text))]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, [("(top level)", "expected a mapping of sections")])
-    secrets = _inline_secrets(data)
+    secrets = _inline_secrets(data) | environment_secrets()
     try:
         resolved = resolve_secrets(data, found=secrets)
     except ConfigError as exc:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,12 @@ def threshold_for(ckpt: Checkpoint, cfg: ScorerConfig, configured: float | None)
         raise RuntimeConfigError(
             "no alert threshold: set alerting.threshold or calibrate the checkpoint "
             "(`posewatch calibrate`)"
+        )
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        raise RuntimeConfigError(
+            f"the checkpoint's calibrated threshold is {str(thr)[:40]!r}, not a finite number "
+            "(it would never alert): recalibrate it (`posewatch calibrate`) or set "
+            "alerting.threshold"
         )
     serving = ServingSpec.of(ckpt, cfg)
     fitted = ServingSpec.from_calibration(ckpt.calibration)

@@ -90,6 +90,8 @@ class TrackScorer:
         self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
         self.duplicates = 0  # person frames dropped: that frame of that track was seen
         self.restarts = 0  # tracks restarted: a frame index behind the track's last one
+        # person frames not scored: untracked (track id -1), so no track to forecast from
+        self.untracked = 0
 
     def warmup(self, persons: int = 4) -> None:
         """Score a few synthetic windows once: the first model call's one-time costs (torch
@@ -164,7 +166,7 @@ class TrackScorer:
         # the caller can retry the frames one at a time without them counting as repeats).
         cams = {fr.camera for fr in frames}
         before = {k: (t, list(t.rows), t.last_frame, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
-        counts = (self.duplicates, self.restarts)
+        counts = (self.duplicates, self.restarts, self.untracked)
         try:
             return self._step(frames, seeds, forget)
         except BaseException:
@@ -175,7 +177,7 @@ class TrackScorer:
                 t.rows.extend(rows)
                 t.last_frame, t.scored_at = last, scored_at
                 self._tracks[k] = t
-            self.duplicates, self.restarts = counts
+            self.duplicates, self.restarts, self.untracked = counts
             raise
 
     def _step(
@@ -185,6 +187,9 @@ class TrackScorer:
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
             for p in fr.persons:
+                if p.track_id < 0:  # untracked: its frames belong to no one track
+                    self.untracked += 1
+                    continue
                 key = (fr.camera, p.track_id)
                 tr = self._tracks.get(key)
                 if tr is not None and fr.frame_index <= tr.last_frame:

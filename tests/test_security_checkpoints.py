@@ -277,6 +277,9 @@ def test_migrate_converts_an_old_checkpoint_that_then_scores_identically(tmp_pat
     [
         ("members", 1_000_000, r"says 1000000 ensemble members, the tensors hold 1"),
         ("model_config", {"hidden": 10**9}, r"model_config.hidden = 1000000000 is outside"),
+        ("window_config", {"t_obs": 10**9}, r"window_config.t_obs = 1000000000 is outside"),
+        ("posture", {"flows": 100_000}, r"posture.flows = 100000 is outside"),
+        ("posture", {"flows": 4}, r"says 4 posture flows, the tensors hold None"),
     ],
 )
 def test_a_header_that_would_build_a_huge_model_is_refused(
@@ -285,8 +288,39 @@ def test_a_header_that_would_build_a_huge_model_is_refused(
     """The model is built from the header before its tensors load: a crafted size must not
     exhaust memory."""
     path = save_checkpoint(tmp_path / "m.pt", _model(), WindowConfig())
-    if field == "model_config":
-        value = {**read_checkpoint_file(path)[0]["model_config"], **value}
+    if field in ("model_config", "window_config"):
+        value = {**read_checkpoint_file(path)[0][field], **value}
     update_checkpoint(path, **{field: value})
     with pytest.raises(CheckpointError, match=why):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_with_nan_weights_or_given_as_a_folder_is_refused(tmp_path: Path) -> None:
+    from forecasting.checkpoint import write_checkpoint_file
+
+    path = save_checkpoint(tmp_path / "m.pt", _model(), WindowConfig())
+    meta, tensors = read_checkpoint_file(path)
+    name = sorted(k for k, t in tensors.items() if t.is_floating_point())[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    write_checkpoint_file(path, meta, tensors)
+    with pytest.raises(CheckpointError, match=r"1 tensors hold NaN or infinite values"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+    res = runner.invoke(app, ["posture", "--model", str(tmp_path)])
+    assert res.exit_code != 0 and "a folder, not a checkpoint file" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("bad", ["NaN", float("nan"), float("inf"), True, [1.0]])
+def test_a_calibrated_threshold_that_is_not_a_finite_number_is_not_served(
+    tmp_path: Path, bad: Any
+) -> None:
+    from pipelines.serving import RuntimeConfigError, threshold_for
+
+    path = save_checkpoint(tmp_path / "m.pt", _model(), WindowConfig())
+    update_checkpoint(path, calibration={"threshold": bad})
+    with pytest.raises(RuntimeConfigError, match="not a finite number"):
+        threshold_for(load_checkpoint(path), ScorerConfig(name="minhde"), None)
+    assert threshold_for(load_checkpoint(path), ScorerConfig(name="minhde"), 2.5) == 2.5

@@ -114,3 +114,44 @@ def test_schema_has_a_title_and_description_on_every_field() -> None:
     res = runner.invoke(app, ["config", "schema"])
     assert res.exit_code == 0 and json.loads(res.output)["title"] == "PosewatchConfig"
     assert PosewatchConfig.model_config.get("extra") == "forbid"
+
+
+def test_secrets_given_in_posewatch_variables_are_never_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from detector.redaction import redact
+
+    url = "rtsp://127.0.0.1:1/live/EnvPathToken8812"  # a token in the path: no pattern sees it
+    monkeypatch.setenv("POSEWATCH_CAMERAS__GATE__SOURCE", url)
+    monkeypatch.setenv("POSEWATCH_METRICS__PORT", "9311")
+    cfg = load_config(data={"cameras": {"gate": {"source": "placeholder.mp4"}}})
+    assert cfg.cameras["gate"].source == url and cfg.metrics.port == 9311
+    line = f"camera 'gate' ({url}): reconnecting (cannot open {url}; retrying in 2 s)"
+    assert "EnvPathToken8812" not in redact(line)
+    assert "9311" in redact("metrics on port 9311")  # a number is no secret
+
+
+def test_a_file_url_is_a_source_not_a_secret_reference_and_a_bad_home_is_clear(
+    tmp_path: Path,
+) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\\x00")
+    cfg = load_config(data={"cameras": {"c": {"source": f"file://{video}"}}})
+    assert cfg.cameras["c"].source == f"file://{video}"
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            data={
+                "cameras": {"c": {"source": "x.mp4"}},
+                "kafka": {"sasl_password": "file:~no_such_user_posewatch/pw"},
+            }
+        )
+    assert "kafka.sasl_password" in str(err.value) and "'~'" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path: Path, value: str) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text(f"cameras: {{c: {{source: x.mp4}}}}\nalerting: {{threshold: {value}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(y)
+    assert "alerting.threshold" in str(err.value)

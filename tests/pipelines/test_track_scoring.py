@@ -45,3 +45,22 @@ def test_live_scores_equal_offline_scores(aihub2: Path, trained_checkpoint: Path
     assert sum(len(v) for v in got.values()) == compared
     live.drop_camera("cam")
     assert live.cameras() == set()
+
+
+def test_untracked_persons_are_counted_and_never_joined_into_one_track(
+    aihub2: Path, tmp_path: Path
+) -> None:
+    """Track id -1 means "not tracked": two people with it are no one person's motion."""
+    from dataclasses import replace
+
+    from tests.conftest import tiny_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt"))
+    clip = next(c for c in load_split(aihub2, "test") if len(c.tracks) >= 2)
+    frames = frames_from_tracks(clip.tracks, "cam", (1920, 1080))[:120]
+    scorer = TrackScorer(ck, ScorerConfig(name="nll"), stride=1, sigma=0)
+    untracked = [replace(f, persons=[replace(p, track_id=-1) for p in f.persons]) for f in frames]
+    assert scorer.add(untracked) == []
+    assert scorer.untracked == sum(len(f.persons) for f in frames) >= 120
+    scored = scorer.add([replace(f, frame_index=f.frame_index + 1000) for f in frames])
+    assert scored and all(s.track_id >= 0 for s in scored)  # tracked people still score
