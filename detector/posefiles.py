@@ -79,6 +79,10 @@ class PoseFileError(ValueError):
         self.line = line
 
 
+#: Why a document that ``json`` gives up on with a RecursionError is refused.
+_TOO_DEEP = "arrays or objects nested too deeply; not a pose file"
+
+
 def _shown(text: str, most: int = 40) -> str:
     """``repr(text)``, cut to ``most`` characters (a key can be 10 kB long)."""
     return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text):,} characters)"
@@ -268,6 +272,8 @@ def read_stgnf(path: str | Path) -> dict[int, Track]:
         ) from exc
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise PoseFileError(path, f"invalid JSON ({exc})") from exc
+    except RecursionError as exc:  # e.g. "[" * 100000: nested deeper than Python recurses
+        raise PoseFileError(path, f"invalid JSON ({_TOO_DEEP})") from exc
     return parse_stgnf(path, data)
 
 
@@ -341,6 +347,8 @@ def _parse_jsonl_line(path: Path, lineno: int | None, line: str) -> PoseFrame:
     except ValueError as exc:  # not JSON, or an integer of more than 4300 digits
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise PoseFileError(path, f"invalid JSON ({msg}); truncated?", line=lineno) from exc
+    except RecursionError as exc:  # e.g. "[" * 100000: nested deeper than Python recurses
+        raise PoseFileError(path, f"invalid JSON ({_TOO_DEEP})", line=lineno) from exc
     if not isinstance(data, dict):
         raise PoseFileError(path, "expected a PoseFrame object", line=lineno)
     frame = str(data.get("frame_index", "?"))[:40]

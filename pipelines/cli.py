@@ -762,6 +762,21 @@ def score(
     )
 
 
+def record_text(raw: bytes | None, null: str = "<null>") -> str:
+    """A Kafka record's key or value as one printable line: UTF-8 text as is, any other
+    byte as ``\\xNN`` (a dead letter need not be text), line breaks as ``\\n`` / ``\\r``,
+    and ``null`` (``<null>``) for a record without one (a tombstone).
+
+    Example:
+        >>> record_text(b"\\xff\\xfe{}"), record_text(b""), record_text(None)
+        ('\\\\xff\\\\xfe{}', '', '<null>')
+    """
+    if raw is None:
+        return null
+    text = bytes(raw).decode("utf-8", errors="backslashreplace")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 @app.command()
 def consume(
     bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap server host:port.")],
@@ -770,22 +785,40 @@ def consume(
     idle_timeout: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without a message.")
     ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Give up when the broker does not answer this long (s).")
+    ] = 30.0,
 ) -> None:
-    """Print the alerts on a topic from its beginning, one `camera<TAB>json` line each."""
+    """Print the records on a topic from its beginning, one `key<TAB>value` line each (the
+    alerts: `camera<TAB>json`); bytes that are not UTF-8 (dead letters) are shown as \\xNN,
+    a missing value as <null>."""
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
 
-    c = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(idle_timeout * 1000) if idle_timeout else float("inf"),
-    )
+    kafka_log = logging.getLogger("kafka")
+    if not kafka_log.handlers:  # its reconnect warnings are not for this command's user
+        kafka_log.addHandler(logging.NullHandler())
+    try:
+        c = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=int(idle_timeout * 1000) if idle_timeout else float("inf"),
+            bootstrap_timeout_ms=int(connect_timeout * 1000),
+        )
+    except KafkaError as exc:
+        raise _fail(
+            f"cannot reach the Kafka broker at {bootstrap} within {connect_timeout:g} s "
+            f"({type(exc).__name__}); check --bootstrap and that the broker runs",
+            2,
+        ) from exc
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise _fail(f"--bootstrap {bootstrap!r}: {exc}; give host:port", 2) from exc
     n = 0
     try:
         for rec in c:
-            key = rec.key.decode() if rec.key else ""
-            typer.echo(f"{key}\t{rec.value.decode()}")
+            typer.echo(f"{record_text(rec.key, null='')}\t{record_text(rec.value)}")
             n += 1
             if max_messages is not None and n >= max_messages:
                 break
@@ -908,6 +941,21 @@ def alerts_list(
     typer.echo(f"{len(rows)} of {db.count(_query(camera, since, until, verdict, limit))} episodes")
 
 
+def _write_out(path: Path, option: str, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` (text as UTF-8); a path that cannot be written (a folder,
+    no such folder, no permission) exits 2 with one line naming ``option``."""
+    try:
+        if isinstance(data, str):
+            path.write_text(data, encoding="utf-8")
+        else:
+            path.write_bytes(data)
+    except OSError as exc:
+        why = "it is a folder" if path.is_dir() else (exc.strerror or str(exc))
+        raise _fail(
+            f"{option} {path}: cannot write ({why}); give a file in a writable folder", 2
+        ) from exc
+
+
 def _resolve(db: Any, alert_id: str) -> Any:
     ids = db.resolve(alert_id) if len(alert_id) >= 4 else []
     if len(ids) != 1:
@@ -934,7 +982,7 @@ def alerts_show(
         jpeg = db.snapshot(r.alert_id)
         if jpeg is None:
             raise _fail(f"alert {r.alert_id} has no picture in {db.path}")
-        snapshot.write_bytes(jpeg)
+        _write_out(snapshot, "--snapshot", jpeg)
     if as_json:
         out = {**r.to_dict(), "events": db.events(r.alert_id), "verdicts": log_}
         typer.echo(json.dumps(out, indent=2))
@@ -972,6 +1020,8 @@ def alerts_export(
 
     if fmt not in ("csv", "json"):
         raise _fail(f"--format must be csv or json, got {fmt!r}", 2)
+    if out is not None and out.is_dir():
+        raise _fail(f"--out {out} is a folder; give a file name (e.g. {out / f'alerts.{fmt}'})", 2)
     db = _open_store(store, config)
     rows = [r.to_dict() for r in db.query(_query(camera, since, until, verdict, limit))]
     if fmt == "json":
@@ -988,7 +1038,7 @@ def alerts_export(
     if out is None:
         typer.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        _write_out(out, "--out", text)
         typer.echo(f"{len(rows)} episodes written to {out}", err=True)
 
 
@@ -1040,3 +1090,7 @@ def model_migrate(
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{new}: checkpoint format {CHECKPOINT_VERSION} (safetensors; loads without code)")
+
+
+if __name__ == "__main__":  # python -m pipelines.cli
+    main()

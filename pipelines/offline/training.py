@@ -239,10 +239,32 @@ def _windows(
     return tr, va, val_clips
 
 
-def _train_config(ckpt: Checkpoint) -> TrainConfig:
-    """The checkpoint's training settings (fields of other code versions are dropped)."""
+def _train_config(ckpt: Checkpoint, what: str, data: Path | None = None) -> TrainConfig:
+    """The checkpoint's training settings (fields of other code versions are dropped).
+
+    Arguments:
+        ckpt: the checkpoint.
+        what: what needs them, for the message (e.g. ``posewatch posture``).
+        data: the dataset given instead of the checkpoint's own (``--data``), or None.
+
+    Raises:
+        ValueError: a checkpoint without them (``train_config`` is None when
+            :func:`~forecasting.checkpoint.save_checkpoint` was given none), or without the
+            split, validation clips or (``data`` None) training data it was trained on.
+    """
+    meta = ckpt.meta
+    raw = meta.get("train_config")
+    need = ["split", "validation_clips", *(["training_data"] if data is None else [])]
+    missing = [k for k in need if meta.get(k) is None]
+    if not isinstance(raw, dict) or missing:
+        lacks = "train_config" if not isinstance(raw, dict) else ", ".join(missing)
+        raise ValueError(
+            f"{ckpt.path or 'checkpoint'}: has no training settings ({lacks}); {what} needs "
+            "them to rebuild the checkpoint's own training and validation windows: use a "
+            "checkpoint written by `posewatch train` (or train one with it)"
+        )
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in ckpt.meta["train_config"].items() if k in known})
+    return TrainConfig(**{k: v for k, v in raw.items() if k in known})
 
 
 #: Checkpoint fields ensemble members must agree on.
@@ -261,7 +283,8 @@ def run_ensemble(req: EnsembleRequest) -> Path:
 
     Raises:
         ValueError: fewer than two members, a member that is already an ensemble, members
-            of different data or settings (naming the field), or data whose validation
+            of different data or settings (naming the field), a member without its
+            training settings (``train_config``) or history, or data whose validation
             clips are not the members'.
         FileNotFoundError: a member checkpoint that does not exist.
     """
@@ -278,14 +301,16 @@ def run_ensemble(req: EnsembleRequest) -> Path:
                     f"{ck.path}: {key} differs from {first.path}'s; ensemble members must be "
                     "trained on the same data with the same settings (only the seed differs)"
                 )
-    tcfg = _train_config(first)
+    tcfg = _train_config(first, "`posewatch ensemble`", req.data)
+    for ck in cks[1:]:
+        _train_config(ck, "`posewatch ensemble`", req.data)
+    runs, history = _member_histories(cks)
     data = Path(first.meta["training_data"]) if req.data is None else req.data
     tr, va, val_clips = _windows(data, first.meta["split"], first.window_config, tcfg)
     if sorted(val_clips) != first.meta.get("validation_clips"):
         raise ValueError(f"{data}: its validation clips are not the members'; wrong --data?")
     members = [ck.model for ck in cks if isinstance(ck.model, GRUNF)]
     ens, val_nll = make_ensemble(members, tr, va, tcfg.seed // len(members))
-    runs, history = _member_histories(cks)
     path = save_checkpoint(
         req.out,
         ens,
@@ -316,7 +341,12 @@ def _member_histories(
     runs: list[dict[str, float]] = []
     history: list[dict[str, float]] = []
     for i, ck in enumerate(cks):
-        hist = ck.meta["history"]
+        hist = ck.meta.get("history") or []
+        if not hist:
+            raise ValueError(
+                f"{ck.path}: has no training history; an ensemble member must be a "
+                "checkpoint written by `posewatch train`"
+            )
         best = min(hist, key=lambda h: h["val_nll"])
         seed = float(ck.meta["train_config"]["seed"])
         runs.append({"seed": seed, "val_nll": best["val_nll"], "best_epoch": best["epoch"]})
@@ -392,11 +422,12 @@ def run_posture(req: PostureRequest) -> Path:
         ``req.model``, rewritten in place with the flows.
 
     Raises:
-        ValueError: data whose validation clips are not the checkpoint's.
+        ValueError: a checkpoint without its training settings (``train_config``, split,
+            validation clips), or data whose validation clips are not the checkpoint's.
         FileNotFoundError: no such checkpoint.
     """
     ckpt = load_checkpoint(req.model)
-    tcfg = _train_config(ckpt)
+    tcfg = _train_config(ckpt, "`posewatch posture`", req.data)
     data = Path(ckpt.meta["training_data"]) if req.data is None else req.data
     tr, va, val_clips = _windows(data, ckpt.meta["split"], ckpt.window_config, tcfg)
     if sorted(val_clips) != ckpt.meta.get("validation_clips"):

@@ -294,9 +294,17 @@ class AlertStore:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"alert store {self.path}: cannot create its folder ({exc.strerror or exc}); "
+                "give outputs.store a path in a writable folder"
+            ) from exc
+        try:
             self._db = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
+            if not create:
+                self._check_is_store()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -305,6 +313,21 @@ class AlertStore:
             raise StoreError(f"alert store {self.path}: {exc}") from exc
 
     # -- schema ----------------------------------------------------------------------------
+    def _check_is_store(self) -> None:
+        """Refuse, unchanged, a file that is not a posewatch alert store (another program's
+        SQLite database, an empty file): opening an existing store only reads the file
+        before this check; the WAL switch and the migrations would write to it."""
+        (found,) = self._db.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not found:
+            self._db.close()
+            what = "an empty file" if self.path.stat().st_size == 0 else "no schema_version table"
+            raise StoreError(
+                f"{self.path} is not a posewatch alert store ({what}); give the file "
+                "`posewatch run` writes (outputs.store)"
+            )
+
     def _migrate(self, migrations: Sequence[Sequence[str]]) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")  # one process migrates; others wait, then see it done
