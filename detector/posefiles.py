@@ -52,6 +52,10 @@ COORD_RANGE = (1.0, 2.0)
 #: Largest keypoint confidence a PoseFrame may carry: estimators give 0..1, AlphaPose's
 #: heatmap peaks a little more (AIHub2: up to 1.062).
 MAX_CONFIDENCE = 1.5
+#: A pose file's coordinates (no image size to check against) must lie within +- this many
+#: pixels: far beyond any camera; a larger value is another unit or damage (1e300 would
+#: silently turn into a "missing" keypoint as float32).
+MAX_PIXELS = 100_000.0
 
 
 class PoseFileError(ValueError):
@@ -124,6 +128,26 @@ def _parse_entry(path: Path, person: str, frame: str, entry: Any) -> tuple[np.nd
         raise PoseFileError(path, f"'keypoints' holds a non-number ({exc})", person, frame) from exc
     if not np.isfinite(arr).all():
         raise PoseFileError(path, "'keypoints' holds NaN or infinity", person, frame)
+    kp = arr.reshape(NUM_KEYPOINTS, 3)
+    far = float(np.abs(kp[:, :2]).max())
+    if far > MAX_PIXELS:
+        raise PoseFileError(
+            path,
+            f"'keypoints' holds the coordinate {far:g}, beyond +-{MAX_PIXELS:g} pixels: not a "
+            "pixel position (convert normalised or other units to pixels)",
+            person,
+            frame,
+        )
+    conf = kp[:, 2]
+    if not ((conf >= 0) & (conf <= MAX_CONFIDENCE)).all():
+        bad = float(conf[(conf < 0) | (conf > MAX_CONFIDENCE)][0])
+        raise PoseFileError(
+            path,
+            f"'keypoints' holds the confidence {bad:g}, outside 0 .. {MAX_CONFIDENCE:g} "
+            "(every third number is a keypoint's confidence)",
+            person,
+            frame,
+        )
     if "scores" not in entry:
         raise PoseFileError(path, "missing 'scores' (the detection score)", person, frame)
     score = entry["scores"]

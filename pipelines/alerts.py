@@ -203,6 +203,10 @@ class AlertLifecycle:
         self.top_k = top_k
         self.model = model or ModelInfo(name="gru-nf", version="unknown")
         self._episodes: dict[int, _Episode] = {}
+        self._last_ts: float | None = None
+        self._frame_dt = 0.0
+        #: times the camera's frame timestamps went back (a clock correction, a replay)
+        self.clock_steps = 0
 
     def is_open(self, track_id: int) -> bool:
         """Whether the person has an open (``new`` sent, no ``end`` yet) episode."""
@@ -253,6 +257,7 @@ class AlertLifecycle:
         joints: np.ndarray | None = None,
     ) -> list[Alert]:
         """Feed one smoothed score of one person; returns the alerts it causes (0 or 1)."""
+        self._follow_clock(float(ts))
         ep = self._episodes.setdefault(track_id, _Episode())
         above = score > self.threshold
         kp = (
@@ -304,6 +309,35 @@ class AlertLifecycle:
             ep.last_sent = float(ts)
             return [self._alert(ep, "update", track_id, None)]
         return []
+
+    def _follow_clock(self, ts: float) -> None:
+        """Durations are taken from the frames' timestamps: when they step back (an NTP
+        correction of the detector's clock, a replayed stream), every episode's reference
+        times move back by the same step (less the latest frame interval: the frame is
+        taken to come one interval after the last), so open episodes keep their updates and
+        their duration instead of waiting for the clock to catch up (a 60 s step silenced
+        them for 60 s). Timestamps that keep going back (a broken clock) hold durations
+        still: nothing alerts then, and the warning is logged."""
+        last, self._last_ts = self._last_ts, ts
+        if last is None:
+            return
+        if ts >= last:
+            if 0 < ts - last < 5.0:
+                self._frame_dt = ts - last  # the latest frame interval (persons share one)
+            return
+        step = last - ts + self._frame_dt  # the frame came one interval after the last
+        for ep in self._episodes.values():
+            ep.since -= step
+            ep.last_sent -= step
+        self.clock_steps += 1
+        if self.clock_steps == 1 or self.clock_steps % 1000 == 0:
+            log.warning(
+                "camera %s: frame timestamps went back %.3f s (a clock correction?; %d times "
+                "so far); open episodes go on by the new clock",
+                self.camera,
+                step,
+                self.clock_steps,
+            )
 
     def _end(self, track_id: int, ep: _Episode, ts: float) -> list[Alert]:
         alert = self._alert(ep, "end", track_id, ts)

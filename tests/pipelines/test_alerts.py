@@ -97,3 +97,26 @@ def test_top_joints_skips_nan() -> None:
     c = np.full(17, np.nan)
     c[0], c[16] = 1.0, 2.0
     assert [j.name for j in top_joints(c, 3)] == ["right_ankle", "nose"]
+
+
+def test_a_clock_that_steps_back_neither_silences_nor_stretches_an_episode() -> None:
+    # Intervals a little off the frame grid: i / 10 - 60 is not exact in binary.
+    life = AlertLifecycle(
+        "gate", threshold=1.0, min_duration_s=0.25, update_interval_s=0.95, cooldown_s=1.95
+    )
+    events = []
+    for i in range(80):  # 10 fps; the clock steps back 60 s at frame 30 (an NTP correction)
+        ts = i / 10 - (60.0 if i >= 30 else 0.0)
+        score = 2.0 if i < 60 else 0.0
+        events += [(i, a.type, a) for a in life.update(1, ts, i, score)]
+    kinds = [(i, k) for i, k, _ in events]
+    # The same events as an unbroken clock: new after 0.3 s, an update every second, end.
+    assert kinds == [(3, "new"), (13, "update"), (23, "update"), (33, "update"),
+                     (43, "update"), (53, "update"), (60, "end")]  # fmt: skip
+    end = events[-1][2]
+    assert end.end_ts is not None
+    assert end.end_ts - end.start_ts == pytest.approx(6.0)  # frames 0 (above) to 60, 10 fps
+    assert life.clock_steps == 1
+    # A cool-down started after the step still runs on the new clock.
+    after = [(i, a.type) for i in range(80, 130) for a in life.update(1, i / 10 - 60, i, 2.0)]
+    assert after[0] == (83, "new")  # 2 s after the end at frame 60, plus 0.3 s
