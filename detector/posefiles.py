@@ -138,16 +138,6 @@ def _parse_entry(path: Path, person: str, frame: str, entry: Any) -> tuple[np.nd
             person,
             frame,
         )
-    conf = kp[:, 2]
-    if not ((conf >= 0) & (conf <= MAX_CONFIDENCE)).all():
-        bad = float(conf[(conf < 0) | (conf > MAX_CONFIDENCE)][0])
-        raise PoseFileError(
-            path,
-            f"'keypoints' holds the confidence {bad:g}, outside 0 .. {MAX_CONFIDENCE:g} "
-            "(every third number is a keypoint's confidence)",
-            person,
-            frame,
-        )
     if "scores" not in entry:
         raise PoseFileError(path, "missing 'scores' (the detection score)", person, frame)
     score = entry["scores"]
