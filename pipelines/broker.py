@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,28 +67,32 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux's
-    ``PR_SET_PDEATHSIG``), so a posewatch process that is killed (SIGKILL, a crash) leaves
-    no orphan broker behind; None where ``prctl`` is not available.
+def die_with_parent(
+    sig: int = signal.SIGTERM, parent: int | None = None
+) -> Callable[[], None] | None:
+    """A function that, called in a child process, makes it get ``sig`` (default SIGTERM)
+    when its parent dies (Linux's ``PR_SET_PDEATHSIG``) and exits at once if ``parent``
+    (default: the calling process) is already gone; None where ``prctl`` is not available.
+    So a posewatch process that is killed (SIGKILL, a crash) leaves no orphan behind: the
+    embedded broker (a ``preexec_fn``), a cold-start training child
+    (:mod:`pipelines.scene_training`).
 
-    libc is looked up here, in the parent: the child only calls the function (no ``dlopen``
-    between fork and exec, which could block on a lock another thread held). Linux sends the
-    signal when the *thread* that started the child ends: start the broker from the main
-    thread (the services do).
+    libc is looked up here, by the caller: a ``preexec_fn`` child only calls the function
+    (no ``dlopen`` between fork and exec, which could block on a lock another thread held).
+    Linux sends the signal when the *thread* that started the child ends: start the child
+    from a thread that outlives it.
     """
     import ctypes
-    import signal
 
     try:
         prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    parent = os.getpid()
+    expected = os.getpid() if parent is None else parent
 
     def preexec() -> None:
-        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the line above
+        prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != expected:  # the parent died before the line above
             os._exit(1)
 
     return preexec
@@ -187,7 +192,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         if not wait_for_port(LOOPBACK, self.port, self.startup_timeout):
             self.stop()

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -658,8 +659,6 @@ def environment_secrets(environ: dict[str, str] | None = None) -> set[str]:
         ...                             "POSEWATCH_METRICS__PORT": "9100"}))
         ['rtsp://h/Tk9']
     """
-    import json
-
     out: set[str] = set()
     for name, value in (os.environ if environ is None else environ).items():
         upper = name.upper()

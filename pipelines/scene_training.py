@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.util  # its exit hook is registered before ours (see the end)
@@ -52,6 +51,7 @@ from forecasting.posture import PostureConfig
 from forecasting.torch_model import ModelConfig
 from forecasting.train import TrainConfig, fit_posture, train
 from forecasting.windows import WindowConfig, Windows
+from pipelines.broker import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +150,6 @@ class _PipeHandler(logging.Handler):
             self.handleError(record)
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``; the signal
-    comes when the parent's *thread* that started this process ends: it waits for us)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
-
-
 def _exit_now(signum: int, frame: object) -> None:
     """SIGTERM in the child: exit through Python's clean-up (multiprocessing unlinks the
     semaphores this process made, e.g. tqdm's lock; SIGKILL would leak them, and the
@@ -168,7 +159,9 @@ def _exit_now(signum: int, frame: object) -> None:
 
 def _scene_child(conn: Connection, job: SceneJob, parent: int, level: int) -> None:
     """Child process entry: :func:`fit_scene`, its record or its error sent on ``conn``."""
-    _die_with_parent(parent)
+    dying = die_with_parent(signal.SIGKILL, parent)  # the parent's waiting thread outlives us
+    if dying is not None:
+        dying()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us, not the terminal
     signal.signal(signal.SIGTERM, _exit_now)
     with contextlib.suppress(OSError):  # the OOM killer's first choice, not the service

@@ -301,9 +301,7 @@ def run_ensemble(req: EnsembleRequest) -> Path:
                     f"{ck.path}: {key} differs from {first.path}'s; ensemble members must be "
                     "trained on the same data with the same settings (only the seed differs)"
                 )
-    tcfg = _train_config(first, "`posewatch ensemble`", req.data)
-    for ck in cks[1:]:
-        _train_config(ck, "`posewatch ensemble`", req.data)
+    tcfg, *_ = [_train_config(ck, "`posewatch ensemble`", req.data) for ck in cks]  # all
     runs, history = _member_histories(cks)
     data = Path(first.meta["training_data"]) if req.data is None else req.data
     tr, va, val_clips = _windows(data, first.meta["split"], first.window_config, tcfg)
