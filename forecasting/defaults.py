@@ -73,3 +73,8 @@ POSTURE_UPRIGHT_FRAMES = 0
 #: futures for a window whose score from the first member's futures is this far below the
 #: alert threshold (docs/DECISIONS.md, issue 21).
 EARLY_STOP_MARGIN = 1.5
+
+#: Seconds a smoothed score must stay above the threshold before an alert starts
+#: (``alerting.min_duration_s``): the rule a threshold is calibrated for, and the rule
+#: offline reports count alerts, false ones and detected events by.
+ALERT_MIN_DURATION_S = 0.5

@@ -33,7 +33,13 @@ from detector.pose import CAMERA_NAME
 from detector.pose_model import BackendName
 from detector.redaction import MASK, SECRET_NAME, redact, register_secrets
 from detector.tracking import TrackerName
-from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES, EARLY_STOP_MARGIN, ScorerName
+from forecasting.defaults import (
+    ALERT_MIN_DURATION_S,
+    DEFAULT_SAMPLER,
+    DEFAULT_SAMPLES,
+    EARLY_STOP_MARGIN,
+    ScorerName,
+)
 
 ENV_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -219,7 +225,10 @@ class AlertingConfig(Base):
         1.0, gt=0, title="Target false alerts", description="Per camera-hour, for calibration."
     )
     min_duration_s: float = Field(
-        0.5, ge=0, title="Minimum duration", description="Seconds above threshold before `new`."
+        ALERT_MIN_DURATION_S,
+        ge=0,
+        title="Minimum duration",
+        description="Seconds above threshold before `new`.",
     )
     hysteresis: float = Field(
         0.0, ge=0, title="Hysteresis", description="An episode ends below threshold minus this."

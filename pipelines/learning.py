@@ -46,7 +46,7 @@ from detector.datasets import Clip
 from detector.pose import PoseFrame, tracks_from_frames
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
-from forecasting.defaults import AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
+from forecasting.defaults import ALERT_MIN_DURATION_S, AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
@@ -90,7 +90,7 @@ class LearnSettings:
     seed: int = 0
     save_dir: Path | None = None
     target_per_hour: float = 1.0
-    min_duration_s: float = 0.5
+    min_duration_s: float = ALERT_MIN_DURATION_S
     sigma: float = 6.0
     scorer: str = AUTO
     sampler: str = DEFAULT_SAMPLER
@@ -313,8 +313,8 @@ class SceneLearner:
                 os.replace(work / f"{self.camera}.pt", path)
             learned = load_checkpoint(final)
         finally:
-            if path is not None:
-                shutil.rmtree(work, ignore_errors=True)
+            # Unsaved, the model lives only in memory once loaded: its file goes too.
+            shutil.rmtree(work, ignore_errors=True)
         info.update(train_windows=float(n_train), holdout_windows=float(n_win))
         info["members"] = float(s.members)
         elapsed = time.perf_counter() - t0

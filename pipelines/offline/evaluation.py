@@ -28,7 +28,7 @@ import numpy as np
 from detector.datasets import Clip, load_split
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
-from forecasting.defaults import AUTO, DEFAULT_SAMPLES
+from forecasting.defaults import ALERT_MIN_DURATION_S, AUTO, DEFAULT_SAMPLES
 from forecasting.detection_metrics import (
     alert_outcome,
     average_precision,
@@ -192,10 +192,17 @@ def report(
     seconds: float,
     n_windows: int,
     calibration: Calibration | None = None,
-    min_duration: int = 1,
+    min_duration: int | None = None,
 ) -> ScorerReport:
     """Compute every metric for one scorer's clip scores (smoothing in frames, ``fps`` in
-    frames per second; ``calibration``: also report how its threshold does)."""
+    frames per second; ``calibration``: also report how its threshold does).
+
+    Alerts are counted as the service raises them: runs above the threshold lasting
+    ``min_duration`` frames (default: the service's ``alerting.min_duration_s``, 0.5 s, at
+    ``fps``); a calibration's threshold is checked with the rule it was fitted for (its
+    ``min_duration``)."""
+    if min_duration is None:
+        min_duration = max(1, round(ALERT_MIN_DURATION_S * fps))
     s_off, y, per_off = pooled(clips, sigma_offline, False)
     s_cau, _, per_cau = pooled(clips, sigma_causal, True)
     s_raw = np.concatenate([c.frames for c in clips])
@@ -204,7 +211,9 @@ def report(
     recalls = recall_at_rates(per_cau, fps, (1.0, 5.0), min_duration)
     cal = None
     if calibration is not None:
-        false, hit, n_ev, fa, nf = alert_outcome(per_cau, calibration.threshold, min_duration)
+        false, hit, n_ev, fa, nf = alert_outcome(
+            per_cau, calibration.threshold, calibration.min_duration
+        )
         normal_hours = float((y == 0).sum()) / fps / 3600
         cal = {
             **calibration.to_dict(),

@@ -9,11 +9,13 @@ import torch
 
 from detector.datasets import DatasetError
 from detector.pose import Track
+from forecasting.calibration import Calibration
 from forecasting.checkpoint import save_checkpoint
 from forecasting.torch_model import ModelConfig
 from forecasting.train import TrackArrays, TrainConfig, build_windows, train
 from forecasting.windows import WindowConfig
-from pipelines.offline.evaluation import EvaluateRequest, run_evaluate, scoring_passes
+from pipelines.clip_scoring import ClipScores
+from pipelines.offline.evaluation import EvaluateRequest, report, run_evaluate, scoring_passes
 from tests.realworld import clip_piece, write_dataset
 
 
@@ -117,3 +119,24 @@ def test_evaluate_command_refuses_short_labels_and_scores_them_with_the_option(
         "scoring its 300 labelled frames only; frames 300 to 599 have poses but no labels"
         in r.stderr
     )
+
+
+def test_reports_count_alerts_by_the_rule_the_service_alerts_and_calibrates_with() -> None:
+    # 30 fps: one 10-frame blip in normal footage (shorter than the service's 0.5 s), and
+    # a 40-frame run inside the anomalous event. Scores are the smoothing's input: sigma 0.
+    frames = np.zeros(3000)
+    labels = np.zeros(3000)
+    frames[500:510] = 5.0  # a blip: no alert in the service
+    frames[2000:2040] = 5.0
+    labels[1900:2200] = 1.0
+    clips = [ClipScores("c", frames, labels)]
+    rep = report("s", "-", clips, 0.0, 0.0, 30.0, 1.0, 1)
+    top = rep.recall[0]  # 1 false alert per hour
+    assert top["event_recall"] == 1.0 and top["false_per_hour"] == 0.0
+    # The calibrated threshold is checked under the rule it was fitted for.
+    for min_duration, false in ((15, 0), (1, 1)):
+        cal = Calibration(2.0, 1.0, "empirical", 30.0, min_duration, 1.0)
+        rep = report("s", "-", clips, 0.0, 0.0, 30.0, 1.0, 1, cal)
+        assert rep.calibrated is not None
+        assert rep.calibrated["test_false_alerts"] == false
+        assert rep.calibrated["test_event_recall"] == 1.0

@@ -1,6 +1,7 @@
 """Cold start: learning a scene from its own footage (real AIHub2 poses, real training)."""
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,10 @@ def test_too_little_footage_fails_with_a_clear_reason(aihub2: Path) -> None:
     assert "hall" in learner.error and "learn for longer" in learner.error
 
 
-def test_scene_model_members_share_the_training_cap(aihub2: Path) -> None:
+def test_scene_model_members_share_the_training_cap(
+    aihub2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where an unsaved model trains
     frames, _ = _frames(aihub2)
     settings = {**FAST, "epochs": 2, "posture_flows": 1, "posture_epochs": 1}
     learner = SceneLearner("hall", LearnSettings(seconds=3600, members=2, **settings))
@@ -95,6 +99,7 @@ def test_scene_model_members_share_the_training_cap(aihub2: Path) -> None:
     assert learned.info["scene_epochs"] == 4  # two epochs of each member's
     assert learned.checkpoint.meta["train_config"]["max_minutes"] == 2.5  # a half of the cap
     assert learned.info["posture_flows"] == 1 and np.isfinite(learned.threshold)
+    assert not list(tmp_path.iterdir())  # unsaved: nothing is left on disk once loaded
 
 
 TINY = {**FAST, "epochs": 1, "hidden": 16, "flow_layers": 1, "members": 1, "posture_flows": 1}
