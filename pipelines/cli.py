@@ -398,9 +398,18 @@ def calibrate(
     camera: Annotated[
         str | None, typer.Option(help="Use only this camera's verdicts (default: all).")
     ] = None,
+    all_clips: Annotated[
+        bool,
+        typer.Option(
+            help="Fit on every clip of --split: pose files of the camera the model will serve "
+            "(`posewatch extract` writes them), not the checkpoint's validation clips. Labels "
+            "are optional; unlabelled frames are taken as normal."
+        ),
+    ] = False,
 ) -> None:
     """Fit the alert threshold on normal validation footage for a target false-alert rate
-    (and, with --feedback, the operators' verdicts)."""
+    (and, with --feedback, the operators' verdicts). With --all-clips, on the footage of
+    the camera the model will serve: a threshold fitted on another scene can be far off."""
     from pipelines.offline.evaluation import CalibrateRequest, run_calibrate
 
     _offline_logging()
@@ -420,6 +429,7 @@ def calibrate(
                 stride=stride,
                 feedback=feedback,
                 camera=camera,
+                all_clips=all_clips,
             )
         )
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:

@@ -128,6 +128,9 @@ class CalibrateRequest:
         progress: show a progress bar (stderr).
         feedback: alert store whose verdicts refine the threshold (:mod:`pipelines.feedback`).
         camera: only the verdicts of this camera (default: every camera's).
+        all_clips: fit on every clip of ``split`` (footage of the camera the model will
+            serve, labelled or not: unlabelled frames are taken as normal, as cold start
+            takes a new camera's first minutes) instead of the checkpoint's validation clips.
     """
 
     model: Path
@@ -144,6 +147,7 @@ class CalibrateRequest:
     progress: bool = True
     feedback: Path | None = None
     camera: str | None = None
+    all_clips: bool = False
 
 
 @dataclass(slots=True)
@@ -463,23 +467,38 @@ def validation_clip_scores(
     cfg: ScorerConfig,
     stride: int = 1,
     progress: bool = False,
+    all_clips: bool = False,
 ) -> list[ClipScores]:
     """Scores of the checkpoint's validation clips (every clip of ``split`` for a checkpoint
-    that names none), what ``calibrate`` fits thresholds on.
+    that names none, or with ``all_clips``; then labels are optional and unlabelled clips
+    are all normal), what ``calibrate`` fits thresholds on.
 
     Raises:
         ValueError: none of those clips in ``data``.
+        detector.datasets.DatasetError: labels that stop before the poses; a clip without
+            labels unless ``all_clips``.
     """
+    if all_clips:
+        clips = load_split(data, split, require_labels=False)
+        for c in clips:
+            c.check_labels()
+        if not clips:
+            raise ValueError(f"no pose files in {data}/pose/{split}")
+        return score_split(ckpt, clips, cfg, stride, progress=progress)[0]
     val = set(ckpt.meta.get("validation_clips") or [])
     clips = [c for c in load_clips(data, split) if not val or c.name in val]
     if not clips:
-        raise ValueError(f"no validation clips of the checkpoint found in {data}/pose/{split}")
+        raise ValueError(
+            f"no validation clips of the checkpoint found in {data}/pose/{split} (footage of "
+            "the camera the model will serve: --all-clips)"
+        )
     return score_split(ckpt, clips, cfg, stride, progress=progress)[0]
 
 
 def run_calibrate(req: CalibrateRequest) -> Calibration:
-    """Fit the alert threshold on the normal frames of the checkpoint's validation clips and
-    store it in the checkpoint.
+    """Fit the alert threshold on the normal frames of the checkpoint's validation clips (or,
+    with ``all_clips``, of every clip of the split: the camera's own footage) and store it in
+    the checkpoint.
 
     The stored calibration holds the :class:`~forecasting.calibration.Calibration` fields
     plus what it is valid for: ``scorer`` (the full :class:`ScorerConfig`, sampler and K
@@ -499,7 +518,9 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
         raise FileNotFoundError(f"--feedback: no alert store at {req.feedback}")
     ckpt = load_checkpoint(req.model)
     cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
-    cs = validation_clip_scores(ckpt, req.data, req.split, cfg, req.stride, req.progress)
+    cs = validation_clip_scores(
+        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips
+    )
     cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, req.min_duration)
     fb = apply_feedback(
         cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride

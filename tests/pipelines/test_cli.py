@@ -139,3 +139,46 @@ def test_calibrate_stores_what_the_threshold_is_valid_for(
     reports = json.loads((out / "evaluation.json").read_text())["reports"]
     calibrated = {r["sampler"]: r["calibrated"] is not None for r in reports}
     assert calibrated == {"gru-nf": False, "default": True}
+
+
+def test_calibrate_on_the_footage_of_the_camera_the_model_will_serve(
+    cold_start_sized: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from forecasting.checkpoint import load_checkpoint
+
+    data, original = cold_start_sized
+    model = shutil.copy(original, tmp_path / "m.pt")
+    clip = next((data / "pose" / "test").iterdir())
+    site = tmp_path / "site"  # pose files of one camera (as `posewatch extract` writes), no labels
+    (site / "pose" / "gate").mkdir(parents=True)
+    (site / "pose" / "gate" / clip.name).symlink_to(clip.resolve())
+    common = ["calibrate", "--model", str(model), "--data", str(site), "--split", "gate", "-k", "2"]
+    res = runner.invoke(app, [*common, "--stride", "8"])
+    assert res.exit_code == 1 and "label" in res.output  # not a labelled dataset
+    res = runner.invoke(app, [*common, "--stride", "8", "--all-clips"])
+    assert res.exit_code == 0, res.output
+    cal = load_checkpoint(model).calibration
+    n = json.loads(clip.read_text())  # every frame of the unlabelled clip is normal footage
+    last = max(int(f) for person in n.values() for f in person)
+    assert cal["hours"] == pytest.approx((last + 1) / 30.0 / 3600, rel=0.01)
+    # With labels, their anomalous frames are left out: the same clip in the labelled
+    # dataset (43% anomalous) gives fewer normal hours.
+    res = runner.invoke(
+        app,
+        [
+            *common[:3],
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "-k",
+            "2",
+            "--stride",
+            "8",
+            "--all-clips",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(model).calibration["hours"] < 0.7 * cal["hours"]
