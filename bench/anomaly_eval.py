@@ -56,6 +56,7 @@ from pipelines.clip_scoring import (
 )
 from pipelines.offline.evaluation import (
     CalibrateRequest,
+    alert_frames,
     load_clips,
     report,
     run_calibrate,
@@ -148,13 +149,16 @@ SAMPLERS = (GRU_NF, SNF_DEFAULT, CHECKPOINT_SAMPLER)
 
 
 def fresh(cache: Path, ck_path: Path, key: tuple[str, str]) -> bool:
-    """A cached row newer than its checkpoint (the default row also needs its calibrated
-    recall and the scene-calibrated one, added after the first caches were written)."""
+    """A cached row newer than its checkpoint whose alerts were counted by today's rule (the
+    default row also needs its calibrated recall and the scene-calibrated one, added after
+    the first caches were written)."""
     if not cache.exists() or cache.stat().st_mtime <= ck_path.stat().st_mtime:
+        return False
+    row = json.loads(cache.read_text())
+    if row.get("alert_min_duration") != alert_frames(30.0):  # rows of 1-frame alerts
         return False
     if key != (DEFAULT_SCORER, CHECKPOINT_SAMPLER.name):
         return True
-    row = json.loads(cache.read_text())
     return "calibrated_recall_1h" in row and "scene_calibrated_recall_1h" in row
 
 
@@ -375,6 +379,7 @@ def main() -> None:
                 d = asdict(r)
                 d["seed"] = seed
                 d["members"] = members
+                d["alert_min_duration"] = alert_frames(30.0)  # frames; report's rule
                 if (scorer, sampler.name) == (DEFAULT_SCORER, CHECKPOINT_SAMPLER.name):
                     d.update(calibrated_recall(ck, args.data, replace(cfg, name=scorer), many[scorer], args.causal_sigma))  # type: ignore[arg-type]  # fmt: skip
                     d.update(scene_calibrated_recall(many[scorer], args.causal_sigma))

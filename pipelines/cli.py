@@ -359,9 +359,19 @@ def evaluate(
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Option(help="Checkpoint to calibrate (updated in place).")],
-    data: Annotated[Path, typer.Option(help="The dataset the model was trained on.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="The dataset the model was trained on (with --all-clips: a folder of the "
+            "camera's pose files, DATA/pose/SPLIT/*.json)."
+        ),
+    ],
     split: Annotated[
-        str, typer.Option(help="Split holding the checkpoint's validation clips.")
+        str,
+        typer.Option(
+            help="Split holding the checkpoint's validation clips (with --all-clips: the "
+            "camera's footage)."
+        ),
     ] = "train",
     target_rate: Annotated[
         float, typer.Option(help="False alerts per camera-hour the operator accepts.")
@@ -382,7 +392,12 @@ def calibrate(
         ),
     ] = DEFAULT_SAMPLER,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
-    min_duration: Annotated[int, typer.Option(help="Frames an alert must last.")] = 15,
+    min_duration: Annotated[
+        int | None,
+        typer.Option(
+            help="Frames an alert must last (default: alerting.min_duration_s, 0.5 s, at --fps)."
+        ),
+    ] = None,
     fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
@@ -403,7 +418,8 @@ def calibrate(
         typer.Option(
             help="Fit on every clip of --split: pose files of the camera the model will serve "
             "(`posewatch extract` writes them), not the checkpoint's validation clips. Labels "
-            "are optional; unlabelled frames are taken as normal."
+            "are optional; unlabelled frames are taken as normal. With --feedback, give "
+            "--camera too (else every camera's verdicts move this camera's threshold)."
         ),
     ] = False,
 ) -> None:

@@ -115,13 +115,16 @@ class CalibrateRequest:
 
     Attributes:
         model: checkpoint (the calibration is stored in it).
-        data: the dataset the model was trained on.
-        split: split holding the checkpoint's validation clips.
+        data: the dataset the model was trained on (with ``all_clips``: any folder of pose
+            files laid out as a dataset, ``<data>/pose/<split>/*.json``).
+        split: split holding the checkpoint's validation clips (with ``all_clips``: the
+            camera's footage).
         target_rate: false alerts per camera-hour the operator accepts.
         scorer: scorer name (``auto`` = the default scorer).
         sampler: sampler name (``default`` = the checkpoint's own, what the service serves).
         causal_sigma: causal smoothing, frames.
-        min_duration: frames an alert must last.
+        min_duration: frames an alert must last (None: the service's
+            ``alerting.min_duration_s`` at ``fps``, 15 frames at 30 fps).
         fps: frame rate of the dataset, frames per second.
         samples: K futures per window.
         stride: score every n-th frame.
@@ -140,7 +143,7 @@ class CalibrateRequest:
     scorer: str = AUTO
     sampler: str = DEFAULT_SAMPLER
     causal_sigma: float = 6.0
-    min_duration: int = 15
+    min_duration: int | None = None
     fps: float = 30.0
     samples: int = DEFAULT_SAMPLES
     stride: int = 1
@@ -186,6 +189,16 @@ class ScorerReport:
     calibrated: dict[str, Any] | None = None
 
 
+def alert_frames(fps: float) -> int:
+    """Frames an alert must last by default: the service's ``alerting.min_duration_s`` (0.5
+    s) at ``fps`` frames per second, at least 1.
+
+    >>> alert_frames(30.0), alert_frames(25.0), alert_frames(1.0)
+    (15, 12, 1)
+    """
+    return max(1, round(ALERT_MIN_DURATION_S * fps))
+
+
 def report(
     name: str,
     sampler: str,
@@ -201,12 +214,13 @@ def report(
     """Compute every metric for one scorer's clip scores (smoothing in frames, ``fps`` in
     frames per second; ``calibration``: also report how its threshold does).
 
-    Alerts are counted as the service raises them: runs above the threshold lasting
-    ``min_duration`` frames (default: the service's ``alerting.min_duration_s``, 0.5 s, at
-    ``fps``); a calibration's threshold is checked with the rule it was fitted for (its
-    ``min_duration``)."""
+    Alerts are counted by the service's rule (to within a frame: the service starts an
+    episode once ``alerting.min_duration_s`` has passed since the first frame above the
+    threshold): runs above the threshold lasting ``min_duration`` frames (default:
+    :func:`alert_frames` at ``fps``); a calibration's threshold is checked with the rule
+    it was fitted for (its ``min_duration``)."""
     if min_duration is None:
-        min_duration = max(1, round(ALERT_MIN_DURATION_S * fps))
+        min_duration = alert_frames(fps)
     s_off, y, per_off = pooled(clips, sigma_offline, False)
     s_cau, _, per_cau = pooled(clips, sigma_causal, True)
     s_raw = np.concatenate([c.frames for c in clips])
@@ -521,7 +535,8 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     cs = validation_clip_scores(
         ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips
     )
-    cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, req.min_duration)
+    min_duration = alert_frames(req.fps) if req.min_duration is None else req.min_duration
+    cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, min_duration)
     fb = apply_feedback(
         cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride
     )
@@ -550,6 +565,7 @@ __all__ = [
     "CalibrateRequest",
     "EvaluateRequest",
     "ScorerReport",
+    "alert_frames",
     "format_reports",
     "load_clips",
     "normal_window_sets",
