@@ -356,23 +356,29 @@ def evaluate(
         raise _fail(str(exc)) from exc
 
 
+_CALIBRATE_DATA_HELP = (
+    "The dataset the model was trained on (with --all-clips: a folder of the camera's pose "
+    "files, DATA/pose/SPLIT/*.json)."
+)
+_CALIBRATE_SPLIT_HELP = (
+    "Split holding the checkpoint's validation clips (with --all-clips: the camera's footage)."
+)
+_MIN_DURATION_HELP = (
+    "Frames an alert must last (default: alerting.min_duration_s, 0.5 s, at --fps)."
+)
+_ALL_CLIPS_HELP = (
+    "Fit on every clip of --split: pose files of the camera the model will serve (`posewatch "
+    "extract` writes them), not the checkpoint's validation clips. Labels are optional; "
+    "unlabelled frames are taken as normal. With --feedback, give --camera too (else every "
+    "camera's verdicts move this camera's threshold)."
+)
+
+
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Option(help="Checkpoint to calibrate (updated in place).")],
-    data: Annotated[
-        Path,
-        typer.Option(
-            help="The dataset the model was trained on (with --all-clips: a folder of the "
-            "camera's pose files, DATA/pose/SPLIT/*.json)."
-        ),
-    ],
-    split: Annotated[
-        str,
-        typer.Option(
-            help="Split holding the checkpoint's validation clips (with --all-clips: the "
-            "camera's footage)."
-        ),
-    ] = "train",
+    data: Annotated[Path, typer.Option(help=_CALIBRATE_DATA_HELP)],
+    split: Annotated[str, typer.Option(help=_CALIBRATE_SPLIT_HELP)] = "train",
     target_rate: Annotated[
         float, typer.Option(help="False alerts per camera-hour the operator accepts.")
     ] = 1.0,
@@ -392,12 +398,7 @@ def calibrate(
         ),
     ] = DEFAULT_SAMPLER,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
-    min_duration: Annotated[
-        int | None,
-        typer.Option(
-            help="Frames an alert must last (default: alerting.min_duration_s, 0.5 s, at --fps)."
-        ),
-    ] = None,
+    min_duration: Annotated[int | None, typer.Option(help=_MIN_DURATION_HELP)] = None,
     fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
@@ -413,15 +414,7 @@ def calibrate(
     camera: Annotated[
         str | None, typer.Option(help="Use only this camera's verdicts (default: all).")
     ] = None,
-    all_clips: Annotated[
-        bool,
-        typer.Option(
-            help="Fit on every clip of --split: pose files of the camera the model will serve "
-            "(`posewatch extract` writes them), not the checkpoint's validation clips. Labels "
-            "are optional; unlabelled frames are taken as normal. With --feedback, give "
-            "--camera too (else every camera's verdicts move this camera's threshold)."
-        ),
-    ] = False,
+    all_clips: Annotated[bool, typer.Option(help=_ALL_CLIPS_HELP)] = False,
 ) -> None:
     """Fit the alert threshold on normal validation footage for a target false-alert rate
     (and, with --feedback, the operators' verdicts). With --all-clips, on the footage of
