@@ -93,24 +93,34 @@ def episodes(clips: list[ClipScores], thr: float, sigma: float, min_frames: int)
     return out
 
 
+def _calibrated_outcomes(
+    fit: list[ClipScores], test: list[tuple[np.ndarray, np.ndarray]], sigma: float, prefix: str
+) -> dict[str, float]:
+    """Thresholds fitted as ``posewatch calibrate`` fits them on the normal frames of ``fit``
+    (causal smoothing ``sigma``, the service's alert length) for 1 and 5 false alerts per
+    camera-hour, and at each the share of ``test``'s anomaly events alerted and the false
+    alerts per hour on its normal frames (``test``: smoothed ``(scores, labels)`` per clip);
+    keys ``{prefix}calibrated_{threshold,recall,false_per_hour}_{1h,5h}``."""
+    hours = sum(float((lab == 0).sum()) for _, lab in test) / 30.0 / 3600
+    frames = alert_frames(30.0)
+    out: dict[str, float] = {}
+    for rate in (1.0, 5.0):
+        cal = calibrate_on_clips(fit, sigma, 30.0, rate, frames)
+        false, hit, n_ev, _, _ = alert_outcome(test, cal.threshold, frames)
+        out[f"{prefix}calibrated_threshold_{rate:g}h"] = cal.threshold
+        out[f"{prefix}calibrated_recall_{rate:g}h"] = hit / max(n_ev, 1)
+        out[f"{prefix}calibrated_false_per_hour_{rate:g}h"] = false / hours
+    return out
+
+
 def calibrated_recall(
     ck: Any, data: Path, cfg: ScorerConfig, test: list[ClipScores], sigma: float
 ) -> dict[str, float]:
-    """What an operator gets: thresholds fitted as ``posewatch calibrate`` fits them (normal
-    frames of the checkpoint's validation clips, causal smoothing ``sigma``, alerts of at
-    least 15 frames) for 1 and 5 false alerts per camera-hour, and at each, the share of the
-    test split's anomaly events alerted and the false alerts per hour on its normal frames."""
-    cs = validation_clip_scores(ck, data, "train", cfg)
-    _, y, per = pooled(test, sigma, True)
-    hours = float((y == 0).sum()) / 30.0 / 3600
-    out: dict[str, float] = {}
-    for rate in (1.0, 5.0):
-        cal = calibrate_on_clips(cs, sigma, 30.0, rate, 15)
-        false, hit, n_ev, _, _ = alert_outcome(per, cal.threshold, 15)
-        out[f"calibrated_threshold_{rate:g}h"] = cal.threshold
-        out[f"calibrated_recall_{rate:g}h"] = hit / max(n_ev, 1)
-        out[f"calibrated_false_per_hour_{rate:g}h"] = false / hours
-    return out
+    """What an operator gets: :func:`_calibrated_outcomes` fitted on the checkpoint's
+    validation clips, measured on the test split."""
+    return _calibrated_outcomes(
+        validation_clip_scores(ck, data, "train", cfg), pooled(test, sigma, True)[2], sigma, ""
+    )
 
 
 #: Frames at the start of every AIHub2 test clip, all normal (the first event starts at frame
@@ -120,10 +130,9 @@ SCENE_FRAMES = 900
 
 def scene_calibrated_recall(test: list[ClipScores], sigma: float) -> dict[str, float]:
     """What an operator gets who calibrates on the camera's own footage (`posewatch calibrate
-    --all-clips`) instead of the training scene's validation clips: thresholds fitted on
-    the first :data:`SCENE_FRAMES` frames of every test clip (alerts of at least 15 frames,
-    causal smoothing ``sigma``) for 1 and 5 false alerts per camera-hour, and at each, the
-    share of anomaly events alerted and the false alerts per hour on the rest of the clips.
+    --all-clips`) instead of the training scene's validation clips:
+    :func:`_calibrated_outcomes` fitted on the first :data:`SCENE_FRAMES` frames of every
+    test clip, measured on the rest of the clips (smoothed with the history the service has).
 
     Raises:
         ValueError: a clip with an anomalous frame among its first frames.
@@ -131,17 +140,8 @@ def scene_calibrated_recall(test: list[ClipScores], sigma: float) -> dict[str, f
     if any(c.labels[:SCENE_FRAMES].any() for c in test):
         raise ValueError(f"the first {SCENE_FRAMES} frames of every clip must be normal")
     head = [ClipScores(c.name, c.frames[:SCENE_FRAMES], c.labels[:SCENE_FRAMES]) for c in test]
-    _, _, per = pooled(test, sigma, True)  # smoothed with the history the service has
-    rest = [(s[SCENE_FRAMES:], lab[SCENE_FRAMES:]) for s, lab in per]
-    hours = sum(float((lab == 0).sum()) for _, lab in rest) / 30.0 / 3600
-    out: dict[str, float] = {}
-    for rate in (1.0, 5.0):
-        cal = calibrate_on_clips(head, sigma, 30.0, rate, 15)
-        false, hit, n_ev, _, _ = alert_outcome(rest, cal.threshold, 15)
-        out[f"scene_calibrated_threshold_{rate:g}h"] = cal.threshold
-        out[f"scene_calibrated_recall_{rate:g}h"] = hit / max(n_ev, 1)
-        out[f"scene_calibrated_false_per_hour_{rate:g}h"] = false / hours
-    return out
+    rest = [(s[SCENE_FRAMES:], lab[SCENE_FRAMES:]) for s, lab in pooled(test, sigma, True)[2]]
+    return _calibrated_outcomes(head, rest, sigma, "scene_")
 
 
 #: Samplers the table can score (``--samplers``).

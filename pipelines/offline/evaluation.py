@@ -329,7 +329,9 @@ def normal_window_sets(
     return out
 
 
-def load_clips(data: Path, split: str, labelled_only: bool = False) -> list[Clip]:
+def load_clips(
+    data: Path, split: str, labelled_only: bool = False, require_labels: bool | None = None
+) -> list[Clip]:
     """Every clip of one split of a dataset (:func:`detector.datasets.load_split`), with
     labels that cover its poses.
 
@@ -338,12 +340,14 @@ def load_clips(data: Path, split: str, labelled_only: bool = False) -> list[Clip
         split: split name.
         labelled_only: cut each clip at its last labelled frame
             (:meth:`~detector.datasets.Clip.labelled_only`); the frames cut are logged.
+        require_labels: see :func:`detector.datasets.iter_split` (False: unlabelled clips
+            are all normal).
 
     Raises:
         detector.datasets.DatasetError: a clip whose labels stop before its poses (without
             ``labelled_only``), or a bad dataset layout.
     """
-    clips = load_split(data, split)
+    clips = load_split(data, split, require_labels)
     if not labelled_only:
         for c in clips:
             c.check_labels()
@@ -492,13 +496,8 @@ def validation_clip_scores(
         detector.datasets.DatasetError: labels that stop before the poses; a clip without
             labels unless ``all_clips``.
     """
-    if all_clips:
-        clips = load_split(data, split, require_labels=False)
-        for c in clips:
-            c.check_labels()
-        if not clips:
-            raise ValueError(f"no pose files in {data}/pose/{split}")
-        return score_split(ckpt, clips, cfg, stride, progress=progress)[0]
+    if all_clips:  # an empty or missing split folder is a DatasetError of load_split's
+        return score_split(ckpt, load_clips(data, split, require_labels=False), cfg, stride, progress=progress)[0]  # fmt: skip
     val = set(ckpt.meta.get("validation_clips") or [])
     clips = [c for c in load_clips(data, split) if not val or c.name in val]
     if not clips:
