@@ -18,8 +18,11 @@ Augmentations (about the frame centre, coordinates in units of the frame height)
   so people near the top of the frame are smaller than near the bottom.
 - ``jitter0.02``: Gaussian noise of 2% of the person's height per keypoint and frame (a
   noisier pose detector than AlphaPose).
-- ``fps15``: every other frame dropped, labels too (a 15 fps camera: twice the motion per
-  frame; the models assume ~30 fps).
+- ``fps15``: every other frame dropped, labels too, scored as a 15 fps camera: its frames
+  placed on the model's 30 fps time axis, the gaps between them interpolated
+  (:func:`forecasting.windows.model_frames`, what the service does with a camera's rate).
+- ``fps15-unplaced``: the same frames scored as if they were 30 fps (a pose source that
+  states no rate: twice the motion per frame).
 
 Usage::
 
@@ -106,6 +109,7 @@ AUGMENTS: dict[str, Transform | None] = {
     "tilt0.5": _centred(lambda u, v: (u / (1 + 0.5 * v), v / (1 + 0.5 * v))),
     "jitter0.02": _jitter(0.02),
     "fps15": None,  # handled by _half_rate
+    "fps15-unplaced": None,
 }
 
 
@@ -125,7 +129,7 @@ def _half_rate(clip: Clip) -> Clip:
 
 def augmented(clips: list[Clip], name: str, seed: int) -> list[Clip]:
     """``clips`` with augmentation ``name`` applied (a deep copy; NaN keypoints stay NaN)."""
-    if name == "fps15":
+    if name.startswith("fps15"):
         return [_half_rate(c) for c in clips]
     f = AUGMENTS[name]
     if f is None:
@@ -189,11 +193,12 @@ def main() -> None:
     )
     rows = []
     for aug in args.augment:
-        fps = 15.0 if aug == "fps15" else 30.0
-        sig = 0.5 if aug == "fps15" else 1.0  # the same smoothing in seconds
+        fps = 15.0 if aug.startswith("fps15") else 30.0
+        sig = 0.5 if aug.startswith("fps15") else 1.0  # the same smoothing in seconds
         many, secs, nw = score_split_many(
-            ck, augmented(clips, aug, args.seed), cfg, args.scorers, args.stride, progress=False
-        )
+            ck, augmented(clips, aug, args.seed), cfg, args.scorers, args.stride, progress=False,
+            fps=fps if aug == "fps15" else None,
+        )  # fmt: skip
         for k in args.scorers:
             rep = report(k, sampler.name, many[k], args.sigma * sig, args.causal_sigma * sig, fps, secs, nw)  # fmt: skip
             rows.append(

@@ -40,6 +40,8 @@ MAX_IMAGE_SIDE = 16384
 #: Largest frame index a PoseFrame may carry (10**12 - 1: over 1,000 years of a 30 fps
 #: camera; a frame counter never reaches it, an epoch time in milliseconds already does).
 MAX_FRAME_INDEX = 10**12 - 1
+#: Highest frame rate a PoseFrame may state (frames/s; high-speed cameras stay under it).
+MAX_FPS = 1000.0
 #: Most frames one :class:`Track` may span, first to last (10**6: about 9 h 15 min at
 #: 30 fps; a track's arrays take about 210 bytes per spanned frame, 210 MB at the limit).
 MAX_TRACK_FRAMES = 10**6
@@ -151,6 +153,8 @@ class PoseFrame:
         timestamp: capture time, seconds (UNIX time for live sources, ``index / fps`` for files).
         image_size: ``(width, height)`` in pixels.
         persons: the persons in the frame.
+        fps: the camera's frame rate, frames/s (None: not known). Scoring places the frame
+            on its model's time axis with it (:func:`forecasting.windows.model_frames`).
     """
 
     camera: str
@@ -158,10 +162,11 @@ class PoseFrame:
     timestamp: float
     image_size: tuple[int, int]
     persons: list[Person] = field(default_factory=list)
+    fps: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with ``schema_version``."""
-        return {
+        """JSON-ready dict with ``schema_version`` (``fps`` only when known)."""
+        out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "camera": self.camera,
             "frame_index": self.frame_index,
@@ -169,17 +174,22 @@ class PoseFrame:
             "image_size": [int(self.image_size[0]), int(self.image_size[1])],
             "persons": [p.to_dict() for p in self.persons],
         }
+        if self.fps is not None:
+            out["fps"] = float(self.fps)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoseFrame:
         """Inverse of :meth:`to_dict`. Raises ``KeyError`` / ``ValueError`` on bad input."""
         w, h = data["image_size"]
+        fps = data.get("fps")
         return cls(
             camera=str(data["camera"]),
             frame_index=int(data["frame_index"]),
             timestamp=float(data["timestamp"]),
             image_size=(int(w), int(h)),
             persons=[Person.from_dict(p) for p in data["persons"]],
+            fps=None if fps is None else float(fps),
         )
 
 

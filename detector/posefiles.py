@@ -33,6 +33,7 @@ import numpy as np
 
 from detector.pose import (
     CAMERA_NAME,
+    MAX_FPS,
     MAX_FRAME_INDEX,
     MAX_IMAGE_SIDE,
     MAX_TRACK_ID,
@@ -412,6 +413,9 @@ def _check_frame_fields(data: dict[str, Any]) -> None:
     ts = data["timestamp"]
     if not _is_number(ts) or not math.isfinite(ts) or ts < 0:
         raise ValueError(f"timestamp {str(ts)[:40]} is not a finite number >= 0 (seconds)")
+    fps = data.get("fps")
+    if fps is not None and (not _is_number(fps) or not 0 < fps <= MAX_FPS):
+        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in (0, {MAX_FPS}] (frames/s)")
     size = data["image_size"]
     if (
         not isinstance(size, list)

@@ -100,6 +100,7 @@ class Frame:
         image: ``(H, W, 3)`` uint8 BGR.
         read_at: ``time.monotonic()`` when it was decoded (for latency).
         decode_s: seconds the read and decode took.
+        fps: the source's frame rate when the frame was read (frames/s; 0: not known).
     """
 
     camera: str
@@ -108,6 +109,7 @@ class Frame:
     image: np.ndarray
     read_at: float = 0.0
     decode_s: float = 0.0
+    fps: float = 0.0
 
 
 @dataclass(slots=True)
@@ -457,7 +459,7 @@ class _CaptureSource(CameraSource):
                     return index, f"picture frozen for {frozen:.0f} s"
                 continue
             ts = self._stamp(index, start_index, t0, period)
-            self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s))
+            self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s, self._fps))
             index += 1
         return index, "stopped"
 
@@ -759,7 +761,8 @@ class FolderSource(CameraSource):
                     delay = t0 + (index + 1) / self._fps - time.monotonic()
                     if delay > 0:
                         self._wait(delay)
-                self._put(Frame(self.name, index, index / self._fps, image, time.monotonic()))
+                ts = index / self._fps
+                self._put(Frame(self.name, index, ts, image, time.monotonic(), fps=self._fps))
                 index += 1
             if not self.cfg.loop:
                 break

@@ -157,6 +157,7 @@ class DetectStage:
         out: list[DetectedFrame] = []
         for f, det in zip(batch, dets, strict=True):
             pf = self.tracker_of(f.camera).update(det, f.index, f.timestamp, f.image)
+            pf.fps = f.fps if f.fps > 0 else None  # scoring places frames by the camera's rate
             roi = self.rois.get(f.camera)
             if roi is not None:
                 pf.persons = [p for p in pf.persons if inside_roi(p.bbox, roi)]

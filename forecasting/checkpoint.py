@@ -50,6 +50,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from forecasting.defaults import MODEL_FPS
 from forecasting.posture import PostureConfig, PostureModel
 from forecasting.snf import CHECKPOINT_SAMPLER, SamplerConfig
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, ModelConfig
@@ -111,6 +112,13 @@ class Checkpoint:
     def calibration(self) -> dict[str, Any]:
         cal: dict[str, Any] = self.meta.setdefault("calibration", {})
         return cal
+
+    @property
+    def fps(self) -> float:
+        """Frame rate of the model's training footage, frames/s (the header's ``fps``;
+        :data:`~forecasting.defaults.MODEL_FPS` for a checkpoint without one): its windows
+        are frames at this rate (:func:`~forecasting.windows.model_frames`)."""
+        return float(self.meta.get("fps") or MODEL_FPS)
 
     def model_id(self, posture: bool = False) -> str:
         """Short hash of the weights that a threshold depends on (12 hex digits): the
@@ -395,6 +403,14 @@ def _check_int(path: Path, name: str, value: Any, lo: int, hi: int) -> None:
         )
 
 
+def _check_fps(fps: Any) -> None:
+    """``ValueError`` unless ``fps`` (a header's ``fps``) is absent or a frame rate."""
+    if fps is None:
+        return
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 1000:
+        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in (0, 1000]")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint` (no code runs while reading).
 
@@ -427,6 +443,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state)
         window_config = WindowConfig(**meta["window_config"])
         sampler = SamplerConfig.from_dict(meta["sampler"])
+        _check_fps(meta.get("fps"))
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise

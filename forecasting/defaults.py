@@ -78,3 +78,15 @@ EARLY_STOP_MARGIN = 1.5
 #: (``alerting.min_duration_s``): the rule a threshold is calibrated for, and the rule
 #: offline reports count alerts, false ones and detected events by.
 ALERT_MIN_DURATION_S = 0.5
+
+#: Frame rate of a model's training footage when its checkpoint does not record one
+#: (AIHub2: ~30 fps). A model's windows are so many frames *at its rate*: frames of a
+#: camera at another rate are placed on the model's time axis by their time
+#: (:func:`forecasting.windows.model_frames`) before windows are cut, the missing ones
+#: interpolated like any gap. Without it a 15 fps camera shows the model twice the motion
+#: per frame: AIHub2 test, seed-0 default, every other frame kept, AUC 95.14 -> 92.86
+#: renumbered, 95.35 placed by time (docs/DECISIONS.md, session 20).
+MODEL_FPS = 30.0
+#: Rates within this fraction of a model's count as its own (29.97 fps is 30; a rate told from
+#: timestamps rounded to 10 ms is within it after a second or two).
+SAME_RATE = 0.05

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from forecasting.defaults import SAME_RATE
+
 J = 17
 SHOULDERS = (5, 6)  # COCO-17
 HIPS = (11, 12)
@@ -118,6 +120,31 @@ class Windows:
             np.concatenate([p.track for p in parts]),
             np.concatenate([p.start for p in parts]),
         )
+
+
+def same_rate(fps: float | None, model_fps: float) -> bool:
+    """Whether footage at ``fps`` is on the model's time axis as it is (``fps`` unknown,
+    or within :data:`~forecasting.defaults.SAME_RATE` of ``model_fps``)."""
+    return not fps or not np.isfinite(fps) or abs(fps / model_fps - 1.0) <= SAME_RATE
+
+
+def model_frames(frames: np.ndarray | int, fps: float | None, model_fps: float) -> np.ndarray:
+    """Frame indices of footage at ``fps`` placed on the time axis of a model whose windows
+    are frames at ``model_fps``: ``floor(frame * model_fps / fps)``, the model frame at or
+    before the frame's time. A slower camera's frames land with gaps between them (filled
+    like any gap: :func:`fill_gaps`); a faster camera's frames can share a model frame (the
+    first is kept). ``fps`` unknown (None, 0) or within
+    :data:`~forecasting.defaults.SAME_RATE` of ``model_fps``: the indices unchanged.
+
+    >>> model_frames(np.arange(5), 15.0, 30.0).tolist(), model_frames(7, 29.97, 30.0).tolist()
+    ([0, 2, 4, 6, 8], 7)
+    >>> model_frames(np.arange(5), 60.0, 30.0).tolist()
+    [0, 0, 1, 1, 2]
+    """
+    f = np.asarray(frames, np.int64)
+    if fps is None or same_rate(fps, model_fps):
+        return f
+    return np.floor(f * (model_fps / fps) + 1e-6).astype(np.int64)  # 2.9999999 is 3
 
 
 def fill_gaps(xy: np.ndarray, max_gap: int) -> np.ndarray:

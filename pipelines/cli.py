@@ -81,6 +81,12 @@ _SAMPLER_HELP = (
     "gru-snf, or any sampler of `posewatch forecast-eval` (an unknown name lists them all)"
 )
 
+#: Help of ``--fps`` of the commands that score a dataset.
+_FPS_HELP = (
+    "Frame rate of the dataset, frames/s (footage at another rate than the model's is scored "
+    "on the model's time axis, as the service scores a camera at that rate)."
+)
+
 
 @app.command()
 def version() -> None:
@@ -315,7 +321,7 @@ def evaluate(
     stride: Annotated[int, typer.Option(help="Score every n-th frame of each track.")] = 1,
     sigma: Annotated[float, typer.Option(help="Offline (symmetric) smoothing, frames.")] = 9.5,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
-    fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
+    fps: Annotated[float, typer.Option(help=_FPS_HELP)] = 30.0,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
     ] = DEFAULT_SAMPLES,
@@ -399,7 +405,7 @@ def calibrate(
     ] = DEFAULT_SAMPLER,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int | None, typer.Option(help=_MIN_DURATION_HELP)] = None,
-    fps: Annotated[float, typer.Option(help="Frame rate of the dataset.")] = 30.0,
+    fps: Annotated[float, typer.Option(help=_FPS_HELP)] = 30.0,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
     ] = DEFAULT_SAMPLES,

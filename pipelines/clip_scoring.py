@@ -18,6 +18,7 @@ Example (holding sparse scores, as ``stride`` > 1 does):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detector.datasets import Clip
+from detector.pose import Track
 from forecasting.calibration import Calibration, calibrate_threshold, normal_segments
 from forecasting.checkpoint import Checkpoint
+from forecasting.defaults import MODEL_FPS
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
 from forecasting.scoring import ScorerConfig, score_windows_many
 from forecasting.torch_model import Forecaster
-from forecasting.windows import WindowConfig, cut_windows
+from forecasting.windows import WindowConfig, cut_windows, model_frames, same_rate
 
 
 @dataclass(slots=True)
@@ -59,16 +62,21 @@ def score_clip(
     clip: Clip,
     scorer: ScorerConfig,
     stride: int = 1,
+    rates: tuple[float | None, float] = (None, MODEL_FPS),
 ) -> ClipScores:
     """Score every window (stride ``stride``, in kept frames) of every track of a clip.
 
     Each window's score is placed on its last frame and gaps are filled within each window
     only (causal: the live service computes exactly these scores, see track_scoring).
+    ``rates``: ``(the clip's frame rate, the model's)``, frames/s; a clip at another rate
+    than the model's is scored on the model's time axis as the live service does
+    (:func:`forecasting.windows.model_frames`), each score given to the clip's frame
+    there and held over the clip's frames that share a model frame.
 
     Raises:
         ValueError: an unknown scorer, or a posture scorer for a model without posture flows.
     """
-    return score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride)[scorer.name]
+    return score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride, rates)[scorer.name]
 
 
 def score_clip_many(
@@ -78,30 +86,53 @@ def score_clip_many(
     scorer: ScorerConfig,
     names: Sequence[str],
     stride: int = 1,
+    rates: tuple[float | None, float] = (None, MODEL_FPS),
 ) -> dict[str, ClipScores]:
     """:func:`score_clip` for several scorers ``names`` from one draw of futures per window
     (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores."""
     n = clip.num_frames
     persons: dict[str, dict[int, np.ndarray]] = {k: {} for k in names}
     n_windows = 0
+    fps, model_fps = rates
     for tid, tr in clip.tracks.items():
-        w = cut_windows(tr.keypoints, wcfg, stride=stride, fill="window")
+        kp, present, frame_of = tr.keypoints, tr.present, tr.frames
+        hold = stride * wcfg.frame_step  # camera frames a score stands for
+        if not same_rate(fps, model_fps):
+            assert fps is not None
+            kp, present, frame_of = _model_axis(tr, model_frames(tr.frames, fps, model_fps))
+            hold = math.ceil(hold * fps / model_fps)
+        w = cut_windows(kp, wcfg, stride=stride, fill="window")
         if len(w):  # a window is scored at its last frame only if the person is there
-            w = w.select(tr.present[w.start + (wcfg.length - 1) * wcfg.frame_step])
+            w = w.select(present[w.start + (wcfg.length - 1) * wcfg.frame_step])
         if len(w) == 0:
             continue
         many = score_windows_many(model, w.poses, w.mask, w.visible, scorer, names)
         n_windows += len(w)
         end_rows = w.start + (wcfg.length - 1) * wcfg.frame_step
         for k, s in many.items():
-            x = person_frame_scores(tr.frames[end_rows], s.score, n)
-            # with stride > 1, hold each score until the next scored frame
-            persons[k][tid] = _hold(x, stride * wcfg.frame_step) if stride > 1 else x
+            x = person_frame_scores(frame_of[end_rows], s.score, n)
+            # hold each score until the next scored frame (stride > 1, a faster camera)
+            persons[k][tid] = _hold(x, hold) if hold > 1 else x
     labels = clip.frame_labels()[:n]
     return {
         k: ClipScores(clip.name, worst_person(list(pp.values()), n), labels, pp, n_windows)
         for k, pp in persons.items()
     }
+
+
+def _model_axis(tr: Track, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A track placed on the model's time axis (``rows``: each frame's model frame):
+    ``(keypoints (R, 17, 3) NaN where no frame, present (R,), the clip frame of each model
+    frame (R,), -1 where none)``; of frames sharing a model frame the first seen is kept."""
+    r = rows - rows[0]
+    kp = np.full((int(r[-1]) + 1, *tr.keypoints.shape[1:]), np.nan, np.float32)
+    kp[..., 2] = 0.0
+    present = np.zeros(len(kp), bool)
+    frame_of = np.full(len(kp), -1, np.int64)
+    seen = np.flatnonzero(tr.present)
+    at, first = np.unique(r[seen], return_index=True)
+    kp[at], present[at], frame_of[at] = tr.keypoints[seen[first]], True, tr.frames[seen[first]]
+    return kp, present, frame_of
 
 
 def _hold(x: np.ndarray, span: int) -> np.ndarray:
@@ -143,8 +174,10 @@ def score_split(
     scorer: ScorerConfig,
     stride: int = 1,
     progress: bool = True,
+    fps: float | None = None,
 ) -> tuple[list[ClipScores], float, int]:
-    """Score all clips with the checkpoint's model.
+    """Score all clips with the checkpoint's model (``fps``: the clips' frame rate, None:
+    the model's; see :func:`score_clip`).
 
     Returns:
         ``(clip scores in the order of clips, seconds, windows scored)``.
@@ -152,7 +185,9 @@ def score_split(
     Raises:
         ValueError: as :func:`score_clip`.
     """
-    many, secs, n_windows = score_split_many(ckpt, clips, scorer, (scorer.name,), stride, progress)
+    many, secs, n_windows = score_split_many(
+        ckpt, clips, scorer, (scorer.name,), stride, progress, fps
+    )
     return many[scorer.name], secs, n_windows
 
 
@@ -163,6 +198,7 @@ def score_split_many(
     names: Sequence[str],
     stride: int = 1,
     progress: bool = True,
+    fps: float | None = None,
 ) -> tuple[dict[str, list[ClipScores]], float, int]:
     """:func:`score_split` for several scorers sharing one draw of futures per window;
     returns ``({scorer name: clip scores}, seconds, windows scored)``. ``progress`` shows a
@@ -171,7 +207,8 @@ def score_split_many(
     out: dict[str, list[ClipScores]] = {k: [] for k in names}
     n_windows = 0
     for clip in _progress(clips, progress, f"score {'+'.join(names)}"):
-        many = score_clip_many(ckpt.model, ckpt.window_config, clip, scorer, names, stride)
+        rates = (fps, ckpt.fps)
+        many = score_clip_many(ckpt.model, ckpt.window_config, clip, scorer, names, stride, rates)
         for k, cs in many.items():
             out[k].append(cs)
         n_windows += next(iter(many.values())).windows

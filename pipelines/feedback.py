@@ -107,6 +107,23 @@ class FeedbackOutcome:
         }
 
 
+def rows_fps(rows: Sequence[Sequence[float]]) -> float | None:
+    """The frame rate (frames/s) of stored pose rows (``frame index, time, ...``, times
+    rounded to 10 ms): frames over seconds from the first row to the last; None when it
+    cannot be told (frames or times that do not advance, a rate outside 1 .. 1000).
+
+    >>> rows_fps([[0, 10.0], [2, 10.13], [4, 10.27], [6, 10.4]])
+    15.0
+    """
+    if len(rows) < 2:
+        return None
+    df, dt = float(rows[-1][0]) - float(rows[0][0]), float(rows[-1][1]) - float(rows[0][1])
+    if df <= 0 or dt <= 0:
+        return None
+    fps = df / dt
+    return round(fps, 2) if 1.0 <= fps <= 1000.0 else None
+
+
 def episode_peak(
     ckpt: Checkpoint, scorer: ScorerConfig, rows: Sequence[Sequence[float]], sigma: float,
     stride: int,
@@ -123,7 +140,8 @@ def episode_peak(
         kp[kp[:, 2] <= 0, :2] = np.nan
     track = Track.from_rows(0, frames)
     clip = Clip("episode", Path("episode"), {0: track}, None)
-    cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride)
+    rates = (rows_fps(rows), ckpt.fps)  # scored on the model's time axis, as live
+    cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride, rates)
     if not np.isfinite(cs.persons.get(0, np.array([np.nan]))).any():
         return None
     return float(np.nanmax(smooth(cs.frames, sigma, True)))

@@ -194,9 +194,11 @@ class SceneLearner:
         return self._frames[-1].timestamp - self._frames[0].timestamp
 
     def add(self, pf: PoseFrame, fps: float | None = None) -> None:
-        """Add a tracked frame while learning; starts training once enough is collected."""
+        """Add a tracked frame while learning; starts training once enough is collected.
+        ``fps``: the camera's frame rate (default: the one the frame states)."""
         if self.phase != "learning":
             return
+        fps = fps or pf.fps
         if fps:
             self._fps = fps
         self._frames.append(pf)
@@ -390,7 +392,7 @@ class SceneLearner:
         s = self.s
         ck = load_checkpoint(path)
         scorer = self._scorer_for(ck)
-        cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, progress=False)
+        cs, _, n_win = score_split(ck, [hold_clip], scorer, s.stride, False, fps)
         if n_win == 0:
             raise ValueError("no held-out windows to calibrate on; learn for longer")
         min_dur = max(1, round(s.min_duration_s * fps))

@@ -6,6 +6,14 @@ on a sliding buffer per person: a person is scored at a frame when the buffer ho
 window ending there (and every ``stride``-th frame after that). Persons due in a batch of
 frames (any cameras) go through the model in one call.
 
+A model's windows are frames at the rate of its training footage
+(:attr:`~forecasting.checkpoint.Checkpoint.fps`); a frame that states its camera's rate
+(:attr:`~detector.pose.PoseFrame.fps`) is placed on that time axis
+(:func:`~forecasting.windows.model_frames`): a slower camera's frames leave gaps that the
+window's gap filling interpolates, a faster camera's frames that fall on a model frame
+already taken are skipped (counted in :attr:`TrackScorer.decimated`). Scores keep the
+camera's own frame index.
+
 Frame indices come from outside (pose messages) and are not trusted to grow: a person's
 frame seen again (a duplicate) is dropped and counted (:attr:`TrackScorer.duplicates`); a
 frame index behind the person's last one starts a new segment of that track (its buffer
@@ -31,7 +39,7 @@ from detector.pose import PoseFrame
 from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
-from forecasting.windows import Windows, cut_windows
+from forecasting.windows import Windows, cut_windows, model_frames
 
 
 @dataclass(slots=True)
@@ -49,14 +57,16 @@ class PersonScore:
     keypoints: np.ndarray  # (17, 3)
 
 
-_Row = tuple[int, np.ndarray, np.ndarray, float]  # frame, keypoints, bbox, timestamp
+# model frame, camera frame index, keypoints, bbox, timestamp
+_Row = tuple[int, int, np.ndarray, np.ndarray, float]
 
 
 @dataclass(slots=True)
 class _Track:
     rows: deque[_Row]
     smoother: CausalSmoother
-    last_frame: int = -1
+    last_frame: int = -1  # model frame (see the module docstring)
+    last_index: int = -1  # the camera's frame index
     scored_at: int = -(10**9)
 
 
@@ -68,7 +78,7 @@ class TrackScorer:
         cfg: scorer configuration.
         stride: score a person every ``stride`` frames.
         sigma: causal smoothing (frames).
-        max_missing: a track unseen for this many frames is forgotten.
+        max_missing: a track unseen for this many frames (of the model's rate) is forgotten.
     """
 
     def __init__(
@@ -86,12 +96,14 @@ class TrackScorer:
         self.max_missing = max_missing
         w = ckpt.window_config
         self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
+        self.model_fps = ckpt.fps
         self._tracks: dict[tuple[str, int], _Track] = {}
         self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
         self.duplicates = 0  # person frames dropped: that frame of that track was seen
         self.restarts = 0  # tracks restarted: a frame index behind the track's last one
         # person frames not scored: untracked (track id -1), so no track to forecast from
         self.untracked = 0
+        self.decimated = 0  # person frames skipped: a faster camera's, on a model frame taken
 
     def warmup(self, persons: int = 4) -> None:
         """Score a few synthetic windows once: the first model call's one-time costs (torch
@@ -113,12 +125,19 @@ class TrackScorer:
             del self._tracks[key]
         return [k[1] for k in keys]
 
-    def forget_stale(self, camera: str, frame_index: int) -> list[int]:
-        """Drop tracks of ``camera`` unseen for ``max_missing`` frames; returns their ids."""
+    def model_frame(self, frame: PoseFrame) -> int:
+        """The frame's place on the model's time axis (its index when its rate is not
+        stated or is the model's)."""
+        return int(model_frames(frame.frame_index, frame.fps, self.model_fps))
+
+    def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:
+        """Drop tracks of ``camera`` unseen for ``max_missing`` model frames at its frame
+        ``frame_index`` (``fps``: the camera's rate); returns their ids."""
+        now = int(model_frames(frame_index, fps, self.model_fps))
         gone = [
             k
             for k, t in self._tracks.items()
-            if k[0] == camera and frame_index - t.last_frame > self.max_missing
+            if k[0] == camera and now - t.last_frame > self.max_missing
         ]
         for k in gone:
             del self._tracks[k]
@@ -129,7 +148,7 @@ class TrackScorer:
         first = last - self.span + 1
         kp = np.full((self.span, 17, 3), np.nan, np.float32)
         kp[..., 2] = 0
-        for f, k, _, _ in tr.rows:
+        for f, _, k, _, _ in tr.rows:
             if f >= first:
                 kp[f - first] = k
         return kp
@@ -165,19 +184,19 @@ class TrackScorer:
         # All or nothing: if anything below raises, the buffers are as before the call (so
         # the caller can retry the frames one at a time without them counting as repeats).
         cams = {fr.camera for fr in frames}
-        before = {k: (t, list(t.rows), t.last_frame, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
-        counts = (self.duplicates, self.restarts, self.untracked)
+        before = {k: (t, list(t.rows), t.last_frame, t.last_index, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
+        counts = (self.duplicates, self.restarts, self.untracked, self.decimated)
         try:
             return self._step(frames, seeds, forget)
         except BaseException:
             for k in [k for k in self._tracks if k[0] in cams]:
                 del self._tracks[k]
-            for k, (t, rows, last, scored_at) in before.items():
+            for k, (t, rows, last, last_index, scored_at) in before.items():
                 t.rows.clear()
                 t.rows.extend(rows)
-                t.last_frame, t.scored_at = last, scored_at
+                t.last_frame, t.last_index, t.scored_at = last, last_index, scored_at
                 self._tracks[k] = t
-            self.duplicates, self.restarts, self.untracked = counts
+            self.duplicates, self.restarts, self.untracked, self.decimated = counts
             raise
 
     def _step(
@@ -186,15 +205,20 @@ class TrackScorer:
         due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row]] = []
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
+            t = self.model_frame(fr)
             for p in fr.persons:
                 if p.track_id < 0:  # untracked: its frames belong to no one track
                     self.untracked += 1
                     continue
                 key = (fr.camera, p.track_id)
                 tr = self._tracks.get(key)
-                if tr is not None and fr.frame_index <= tr.last_frame:
-                    if fr.frame_index == tr.last_frame:
+                if tr is not None and t <= tr.last_frame:
+                    if fr.frame_index == tr.last_index:
                         self.duplicates += 1
+                        continue
+                    if t == tr.last_frame and fr.frame_index > tr.last_index:
+                        self.decimated += 1  # a faster camera: this model frame is taken
+                        tr.last_index = fr.frame_index
                         continue
                     self.restarts += 1  # out of order, or the producer restarted
                     tr = None
@@ -202,15 +226,15 @@ class TrackScorer:
                     tr = self._tracks[key] = _Track(
                         deque(maxlen=self.span), CausalSmoother(self.sigma)
                     )
-                tr.rows.append((fr.frame_index, p.keypoints, p.bbox, fr.timestamp))
-                tr.last_frame = fr.frame_index
-                if fr.frame_index - tr.rows[0][0] + 1 < self.span:
+                tr.rows.append((t, fr.frame_index, p.keypoints, p.bbox, fr.timestamp))
+                tr.last_frame, tr.last_index = t, fr.frame_index
+                if t - tr.rows[0][0] + 1 < self.span:
                     continue
-                if fr.frame_index - tr.scored_at < self.stride:
+                if t - tr.scored_at < self.stride:
                     continue
                 due.append((tr, key, self._window(tr), i, tr.rows[-1]))
-                tr.scored_at = fr.frame_index
-            lost.append(self.forget_stale(fr.camera, fr.frame_index) if forget else [])
+                tr.scored_at = t
+            lost.append(self.forget_stale(fr.camera, fr.frame_index, fr.fps) if forget else [])
         wcfg = self.ckpt.window_config
         parts, owners = [], []
         for tr, key, kp, i, row in due:
@@ -227,7 +251,7 @@ class TrackScorer:
         )
         self.forecast_s += s.forecast_s
         out = []
-        for n, (tr, key, _, (f, k, bbox, ts)) in enumerate(owners):
+        for n, (tr, key, _, (_, f, k, bbox, ts)) in enumerate(owners):
             out.append(
                 PersonScore(
                     camera=key[0],

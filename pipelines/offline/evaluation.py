@@ -79,7 +79,8 @@ class EvaluateRequest:
         stride: score every n-th frame of each track.
         sigma: offline (symmetric) smoothing, frames.
         causal_sigma: causal smoothing, frames.
-        fps: frame rate of the dataset, frames per second.
+        fps: frame rate of the dataset, frames per second (footage at another rate than
+            the checkpoint's is scored on the model's time axis, as the live service does).
         samples: K futures per window.
         seed: sampling seed.
         out: output folder (``evaluation.json``, ``roc.png``, ``timelines/<clip>.png``).
@@ -125,7 +126,8 @@ class CalibrateRequest:
         causal_sigma: causal smoothing, frames.
         min_duration: frames an alert must last (None: the service's
             ``alerting.min_duration_s`` at ``fps``, 15 frames at 30 fps).
-        fps: frame rate of the dataset, frames per second.
+        fps: frame rate of the dataset, frames per second (footage at another rate than
+            the checkpoint's is scored on the model's time axis, as the live service does).
         samples: K futures per window.
         stride: score every n-th frame.
         progress: show a progress bar (stderr).
@@ -389,7 +391,9 @@ def _score_passes(
         sname = sname_or_none or "-"
         sampler = _sampler(ckpt, sname_or_none or GRU_NF.name)
         base = ScorerConfig(name=names[0], num_samples=req.samples, sampler=sampler, seed=req.seed)  # type: ignore[arg-type]
-        many, secs, nw = score_split_many(ckpt, clips, base, names, req.stride, req.progress)
+        many, secs, nw = score_split_many(
+            ckpt, clips, base, names, req.stride, req.progress, req.fps
+        )
         for scorer in names:
             cfg = replace(base, name=scorer)  # type: ignore[arg-type]
             cs = many[scorer]
@@ -486,10 +490,12 @@ def validation_clip_scores(
     stride: int = 1,
     progress: bool = False,
     all_clips: bool = False,
+    fps: float | None = None,
 ) -> list[ClipScores]:
     """Scores of the checkpoint's validation clips (every clip of ``split`` for a checkpoint
     that names none, or with ``all_clips``; then labels are optional and unlabelled clips
-    are all normal), what ``calibrate`` fits thresholds on.
+    are all normal), what ``calibrate`` fits thresholds on; ``fps``: the clips' frame rate
+    (None: the model's).
 
     Raises:
         ValueError: none of those clips in ``data``.
@@ -497,7 +503,7 @@ def validation_clip_scores(
             labels unless ``all_clips``.
     """
     if all_clips:  # an empty or missing split folder is a DatasetError of load_split's
-        return score_split(ckpt, load_clips(data, split, require_labels=False), cfg, stride, progress=progress)[0]  # fmt: skip
+        return score_split(ckpt, load_clips(data, split, require_labels=False), cfg, stride, progress, fps)[0]  # fmt: skip
     val = set(ckpt.meta.get("validation_clips") or [])
     clips = [c for c in load_clips(data, split) if not val or c.name in val]
     if not clips:
@@ -505,7 +511,7 @@ def validation_clip_scores(
             f"no validation clips of the checkpoint found in {data}/pose/{split} (footage of "
             "the camera the model will serve: --all-clips)"
         )
-    return score_split(ckpt, clips, cfg, stride, progress=progress)[0]
+    return score_split(ckpt, clips, cfg, stride, progress, fps)[0]
 
 
 def run_calibrate(req: CalibrateRequest) -> Calibration:
@@ -532,7 +538,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     ckpt = load_checkpoint(req.model)
     cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
     cs = validation_clip_scores(
-        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips
+        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips, req.fps
     )
     min_duration = alert_frames(req.fps) if req.min_duration is None else req.min_duration
     cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, min_duration)

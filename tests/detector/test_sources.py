@@ -180,9 +180,9 @@ def test_folder_source_skips_unreadable_images(tmp_path: Path) -> None:
     while not src.done:
         f = src.read(timeout=0.5)
         if f is not None:
-            got.append((f.index, f.timestamp, int(f.image[0, 0, 0])))
+            got.append((f.index, f.timestamp, int(f.image[0, 0, 0]), f.fps))
     st = src.stats()
-    assert got == [(0, 0.0, 0), (1, 0.2, 40), (2, 0.4, 80)]
+    assert got == [(0, 0.0, 0, 5.0), (1, 0.2, 40, 5.0), (2, 0.4, 80, 5.0)]
     assert (st.kind, st.status, st.reason) == ("folder", SourceStatus.FINISHED, "end of folder")
     assert (st.frames_read, st.frames_dropped, st.expected_frames, st.fps) == (3, 1, 4, 5.0)
 
@@ -428,9 +428,10 @@ def test_a_configured_fps_wins_without_a_warning(
     patch_avi(video, rate=(1, 0))
     caplog.set_level(logging.WARNING)
     src = CameraSource("odd", SourceConfig(uri=str(video), fps=12.5)).start()
-    stamps = [f.timestamp for f in _drain(src)]
+    frames = _drain(src)
     src.stop()
-    assert stamps == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32])
+    assert [f.timestamp for f in frames] == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32])
+    assert {f.fps for f in frames} == {12.5}  # the rate scoring places the frames by
     assert not [r for r in caplog.records if "not plausible" in r.getMessage()]
 
 

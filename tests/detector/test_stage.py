@@ -288,3 +288,14 @@ def test_track_video_raises_on_a_truncated_file_after_its_frames(
         for pf in track_video(OnePerson(), cut, batch_size=8):
             got.append(pf.frame_index)
     assert got and got == list(range(len(got)))
+
+
+def test_tracked_frames_state_their_cameras_frame_rate() -> None:
+    """Scoring places a frame on its model's time axis by the camera's rate
+    (tests/pipelines/test_frame_rate.py); the stage passes the source's rate on."""
+    pred = ScriptedPredictor()
+    known, unknown = pred.frame("a", 0, GATE), pred.frame("b", 0, GATE)
+    known.fps, unknown.fps = 12.5, 0.0
+    out = DetectStage(pred).process([known, unknown])
+    assert [d.poses.fps for d in out] == [12.5, None]
+    assert out[0].poses.to_dict()["fps"] == 12.5 and "fps" not in out[1].poses.to_dict()
