@@ -23,6 +23,7 @@ from forecasting.defaults import (
     DEFAULT_SAMPLES,
     DEFAULT_SCORER,
     FALLBACK_SCORER,
+    MODEL_FPS,
     POSTURE_EPOCHS,
     POSTURE_FLOWS,
     POSTURE_UPRIGHT,
@@ -85,6 +86,11 @@ _SAMPLER_HELP = (
 _FPS_HELP = (
     "Frame rate of the dataset, frames/s (footage at another rate than the model's is scored "
     "on the model's time axis, as the service scores a camera at that rate)."
+)
+
+_TRAIN_FPS_HELP = (
+    "Frame rate of the dataset, frames/s (recorded in the checkpoint: cameras at another rate "
+    "are scored on this time axis)."
 )
 
 
@@ -155,6 +161,10 @@ def train(
             "them later).",
         ),
     ] = POSTURE_FLOWS,
+    fps: Annotated[
+        float,
+        typer.Option(min=1.0, max=1000.0, help=_TRAIN_FPS_HELP),
+    ] = MODEL_FPS,
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
     loss-curve PNG beside it."""
@@ -178,6 +188,7 @@ def train(
                 split_seed=split_seed,
                 members=members,
                 posture_flows=posture_flows,
+                fps=fps,
             )
         )
     except (DatasetError, PoseFileError, ValueError) as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import Checkpoint, attach_posture, load_checkpoint, save_checkpoint
-from forecasting.defaults import DEFAULT_MEMBERS, POSTURE_FLOWS
+from forecasting.defaults import DEFAULT_MEMBERS, MODEL_FPS, POSTURE_FLOWS
 from forecasting.evaluate import evaluate_forecasts, format_table, rows_as_dicts
 from forecasting.posture import PostureConfig, with_stillness
 from forecasting.samplers import default_samplers, sampler_by_name
@@ -67,6 +67,8 @@ class TrainRequest:
             ``seed * posture_flows + f``, :func:`run_posture`), what the default ``fused``
             scorer needs; 0 adds none (the model is then scored by ``minhde``).
         progress: show a progress bar with the loss (stderr).
+        fps: frame rate of the dataset, frames/s (recorded in the checkpoint: cameras at
+            another rate are scored on this time axis, :func:`forecasting.windows.model_frames`).
     """
 
     data: Path
@@ -84,6 +86,7 @@ class TrainRequest:
     members: int = DEFAULT_MEMBERS
     posture_flows: int = POSTURE_FLOWS
     progress: bool = True
+    fps: float = MODEL_FPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,7 @@ def run_training(req: TrainRequest) -> Path:
             "training_data": str(req.data),
             "split": req.split,
             "ensemble_members": result.members,
+            "fps": req.fps,
         },
     )
     png = plot_loss_curve(result.history, req.out.with_suffix(".loss.png"))
@@ -268,7 +272,7 @@ def _train_config(ckpt: Checkpoint, what: str, data: Path | None = None) -> Trai
 
 
 #: Checkpoint fields ensemble members must agree on.
-_SHARED = ("model_config", "window_config", "standardizer", "split", "validation_clips")
+_SHARED = ("model_config", "window_config", "standardizer", "split", "validation_clips", "fps")
 
 
 def run_ensemble(req: EnsembleRequest) -> Path:
@@ -320,6 +324,7 @@ def run_ensemble(req: EnsembleRequest) -> Path:
             "training_data": str(data),
             "split": first.meta["split"],
             "ensemble_members": runs,
+            "fps": first.fps,
         },
     )
     plot_loss_curve(history, req.out.with_suffix(".loss.png"))

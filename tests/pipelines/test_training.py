@@ -58,12 +58,16 @@ def test_ensemble_of_separate_trainings_equals_training_the_members_together(
         assert isinstance(ck.model, Ensemble) and len(ck.model.member_list()) == 2
         assert [m["seed"] for m in ck.meta["ensemble_members"]] == [2, 3]
         assert ck.meta["members"] == 2 and ck.meta["train_config"]["members"] == 2
+        assert ck.meta["fps"] == ck.fps == 30.0  # the rate cameras are placed on
     a, b = joined.model.state_dict(), together.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:  # deterministic on the CPU: the same members and the same error-scale fit
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     # Members of different data or settings are refused, naming the field.
-    update_checkpoint(one[1], split="test")
+    update_checkpoint(one[1], fps=25.0)
+    with pytest.raises(ValueError, match="fps differs"):
+        run_ensemble(EnsembleRequest(tuple(one), tmp_path / "bad.pt"))
+    update_checkpoint(one[1], split="test", fps=30.0)
     with pytest.raises(ValueError, match="split differs"):
         run_ensemble(EnsembleRequest(tuple(one), tmp_path / "bad.pt"))
     with pytest.raises(ValueError, match="already an ensemble"):
