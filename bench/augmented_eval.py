@@ -212,16 +212,16 @@ def main() -> None:
                     "windows": nw,
                 }
             )
-            print(f"{aug:<12}{k:<8}{100 * rep.auc_offline:8.2f}{100 * rep.auc_causal:8.2f}", flush=True)  # fmt: skip
+            print(f"{aug:<16}{k:<8}{100 * rep.auc_offline:8.2f}{100 * rep.auc_causal:8.2f}", flush=True)  # fmt: skip
     base = {r["scorer"]: r for r in rows if r["augment"] == "none"}
-    head = f"{'augment':<12}{'scorer':<8}{'AUC off':>9}{'causal':>9}{'d off':>8}{'d causal':>10}"
+    head = f"{'augment':<16}{'scorer':<8}{'AUC off':>9}{'causal':>9}{'d off':>8}{'d causal':>10}"
     print(head + "\n" + "-" * len(head))
     for r in rows:
         b = base.get(r["scorer"])
         r["delta_offline"] = r["auc_offline"] - b["auc_offline"] if b else None
         r["delta_causal"] = r["auc_causal"] - b["auc_causal"] if b else None
         d = f"{r['delta_offline']:+8.2f}{r['delta_causal']:+10.2f}" if b else ""
-        print(f"{r['augment']:<12}{r['scorer']:<8}{r['auc_offline']:9.2f}{r['auc_causal']:9.2f}{d}")  # fmt: skip
+        print(f"{r['augment']:<16}{r['scorer']:<8}{r['auc_offline']:9.2f}{r['auc_causal']:9.2f}{d}")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

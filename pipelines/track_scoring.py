@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
 from forecasting.windows import Windows, cut_windows, model_frames
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -97,6 +100,9 @@ class TrackScorer:
         w = ckpt.window_config
         self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
         self.model_fps = ckpt.fps
+        # the slowest camera whose gaps (model frames between two of its frames) are filled
+        self.slowest_fps = self.model_fps / (w.max_gap + 1)
+        self._too_slow: set[str] = set()
         self._tracks: dict[tuple[str, int], _Track] = {}
         self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
         self.duplicates = 0  # person frames dropped: that frame of that track was seen
@@ -127,7 +133,16 @@ class TrackScorer:
 
     def model_frame(self, frame: PoseFrame) -> int:
         """The frame's place on the model's time axis (its index when its rate is not
-        stated or is the model's)."""
+        stated or is the model's). A camera too slow for the gaps between its frames to be
+        filled (:attr:`slowest_fps`) is logged once: its persons are never scored."""
+        if frame.fps and frame.fps < self.slowest_fps and frame.camera not in self._too_slow:
+            self._too_slow.add(frame.camera)
+            log.warning(
+                "camera %s: %.3g fps is below the %.3g fps the model can score (%d model "
+                "frames at most between two frames); its persons are not scored. Raise the "
+                "camera's frame rate",
+                frame.camera, frame.fps, self.slowest_fps, self.ckpt.window_config.max_gap,
+            )  # fmt: skip
         return int(model_frames(frame.frame_index, frame.fps, self.model_fps))
 
     def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:

@@ -124,3 +124,21 @@ def test_a_checkpoint_with_a_bad_frame_rate_is_refused(tmp_path: Path) -> None:
         update_checkpoint(path, fps=bad)
         with pytest.raises(CheckpointError, match="fps"):
             load_checkpoint(path)
+
+
+def test_a_camera_too_slow_for_the_model_is_named_once_and_not_scored(
+    clip: Clip, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ck = load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt"))
+    scorer = TrackScorer(ck, ScorerConfig(name="nll"), stride=1, sigma=0)
+    assert scorer.slowest_fps == pytest.approx(30 / 9)  # 8 model frames at most in a gap
+    frames = frames_from_tracks(clip.tracks, "cam", (1920, 1080))
+    ok = [replace(f, camera="ok", fps=3.5) for f in frames[:40]]
+    slow = [replace(f, camera="slow", fps=3.0) for f in frames[:40]]
+    scored = scorer.add(ok + slow)
+    assert {s.camera for s in scored} == {"ok"}
+    warned = [r.getMessage() for r in caplog.records if "fps the model can score" in r.getMessage()]
+    assert warned == [
+        "camera slow: 3 fps is below the 3.33 fps the model can score (8 model frames at most "
+        "between two frames); its persons are not scored. Raise the camera's frame rate"
+    ]
