@@ -339,8 +339,8 @@ def main() -> None:
         if any(k in POSTURE_SCORERS for k in args.scorers) and (
             posture is None
             or not posture.cfg.stillness  # flows from before the term
-            or (posture.cfg.upright, posture.cfg.upright_frames)
-            != (PostureConfig().upright, PostureConfig().upright_frames)  # another input turn
+            or (posture.cfg.upright, posture.cfg.upright_frames, posture.cfg.yaw)
+            != (PostureConfig().upright, PostureConfig().upright_frames, PostureConfig().yaw)
         ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)

@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -47,6 +48,7 @@ from forecasting.defaults import (
     POSTURE_UPRIGHT,
     POSTURE_UPRIGHT_FRAMES,
     POSTURE_WEIGHT,
+    POSTURE_YAW,
 )
 from forecasting.stillness import HINGE_QUANTILE, stillness
 from forecasting.weights_cache import WeightsCache
@@ -288,6 +290,7 @@ def train_glow(
     lr: float = 5e-4,
     batch: int = 256,
     select: Callable[[GraphGlow], float] | None = None,
+    augment: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[GraphGlow, list[float]]:
     """STG-NF's optimisation: Adamax, weight decay 5e-5, lr x 0.99 per epoch, gradient norm
     clipped at 100, batches of ``batch`` shuffled windows.
@@ -299,6 +302,8 @@ def train_glow(
             building the model for a reproducible run).
         select: when given, called in eval mode after every epoch; the epoch with the
             lowest value is kept (else the last epoch).
+        augment: when given, applied to every training batch (random draws from torch's
+            global generator).
 
     Returns:
         The trained model in eval mode and the ``select`` value of every epoch.
@@ -309,7 +314,8 @@ def train_glow(
     for epoch in range(epochs):
         model.train()
         for idx in torch.randperm(len(x)).split(batch):
-            loss = model(x[idx]).mean()
+            xb = x[idx] if augment is None else augment(x[idx])
+            loss = model(xb).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100)
@@ -349,6 +355,12 @@ class PostureConfig:
             frames, 12 future ones), is the observed part: a body that tips over in the
             future is then not turned back toward upright by its own fall (measured the same
             on AIHub2, so not the default).
+        yaw: training augmentation, degrees: every epoch each training window's horizontal
+            coordinates are scaled by ``cos(theta)``, ``theta`` uniform in ``[0, yaw]``: a
+            body turned about the vertical axis (side-on to the camera), in the flat-body
+            approximation of a view the training camera never saw (:func:`yaw_squash`;
+            0: none; flows saved before it load with 0). It changes training only, not how a
+            window is scored.
     """
 
     frames: int = 24
@@ -360,10 +372,11 @@ class PostureConfig:
     stillness: bool = True
     upright: float = POSTURE_UPRIGHT
     upright_frames: int = POSTURE_UPRIGHT_FRAMES
+    yaw: float = POSTURE_YAW
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("upright", "upright_frames"):
+        for k in ("upright", "upright_frames", "yaw"):
             if not d[k]:  # as before the option: older readers load the checkpoint
                 del d[k]
         return d
@@ -375,7 +388,7 @@ class PostureConfig:
         d = {k: v for k, v in d.items() if k != "roll"}
         if "upright" in d:  # upright flows of session 12 measured the axis on every frame
             d = {"upright_frames": 0, **d}
-        return cls(**{"stillness": False, "upright": 0.0, **d})
+        return cls(**{"stillness": False, "upright": 0.0, "yaw": 0.0, **d})
 
 
 class PostureModel(nn.Module):
@@ -504,6 +517,15 @@ def turn_upright(x: Tensor, max_degrees: float, frames: int = 0) -> Tensor:
     return torch.stack([c * u - s * v, s * u + c * v], 1)
 
 
+def yaw_squash(x: Tensor, max_degrees: float) -> Tensor:
+    """Flow inputs ``(N, 2, T, V)`` (centred) with each window's horizontal coordinates scaled
+    by ``cos(theta)``, ``theta ~ U(0, max_degrees)`` per window (torch's global generator):
+    the body turned side-on by ``theta`` if it were flat."""
+    theta = torch.rand(x.shape[0], device=x.device) * math.radians(max_degrees)
+    scale = torch.stack([torch.cos(theta), torch.ones_like(theta)], 1)
+    return x * scale.to(x.dtype)[:, :, None, None]
+
+
 def flow_inputs(poses: Tensor, cfg: PostureConfig) -> Tensor:
     """Filled normalised windows ``(N, L, 17, 2)`` -> flow inputs ``(N, 2, cfg.frames, 17)``:
     the last frames, turned upright when ``cfg.upright``, :func:`stgnf_normalise`-d."""
@@ -564,7 +586,8 @@ def train_posture(
         torch.manual_seed(seed * cfg.flows + f)
         flow = GraphGlow(train_poses.shape[2], COCO_EDGES, cfg.frames, cfg.steps, cfg.max_hop)
         select = val_nll if xv is not None else None
-        _, trace = train_glow(flow, x, cfg.epochs, select=select)
+        augment = partial(yaw_squash, max_degrees=cfg.yaw) if cfg.yaw > 0 else None
+        _, trace = train_glow(flow, x, cfg.epochs, select=select, augment=augment)
         model.flows[f] = flow
         if log is not None and trace:
             best = int(np.argmin(trace))

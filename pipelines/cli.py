@@ -29,6 +29,7 @@ from forecasting.defaults import (
     POSTURE_UPRIGHT,
     POSTURE_UPRIGHT_FRAMES,
     POSTURE_WEIGHT,
+    POSTURE_YAW,
     SCORERS,
 )
 from pipelines import __version__
@@ -88,6 +89,11 @@ _FPS_HELP = (
     "on the model's time axis, as the service scores a camera at that rate)."
 )
 
+_YAW_HELP = (
+    "Training augmentation, degrees: each training window's horizontal coordinates scaled by "
+    "cos(theta), theta uniform in [0, YAW], every epoch (a body turned side-on to the camera; "
+    "0: off). See docs/DECISIONS.md, session 20."
+)
 _TRAIN_FPS_HELP = (
     "Frame rate of the dataset, frames/s (recorded in the checkpoint: cameras at another rate "
     "are scored on this time axis)."
@@ -247,12 +253,14 @@ def posture(
             "(0: all; 12: a default window's observed part).",
         ),
     ] = POSTURE_UPRIGHT_FRAMES,
+    yaw: Annotated[float, typer.Option(min=0, max=80, help=_YAW_HELP)] = POSTURE_YAW,
     refit_stats: Annotated[
         bool,
         typer.Option(
             help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
             "with the stillness term on (about a minute; for flows saved before the term). "
-            "The flow settings (--flows, --epochs, --upright, --upright-frames) are then ignored."
+            "The flow settings (--flows, --epochs, --upright, --upright-frames, --yaw) are then "
+            "ignored."
         ),
     ] = False,
 ) -> None:
@@ -269,6 +277,7 @@ def posture(
             weight=weight,
             upright=upright,
             upright_frames=upright_frames,
+            yaw=yaw,
         )
         run_posture(PostureRequest(model, cfg, seed, data, refit_stats))
     except (DatasetError, PoseFileError, ValueError, FileNotFoundError) as exc:

@@ -25,6 +25,7 @@ from forecasting.posture import (
     fit_normal_stats,
     flow_inputs,
     train_posture,
+    yaw_squash,
 )
 from forecasting.scoring import (
     ScorerConfig,
@@ -85,6 +86,25 @@ def test_posture_config_round_trip_and_older_checkpoints() -> None:
     assert PostureConfig.from_dict(observed.to_dict()) == observed
     with pytest.raises(TypeError):
         PostureConfig.from_dict({**cfg.to_dict(), "tilt": 1.0})  # unknown: not silently dropped
+    # flows trained before the yaw augmentation (session 20) say they were trained without it
+    assert cfg.yaw == 60.0 and PostureConfig.from_dict(cfg.to_dict()).yaw == 60.0
+    before_yaw = {k: v for k, v in cfg.to_dict().items() if k != "yaw"}
+    assert PostureConfig.from_dict(before_yaw) == PostureConfig(yaw=0.0)
+
+
+def test_yaw_augmentation_narrows_bodies_as_a_turn_toward_side_on_would() -> None:
+    """Training windows seen turned about the vertical axis by up to ``yaw`` degrees (flat
+    body): horizontal coordinates scaled by cos(theta), vertical ones and the centre kept."""
+    torch.manual_seed(0)
+    x = torch.randn(4000, 2, 24, 17)
+    y = yaw_squash(x, 60.0)
+    scale = (y[:, 0] / x[:, 0]).flatten(1)
+    assert torch.allclose(scale, scale[:, :1].expand_as(scale), atol=1e-4)  # one per window
+    s = scale[:, 0]
+    assert float(s.min()) >= 0.5 - 1e-6 and float(s.max()) <= 1.0 + 1e-6
+    # theta uniform in [0, 60 degrees]: E[cos theta] = sin(60 deg) / (pi / 3) = 0.827
+    assert float(s.mean()) == pytest.approx(0.827, abs=0.01)
+    assert torch.equal(y[:, 1], x[:, 1])
 
 
 def test_upright_turn_is_measured_on_the_observed_frames(
