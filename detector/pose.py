@@ -40,8 +40,8 @@ MAX_IMAGE_SIDE = 16384
 #: Largest frame index a PoseFrame may carry (10**12 - 1: over 1,000 years of a 30 fps
 #: camera; a frame counter never reaches it, an epoch time in milliseconds already does).
 MAX_FRAME_INDEX = 10**12 - 1
-#: Highest frame rate a PoseFrame may state (frames/s; high-speed cameras stay under it).
-MAX_FPS = 1000.0
+#: Frame rates a PoseFrame may state (frames/s, inclusive): time-lapse to high-speed cameras.
+MIN_FPS, MAX_FPS = 0.1, 1000.0
 #: Most frames one :class:`Track` may span, first to last (10**6: about 9 h 15 min at
 #: 30 fps; a track's arrays take about 210 bytes per spanned frame, 210 MB at the limit).
 MAX_TRACK_FRAMES = 10**6

@@ -37,6 +37,7 @@ from detector.pose import (
     MAX_FRAME_INDEX,
     MAX_IMAGE_SIDE,
     MAX_TRACK_ID,
+    MIN_FPS,
     PoseFrame,
     Track,
     zero_missing,
@@ -414,8 +415,8 @@ def _check_frame_fields(data: dict[str, Any]) -> None:
     if not _is_number(ts) or not math.isfinite(ts) or ts < 0:
         raise ValueError(f"timestamp {str(ts)[:40]} is not a finite number >= 0 (seconds)")
     fps = data.get("fps")
-    if fps is not None and (not _is_number(fps) or not 0 < fps <= MAX_FPS):
-        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in (0, {MAX_FPS}] (frames/s)")
+    if fps is not None and (not _is_number(fps) or not MIN_FPS <= fps <= MAX_FPS):
+        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in {MIN_FPS} .. {MAX_FPS:g} (frames/s)")  # fmt: skip
     size = data["image_size"]
     if (
         not isinstance(size, list)

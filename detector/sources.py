@@ -100,7 +100,8 @@ class Frame:
         image: ``(H, W, 3)`` uint8 BGR.
         read_at: ``time.monotonic()`` when it was decoded (for latency).
         decode_s: seconds the read and decode took.
-        fps: the source's frame rate when the frame was read (frames/s; 0: not known).
+        fps: the source's frame rate when the frame was read (frames/s; 0: not known, e.g.
+            a stream stating no plausible rate and giving no timestamps to derive one).
     """
 
     camera: str
@@ -248,6 +249,7 @@ class CameraSource:
         self._expected: int | None = None
         self._last_frame = time.monotonic()
         self._rate_trusted = True
+        self._derived = False  # the rate was derived from the frames' timestamps
         self._rate_logged = False
         self._previous: np.ndarray | None = None  # the last image of a live camera
         self._frozen = False  # its picture has repeated since the last new frame
@@ -408,7 +410,7 @@ class _CaptureSource(CameraSource):
         derived = self._timestamp_fps()
         used = derived if derived is not None else FALLBACK_FPS
         how = "derived from its frames' timestamps" if derived is not None else "instead"
-        self._fps, self._rate_trusted = used, False
+        self._fps, self._rate_trusted, self._derived = used, False, derived is not None
         if not self._rate_logged:
             self._rate_logged = True
             log.warning(
@@ -459,9 +461,14 @@ class _CaptureSource(CameraSource):
                     return index, f"picture frozen for {frozen:.0f} s"
                 continue
             ts = self._stamp(index, start_index, t0, period)
-            self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s, self._fps))
+            self._put(Frame(self.name, index, ts, image, time.monotonic(), decode_s, self._rate()))
             index += 1
         return index, "stopped"
+
+    def _rate(self) -> float:
+        """The rate frames state (``Frame.fps``): the configured, stated or timestamp-derived
+        one; 0 (not known) for the fallback guess, which must not place frames in time."""
+        return self._fps if self._rate_trusted or self._derived else 0.0
 
     def _finish(self) -> None:
         if self._status not in (SourceStatus.OFFLINE, SourceStatus.FINISHED):
@@ -762,7 +769,8 @@ class FolderSource(CameraSource):
                     if delay > 0:
                         self._wait(delay)
                 ts = index / self._fps
-                self._put(Frame(self.name, index, ts, image, time.monotonic(), fps=self._fps))
+                rate = float(self.cfg.fps or 0.0)  # 10 fps is a convention, not the rate
+                self._put(Frame(self.name, index, ts, image, time.monotonic(), fps=rate))
                 index += 1
             if not self.cfg.loop:
                 break

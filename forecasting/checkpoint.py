@@ -407,8 +407,8 @@ def _check_fps(fps: Any) -> None:
     """``ValueError`` unless ``fps`` (a header's ``fps``) is absent or a frame rate."""
     if fps is None:
         return
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 1000:
-        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in (0, 1000]")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0.1 <= fps <= 1000:
+        raise ValueError(f"fps {str(fps)[:40]} is not a frame rate in 0.1 .. 1000 (frames/s)")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

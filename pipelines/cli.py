@@ -85,8 +85,8 @@ _SAMPLER_HELP = (
 
 #: Help of ``--fps`` of the commands that score a dataset.
 _FPS_HELP = (
-    "Frame rate of the dataset, frames/s (footage at another rate than the model's is scored "
-    "on the model's time axis, as the service scores a camera at that rate)."
+    "Frame rate of the dataset, frames/s (default: the model's, its checkpoint's fps). Footage "
+    "at another rate is scored on the model's time axis, as the service scores such a camera."
 )
 
 _YAW_HELP = (
@@ -169,7 +169,7 @@ def train(
     ] = POSTURE_FLOWS,
     fps: Annotated[
         float,
-        typer.Option(min=1.0, max=1000.0, help=_TRAIN_FPS_HELP),
+        typer.Option(min=0.1, max=1000.0, help=_TRAIN_FPS_HELP),
     ] = MODEL_FPS,
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
@@ -341,7 +341,7 @@ def evaluate(
     stride: Annotated[int, typer.Option(help="Score every n-th frame of each track.")] = 1,
     sigma: Annotated[float, typer.Option(help="Offline (symmetric) smoothing, frames.")] = 9.5,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
-    fps: Annotated[float, typer.Option(help=_FPS_HELP)] = 30.0,
+    fps: Annotated[float | None, typer.Option(min=0.1, max=1000.0, help=_FPS_HELP)] = None,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
     ] = DEFAULT_SAMPLES,
@@ -425,7 +425,7 @@ def calibrate(
     ] = DEFAULT_SAMPLER,
     causal_sigma: Annotated[float, typer.Option(help="Causal smoothing, frames.")] = 6.0,
     min_duration: Annotated[int | None, typer.Option(help=_MIN_DURATION_HELP)] = None,
-    fps: Annotated[float, typer.Option(help=_FPS_HELP)] = 30.0,
+    fps: Annotated[float | None, typer.Option(min=0.1, max=1000.0, help=_FPS_HELP)] = None,
     samples: Annotated[
         int, typer.Option("-k", "--samples", help="K futures per window.")
     ] = DEFAULT_SAMPLES,

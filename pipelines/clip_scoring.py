@@ -96,14 +96,19 @@ def score_clip_many(
     fps, model_fps = rates
     for tid, tr in clip.tracks.items():
         kp, present, frame_of = tr.keypoints, tr.present, tr.frames
-        hold = stride * wcfg.frame_step  # camera frames a score stands for
+        hold = stride * wcfg.frame_step  # camera frames a score stands for, at most
         if not same_rate(fps, model_fps):
             assert fps is not None
             kp, present, frame_of = _model_axis(tr, model_frames(tr.frames, fps, model_fps))
-            hold = math.ceil(hold * fps / model_fps)
-        w = cut_windows(kp, wcfg, stride=stride, fill="window")
-        if len(w):  # a window is scored at its last frame only if the person is there
-            w = w.select(present[w.start + (wcfg.length - 1) * wcfg.frame_step])
+            gap = math.ceil(model_fps / fps)  # model frames between two camera frames, at most
+            hold = math.ceil((stride + gap - 1) * fps / model_fps)
+        if wcfg.frame_step == 1:  # the windows the live scorer scores (see live_ends)
+            ends = live_ends(np.flatnonzero(present), wcfg.length - 1, stride)
+            w = cut_windows(kp, wcfg, starts=ends - (wcfg.length - 1), fill="window")
+        else:
+            w = cut_windows(kp, wcfg, stride=stride, fill="window")
+            if len(w):  # a window is scored at its last frame only if the person is there
+                w = w.select(present[w.start + (wcfg.length - 1) * wcfg.frame_step])
         if len(w) == 0:
             continue
         many = score_windows_many(model, w.poses, w.mask, w.visible, scorer, names)
@@ -118,6 +123,26 @@ def score_clip_many(
         k: ClipScores(clip.name, worst_person(list(pp.values()), n), labels, pp, n_windows)
         for k, pp in persons.items()
     }
+
+
+def live_ends(rows: np.ndarray, first: int, stride: int) -> np.ndarray:
+    """The rows at which the live scorer scores a track (:class:`~pipelines.track_scoring.
+    TrackScorer`): of the rows the person is in (``rows``, increasing), the first at or
+    after ``first`` (a full window behind it), then each first one at least ``stride`` rows
+    after the last scored.
+
+    >>> live_ends(np.array([3, 4, 5, 7, 8, 9, 10, 13]), 4, 3).tolist()
+    [4, 7, 10, 13]
+    """
+    rows = rows[rows >= first]
+    if stride <= 1 or len(rows) == 0:
+        return rows
+    out, last = [], -stride
+    for r in rows.tolist():
+        if r - last >= stride:
+            out.append(r)
+            last = r
+    return np.asarray(out, np.int64)
 
 
 def _model_axis(tr: Track, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

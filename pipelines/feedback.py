@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from detector.pose import Track
 from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import smooth
 from forecasting.scoring import ScorerConfig
+from forecasting.windows import same_rate
 from pipelines.clip_scoring import score_clip
 from pipelines.serving import ServingSpec
 
@@ -132,7 +134,11 @@ def episode_peak(
     :meth:`~pipelines.sinks.store.AlertStore.add_poses`); None when too short to score."""
     if not rows:
         return None
-    first = int(rows[0][0])
+    fps, first = rows_fps(rows), int(rows[0][0])
+    if fps is not None and not same_rate(fps, ckpt.fps):
+        # rebased by a multiple of the rate ratio's period, the frames keep their places on
+        # the model's time axis (as the live scorer placed them, from their own indices)
+        first -= first % Fraction(ckpt.fps / fps).limit_denominator(1000).denominator
     frames = {
         int(r[0]) - first: (np.asarray(r[6:57], np.float32).reshape(17, 3), 1.0) for r in rows
     }
@@ -140,7 +146,7 @@ def episode_peak(
         kp[kp[:, 2] <= 0, :2] = np.nan
     track = Track.from_rows(0, frames)
     clip = Clip("episode", Path("episode"), {0: track}, None)
-    rates = (rows_fps(rows), ckpt.fps)  # scored on the model's time axis, as live
+    rates = (fps, ckpt.fps)  # scored on the model's time axis, as live
     cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride, rates)
     if not np.isfinite(cs.persons.get(0, np.array([np.nan]))).any():
         return None

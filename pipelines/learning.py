@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from detector.datasets import Clip
-from detector.pose import PoseFrame, tracks_from_frames
+from detector.pose import MAX_FPS, MIN_FPS, PoseFrame, tracks_from_frames
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from forecasting.defaults import ALERT_MIN_DURATION_S, AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
@@ -254,9 +254,10 @@ class SceneLearner:
 
     def _fps_of(self, frames: list[PoseFrame]) -> float:
         if self._fps > 0:
-            return self._fps
+            return min(max(self._fps, MIN_FPS), MAX_FPS)  # a rate its checkpoint can record
         if len(frames) > 1 and frames[-1].timestamp > frames[0].timestamp:
-            return (len(frames) - 1) / (frames[-1].timestamp - frames[0].timestamp)
+            fps = (len(frames) - 1) / (frames[-1].timestamp - frames[0].timestamp)
+            return min(max(fps, MIN_FPS), MAX_FPS)
         return 10.0
 
     def _train(self, frames: list[PoseFrame]) -> None:

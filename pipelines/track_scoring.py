@@ -12,7 +12,9 @@ A model's windows are frames at the rate of its training footage
 (:func:`~forecasting.windows.model_frames`): a slower camera's frames leave gaps that the
 window's gap filling interpolates, a faster camera's frames that fall on a model frame
 already taken are skipped (counted in :attr:`TrackScorer.decimated`). Scores keep the
-camera's own frame index.
+camera's own frame index. A camera whose stated rate changes (a reconnect that now states
+one) starts its tracks over (counted in :attr:`TrackScorer.rate_changes`; its persons are
+reported lost, so their episodes end): its old frames sit on another time axis.
 
 Frame indices come from outside (pose messages) and are not trusted to grow: a person's
 frame seen again (a duplicate) is dropped and counted (:attr:`TrackScorer.duplicates`); a
@@ -40,7 +42,7 @@ from detector.pose import PoseFrame
 from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
-from forecasting.windows import Windows, cut_windows, model_frames
+from forecasting.windows import Windows, cut_windows, model_frames, same_rate
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,10 @@ class TrackScorer:
     Arguments:
         ckpt: the forecaster.
         cfg: scorer configuration.
-        stride: score a person every ``stride`` frames.
-        sigma: causal smoothing (frames).
-        max_missing: a track unseen for this many frames (of the model's rate) is forgotten.
+        stride: score a person at most every ``stride`` model frames (frames at the model's
+            rate: a camera frame the person is in, once that many have passed).
+        sigma: causal smoothing, in scores of the person (one per scored window).
+        max_missing: a track unseen for this many model frames is forgotten.
     """
 
     def __init__(
@@ -110,6 +113,8 @@ class TrackScorer:
         # person frames not scored: untracked (track id -1), so no track to forecast from
         self.untracked = 0
         self.decimated = 0  # person frames skipped: a faster camera's, on a model frame taken
+        self.rate_changes = 0  # cameras whose stated rate changed: their tracks started over
+        self._ratio: dict[str, float] = {}  # camera -> model frames per camera frame
 
     def warmup(self, persons: int = 4) -> None:
         """Score a few synthetic windows once: the first model call's one-time costs (torch
@@ -144,6 +149,22 @@ class TrackScorer:
                 frame.camera, frame.fps, self.slowest_fps, self.ckpt.window_config.max_gap,
             )  # fmt: skip
         return int(model_frames(frame.frame_index, frame.fps, self.model_fps))
+
+    def _rate_changed(self, frame: PoseFrame) -> list[int]:
+        """Start the camera's tracks over when the frame's stated rate puts it on another
+        time axis than its previous frames; returns the track ids dropped."""
+        fps = frame.fps
+        ratio = 1.0 if fps is None or same_rate(fps, self.model_fps) else self.model_fps / fps
+        before = self._ratio.get(frame.camera)
+        self._ratio[frame.camera] = ratio
+        if before is None or before == ratio:
+            return []
+        self.rate_changes += 1
+        log.info(
+            "camera %s: its frame rate is now stated as %s; its tracks start over",
+            frame.camera, f"{fps:g} fps" if fps else "unknown",
+        )  # fmt: skip
+        return self.drop_camera(frame.camera)
 
     def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:
         """Drop tracks of ``camera`` unseen for ``max_missing`` model frames at its frame
@@ -200,7 +221,8 @@ class TrackScorer:
         # the caller can retry the frames one at a time without them counting as repeats).
         cams = {fr.camera for fr in frames}
         before = {k: (t, list(t.rows), t.last_frame, t.last_index, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
-        counts = (self.duplicates, self.restarts, self.untracked, self.decimated)
+        counts = (self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes)
+        ratios = dict(self._ratio)
         try:
             return self._step(frames, seeds, forget)
         except BaseException:
@@ -211,7 +233,10 @@ class TrackScorer:
                 t.rows.extend(rows)
                 t.last_frame, t.last_index, t.scored_at = last, last_index, scored_at
                 self._tracks[k] = t
-            self.duplicates, self.restarts, self.untracked, self.decimated = counts
+            self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes = (
+                counts
+            )
+            self._ratio = ratios
             raise
 
     def _step(
@@ -221,6 +246,7 @@ class TrackScorer:
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
             t = self.model_frame(fr)
+            changed = self._rate_changed(fr)
             for p in fr.persons:
                 if p.track_id < 0:  # untracked: its frames belong to no one track
                     self.untracked += 1
@@ -249,7 +275,8 @@ class TrackScorer:
                     continue
                 due.append((tr, key, self._window(tr), i, tr.rows[-1]))
                 tr.scored_at = t
-            lost.append(self.forget_stale(fr.camera, fr.frame_index, fr.fps) if forget else [])
+            gone = self.forget_stale(fr.camera, fr.frame_index, fr.fps) if forget else []
+            lost.append(changed + [g for g in gone if g not in changed])
         wcfg = self.ckpt.window_config
         parts, owners = [], []
         for tr, key, kp, i, row in due:

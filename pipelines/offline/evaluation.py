@@ -79,8 +79,9 @@ class EvaluateRequest:
         stride: score every n-th frame of each track.
         sigma: offline (symmetric) smoothing, frames.
         causal_sigma: causal smoothing, frames.
-        fps: frame rate of the dataset, frames per second (footage at another rate than
-            the checkpoint's is scored on the model's time axis, as the live service does).
+        fps: frame rate of the dataset, frames per second (None: the checkpoint's,
+            :attr:`~forecasting.checkpoint.Checkpoint.fps`); footage at another rate than the
+            checkpoint's is scored on the model's time axis, as the live service does.
         samples: K futures per window.
         seed: sampling seed.
         out: output folder (``evaluation.json``, ``roc.png``, ``timelines/<clip>.png``).
@@ -97,7 +98,7 @@ class EvaluateRequest:
     stride: int = 1
     sigma: float = 9.5
     causal_sigma: float = 6.0
-    fps: float = 30.0
+    fps: float | None = None
     samples: int = DEFAULT_SAMPLES
     seed: int = 0
     out: Path = Path("runs/evaluate")
@@ -126,8 +127,9 @@ class CalibrateRequest:
         causal_sigma: causal smoothing, frames.
         min_duration: frames an alert must last (None: the service's
             ``alerting.min_duration_s`` at ``fps``, 15 frames at 30 fps).
-        fps: frame rate of the dataset, frames per second (footage at another rate than
-            the checkpoint's is scored on the model's time axis, as the live service does).
+        fps: frame rate of the dataset, frames per second (None: the checkpoint's,
+            :attr:`~forecasting.checkpoint.Checkpoint.fps`); footage at another rate than the
+            checkpoint's is scored on the model's time axis, as the live service does.
         samples: K futures per window.
         stride: score every n-th frame.
         progress: show a progress bar (stderr).
@@ -146,7 +148,7 @@ class CalibrateRequest:
     sampler: str = DEFAULT_SAMPLER
     causal_sigma: float = 6.0
     min_duration: int | None = None
-    fps: float = 30.0
+    fps: float | None = None
     samples: int = DEFAULT_SAMPLES
     stride: int = 1
     progress: bool = True
@@ -189,6 +191,11 @@ class ScorerReport:
     seconds: float
     windows_per_second: float
     calibrated: dict[str, Any] | None = None
+
+
+def _fps(req: EvaluateRequest | CalibrateRequest, ckpt: Checkpoint) -> float:
+    """The dataset's frame rate: ``req.fps``, else the checkpoint's."""
+    return ckpt.fps if req.fps is None else req.fps
 
 
 def alert_frames(fps: float) -> int:
@@ -392,7 +399,7 @@ def _score_passes(
         sampler = _sampler(ckpt, sname_or_none or GRU_NF.name)
         base = ScorerConfig(name=names[0], num_samples=req.samples, sampler=sampler, seed=req.seed)  # type: ignore[arg-type]
         many, secs, nw = score_split_many(
-            ckpt, clips, base, names, req.stride, req.progress, req.fps
+            ckpt, clips, base, names, req.stride, req.progress, _fps(req, ckpt)
         )
         for scorer in names:
             cfg = replace(base, name=scorer)  # type: ignore[arg-type]
@@ -411,7 +418,7 @@ def _score_passes(
                 cs,
                 req.sigma,
                 req.causal_sigma,
-                req.fps,
+                _fps(req, ckpt),
                 secs,
                 nw,
                 calibration if same else None,
@@ -464,7 +471,7 @@ def run_evaluate(req: EvaluateRequest) -> dict[str, Any]:
         "stride": req.stride,
         "sigma_offline": req.sigma,
         "sigma_causal": req.causal_sigma,
-        "fps": req.fps,
+        "fps": _fps(req, ckpt),
         "K": req.samples,
         "frames": sum(c.num_frames for c in clips),
         "labelled_only": req.labelled_only,
@@ -538,10 +545,11 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     ckpt = load_checkpoint(req.model)
     cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
     cs = validation_clip_scores(
-        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips, req.fps
+        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips, _fps(req, ckpt)
     )
-    min_duration = alert_frames(req.fps) if req.min_duration is None else req.min_duration
-    cal = calibrate_on_clips(cs, req.causal_sigma, req.fps, req.target_rate, min_duration)
+    fps = _fps(req, ckpt)
+    min_duration = alert_frames(fps) if req.min_duration is None else req.min_duration
+    cal = calibrate_on_clips(cs, req.causal_sigma, fps, req.target_rate, min_duration)
     fb = apply_feedback(
         cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride
     )

@@ -272,7 +272,12 @@ def _train_config(ckpt: Checkpoint, what: str, data: Path | None = None) -> Trai
 
 
 #: Checkpoint fields ensemble members must agree on.
-_SHARED = ("model_config", "window_config", "standardizer", "split", "validation_clips", "fps")
+_SHARED = ("model_config", "window_config", "standardizer", "split", "validation_clips")
+
+
+def _shared(ck: Checkpoint, key: str) -> Any:
+    """What a member must share with the others: its header's ``key`` (its rate for fps)."""
+    return ck.fps if key == "fps" else ck.meta.get(key)
 
 
 def run_ensemble(req: EnsembleRequest) -> Path:
@@ -299,8 +304,8 @@ def run_ensemble(req: EnsembleRequest) -> Path:
     for ck in cks:
         if not isinstance(ck.model, GRUNF):
             raise ValueError(f"{ck.path}: already an ensemble; give its single-model members")
-        for key in _SHARED:
-            if ck.meta.get(key) != first.meta.get(key):
+        for key in (*_SHARED, "fps"):  # fps as read: a checkpoint without one is 30 fps
+            if _shared(ck, key) != _shared(first, key):
                 raise ValueError(
                     f"{ck.path}: {key} differs from {first.path}'s; ensemble members must be "
                     "trained on the same data with the same settings (only the seed differs)"

@@ -413,6 +413,7 @@ def test_an_avi_with_an_implausible_rate_plays_at_the_fallback_and_says_so_once(
     src.stop()
     assert [f.timestamp for f in frames if f] == pytest.approx([i / fps_used for i in range(20)])
     assert src.stats().fps == fps_used and src.stats().expected_frames is None
+    assert {f.fps for f in frames if f} == {0.0}  # a guess: frames are not placed in time by it
     warned = [r.getMessage() for r in caplog.records if "not plausible" in r.getMessage()]
     assert warned == [
         f"camera 'odd' ({video}): its stated frame rate, {how}, is not plausible; using 10 fps "
@@ -448,8 +449,9 @@ def test_a_timestamped_container_with_a_bogus_rate_uses_its_frame_timestamps(
     assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS) == 2000.0
     caplog.set_level(logging.WARNING)
     src = CameraSource("odd", SourceConfig(uri=str(video))).start()
-    stamps = [f.timestamp for f in _drain(src)]
+    frames = _drain(src)
     src.stop()
-    assert stamps == pytest.approx([i / 25.0 for i in range(10)])
+    assert [f.timestamp for f in frames] == pytest.approx([i / 25.0 for i in range(10)])
+    assert all(f.fps == pytest.approx(25.0) for f in frames)  # a measured rate places frames
     (msg,) = [r.getMessage() for r in caplog.records if "not plausible" in r.getMessage()]
     assert "2000 fps, is not plausible; using 25 fps derived from its frames' timestamps" in msg

@@ -111,7 +111,7 @@ def test_pose_messages_carry_the_cameras_rate_and_bad_rates_are_refused() -> Non
     assert "fps" not in replace(pf, fps=None).to_dict()  # as before: readers need not know it
     line = json.dumps(pf.to_dict())
     assert decode_poseframe(line).fps == 15.0
-    for bad in (0, -30, 1e6, "30", True):
+    for bad in (0, -30, 1e-300, 1e6, "30", True):
         with pytest.raises(PoseFileError, match="fps"):
             decode_poseframe(json.dumps({**pf.to_dict(), "fps": bad}))
 
@@ -120,7 +120,7 @@ def test_a_checkpoint_with_a_bad_frame_rate_is_refused(tmp_path: Path) -> None:
     path = tiny_checkpoint(tmp_path / "m.pt")
     update_checkpoint(path, fps=15.0)
     assert load_checkpoint(path).fps == 15.0
-    for bad in (-1, 0, "fast", 1e9):
+    for bad in (-1, 0, 1e-300, "fast", 1e9):
         update_checkpoint(path, fps=bad)
         with pytest.raises(CheckpointError, match="fps"):
             load_checkpoint(path)
@@ -142,3 +142,51 @@ def test_a_camera_too_slow_for_the_model_is_named_once_and_not_scored(
         "camera slow: 3 fps is below the 3.33 fps the model can score (8 model frames at most "
         "between two frames); its persons are not scored. Raise the camera's frame rate"
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fps", "stride"), [(15.0, 3), (20.0, 2), (60.0, 3)])
+def test_live_and_offline_score_the_same_frames_at_any_rate_and_stride(
+    clip: Clip, ck, fps: float, stride: int
+) -> None:  # type: ignore[no-untyped-def]
+    """``evaluate`` / ``calibrate`` score the windows the service scores (the service's
+    default stride is 3), and every frame between two scores holds the last one."""
+    step = 30.0 / fps
+    tracks = {}
+    for tid, tr in clip.tracks.items():  # the clip resampled to ``fps`` (nearest frame)
+        idx = np.arange(int(np.ceil(tr.frames[0] / step)), int(tr.frames[-1] / step) + 1)
+        src = np.clip(np.round(idx * step).astype(int) - tr.frames[0], 0, len(tr.frames) - 1)
+        tracks[tid] = Track(tid, idx, tr.keypoints[src], tr.scores[src], tr.present[src])
+    resampled = Clip("c", clip.path, tracks, None)
+    frames = [replace(f, fps=fps) for f in frames_from_tracks(tracks, "cam", (1920, 1080))]
+    live = TrackScorer(ck, ScorerConfig(name="nll"), stride=stride, sigma=0)
+    got = {(s.track_id, s.frame_index): s.score for s in live.add(frames)}
+    off = score_clip(ck.model, ck.window_config, resampled, ScorerConfig(name="nll"), stride,
+                     rates=(fps, 30.0))  # fmt: skip
+    assert len(got) > 20
+    for (tid, f), v in got.items():
+        assert off.persons[tid][f] == pytest.approx(v, rel=1e-4, abs=1e-4)
+    for tid, per in off.persons.items():
+        scored = sorted(f for t, f in got if t == tid)
+        held = per[scored[0] : scored[-1] + 1]
+        assert np.isfinite(held).all()  # no hole between two scores of a person in view
+        assert np.isfinite(per).sum() - len(scored) <= len(scored) * (stride * fps / 30 + 1)
+
+
+def test_a_camera_whose_rate_becomes_known_starts_its_tracks_over(
+    clip: Clip, tmp_path: Path
+) -> None:
+    """A stream that states no rate, then (reconnected) 15 fps: its old frames sit on
+    another time axis, so its tracks start over and its persons are reported lost once."""
+    ck = load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt"))
+    scorer = TrackScorer(ck, ScorerConfig(name="nll"), stride=1, sigma=0)
+    frames = frames_from_tracks(clip.tracks, "cam", (1920, 1080))[:120]
+    before, after = frames[:60], [replace(f, fps=15.0) for f in frames[60:]]
+    _, lost_before = scorer.step(before, forget=True)
+    assert not any(lost_before) and scorer.rate_changes == 0
+    _, lost = scorer.step(after, forget=True)
+    present = {p.track_id for p in frames[59].persons}
+    assert present and set(lost[0]) >= present and not any(lost[1:])
+    assert scorer.rate_changes == 1 and scorer.restarts == 0
+    scorer.step([replace(f, frame_index=f.frame_index + 200) for f in after], forget=True)
+    assert scorer.rate_changes == 1  # the same rate again: nothing starts over
