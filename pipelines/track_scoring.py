@@ -169,7 +169,10 @@ class TrackScorer:
     def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:
         """Drop tracks of ``camera`` unseen for ``max_missing`` model frames at its frame
         ``frame_index`` (``fps``: the camera's rate); returns their ids."""
-        now = int(model_frames(frame_index, fps, self.model_fps))
+        return self._forget(camera, int(model_frames(frame_index, fps, self.model_fps)))
+
+    def _forget(self, camera: str, now: int) -> list[int]:
+        """:meth:`forget_stale` at model frame ``now``."""
         gone = [
             k
             for k, t in self._tracks.items()
@@ -275,7 +278,7 @@ class TrackScorer:
                     continue
                 due.append((tr, key, self._window(tr), i, tr.rows[-1]))
                 tr.scored_at = t
-            gone = self.forget_stale(fr.camera, fr.frame_index, fr.fps) if forget else []
+            gone = self._forget(fr.camera, t) if forget else []  # t: this frame's model frame
             lost.append(changed + [g for g in gone if g not in changed])
         wcfg = self.ckpt.window_config
         parts, owners = [], []
