@@ -46,15 +46,17 @@ import cv2
 import numpy as np
 
 from detector.containers import ContainerCheck, avi_frame_rate, check_container
+from detector.pose import MAX_FPS, MIN_FPS
 from detector.redaction import redact as redact  # re-exported: detector.sources.redact
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SourceKind = Literal["file", "stream", "webcam", "folder"]
-#: Frame rates a header may state (frames/s, exclusive): 0, NaN, negative or >= 1000 (an
-#: RTSP clock rate, a Matroska time base) are not frame rates.
-PLAUSIBLE_FPS = (0.0, 1000.0)
+#: Frame rates a header may state (frames/s, from :data:`~detector.pose.MIN_FPS`, the least
+#: a pose message carries, to below 1000): 0, NaN, negative, under 0.1 or >= 1000 (an RTSP
+#: clock rate, a Matroska time base) are not frame rates.
+PLAUSIBLE_FPS = (MIN_FPS, MAX_FPS)
 #: Frame rate used when the source states no plausible one and none can be derived.
 FALLBACK_FPS = 10.0
 
@@ -65,7 +67,7 @@ def plausible_fps(fps: float | None) -> bool:
     >>> [plausible_fps(v) for v in (25.0, 0.0, float("nan"), 90000.0, None)]
     [True, False, False, False, False]
     """
-    return fps is not None and math.isfinite(fps) and PLAUSIBLE_FPS[0] < fps < PLAUSIBLE_FPS[1]
+    return fps is not None and math.isfinite(fps) and PLAUSIBLE_FPS[0] <= fps < PLAUSIBLE_FPS[1]
 
 
 class SourceStatus(enum.StrEnum):

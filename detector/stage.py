@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from detector.pose import PoseFrame
+from detector.pose import MAX_FPS, MIN_FPS, PoseFrame
 from detector.pose_model import Detections
 from detector.sources import Frame
 from detector.tracking import CameraTracker, TrackerName
@@ -157,7 +157,8 @@ class DetectStage:
         out: list[DetectedFrame] = []
         for f, det in zip(batch, dets, strict=True):
             pf = self.tracker_of(f.camera).update(det, f.index, f.timestamp, f.image)
-            pf.fps = f.fps if f.fps > 0 else None  # scoring places frames by the camera's rate
+            # scoring places frames by the camera's rate (one pose messages can carry)
+            pf.fps = f.fps if MIN_FPS <= f.fps <= MAX_FPS else None
             roi = self.rois.get(f.camera)
             if roi is not None:
                 pf.persons = [p for p in pf.persons if inside_roi(p.bbox, roi)]

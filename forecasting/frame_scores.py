@@ -134,10 +134,21 @@ class CausalSmoother:
         self.w = causal_kernel(sigma) if sigma > 0 else np.ones(1)
         self.buf: list[float] = []
 
-    def update(self, value: float) -> float:
+    def update(self, value: float, after: int = 1) -> float:
+        """The smoothed value at ``value``, which comes ``after`` frames after the previous
+        one: the previous value holds over the frames between (as offline frame scores hold
+        a score until the next, :func:`pipelines.clip_scoring.score_clip`), so ``sigma``
+        counts frames, not scores.
+
+        >>> sm, held = CausalSmoother(2.0), CausalSmoother(2.0)
+        >>> _ = sm.update(0.0), held.update(0.0)
+        >>> [sm.update(v) for v in (0.0, 0.0, 3.0)][-1] == held.update(3.0, after=3)
+        True
+        """
         if not self.buf:
             self.buf = [value] * len(self.w)
         else:
-            self.buf.append(value)
-            del self.buf[0]
+            k = min(max(1, after), len(self.buf))
+            self.buf.extend([self.buf[-1]] * (k - 1) + [value])
+            del self.buf[:k]
         return float(np.dot(self.w, self.buf[::-1]))

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -126,6 +127,50 @@ def same_rate(fps: float | None, model_fps: float) -> bool:
     """Whether footage at ``fps`` is on the model's time axis as it is (``fps`` unknown,
     or within :data:`~forecasting.defaults.SAME_RATE` of ``model_fps``)."""
     return not fps or not np.isfinite(fps) or abs(fps / model_fps - 1.0) <= SAME_RATE
+
+
+def rate_ratio(fps: float | None, model_fps: float) -> float:
+    """Model frames per frame of footage at ``fps``: 1 where :func:`same_rate` (also for a
+    rate not stated). Two stretches of a stream with different ratios lie on different time
+    axes (a reconnect that states another rate).
+
+    >>> rate_ratio(15.0, 30.0), rate_ratio(29.97, 30.0), rate_ratio(None, 30.0)
+    (2.0, 1.0, 1.0)
+    """
+    return 1.0 if fps is None or same_rate(fps, model_fps) else model_fps / fps
+
+
+def score_hold(stride: int, frame_step: int, fps: float | None, model_fps: float) -> int:
+    """Frames of footage at ``fps`` that one score of a person stands for, at most, when a
+    person is scored every ``stride`` model frames (windows of every ``frame_step``-th
+    frame): the score holds until the next (offline frame scores, and the frames the live
+    smoother counts it for, so smoothing is in frames as configured).
+
+    >>> score_hold(3, 1, None, 30.0), score_hold(3, 1, 15.0, 30.0), score_hold(1, 1, 60.0, 30.0)
+    (3, 2, 2)
+    """
+    if same_rate(fps, model_fps):
+        return stride * frame_step
+    assert fps is not None
+    gap = math.ceil(model_fps / fps)  # model frames between two frames, at most
+    return math.ceil((stride + gap - 1) * fps / model_fps)
+
+
+def slowest_rate(model_fps: float, max_gap: int) -> float:
+    """The slowest camera (frames/s) a model whose windows are frames at ``model_fps`` can
+    score: one whose frames leave at most ``max_gap`` model frames between them (the gaps a
+    window fills). A slower camera's windows would be mostly made up.
+
+    >>> round(slowest_rate(30.0, 8), 2)
+    3.33
+    """
+    return model_fps / (max_gap + 1)
+
+
+def too_slow(fps: float | None, model_fps: float, max_gap: int) -> bool:
+    """Whether footage stating ``fps`` (None, 0: not stated) is too slow for the model
+    (:func:`slowest_rate`): its persons are not scored, live or offline."""
+    return bool(fps) and fps is not None and fps < slowest_rate(model_fps, max_gap)
 
 
 def model_frames(frames: np.ndarray | int, fps: float | None, model_fps: float) -> np.ndarray:

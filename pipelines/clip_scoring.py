@@ -18,7 +18,6 @@ Example (holding sparse scores, as ``stride`` > 1 does):
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,15 @@ from forecasting.defaults import MODEL_FPS
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
 from forecasting.scoring import ScorerConfig, score_windows_many
 from forecasting.torch_model import Forecaster
-from forecasting.windows import WindowConfig, cut_windows, model_frames, same_rate
+from forecasting.windows import (
+    WindowConfig,
+    cut_windows,
+    model_frames,
+    same_rate,
+    score_hold,
+    slowest_rate,
+    too_slow,
+)
 
 
 @dataclass(slots=True)
@@ -63,6 +70,7 @@ def score_clip(
     scorer: ScorerConfig,
     stride: int = 1,
     rates: tuple[float | None, float] = (None, MODEL_FPS),
+    origin: int = 0,
 ) -> ClipScores:
     """Score every window (stride ``stride``, in kept frames) of every track of a clip.
 
@@ -71,12 +79,17 @@ def score_clip(
     ``rates``: ``(the clip's frame rate, the model's)``, frames/s; a clip at another rate
     than the model's is scored on the model's time axis as the live service does
     (:func:`forecasting.windows.model_frames`), each score given to the clip's frame
-    there and held over the clip's frames that share a model frame.
+    there and held over the clip's frames that share a model frame. ``origin``: the stream's
+    frame index of the clip's frame 0 (an episode cut from a camera's stream: its frames
+    are placed by their index in the stream, as live).
 
     Raises:
-        ValueError: an unknown scorer, or a posture scorer for a model without posture flows.
+        ValueError: an unknown scorer, a posture scorer for a model without posture flows,
+            or a clip rate too slow for the model
+            (:func:`~forecasting.windows.too_slow`: the live service never scores it).
     """
-    return score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride, rates)[scorer.name]
+    many = score_clip_many(model, wcfg, clip, scorer, (scorer.name,), stride, rates, origin)
+    return many[scorer.name]
 
 
 def score_clip_many(
@@ -87,21 +100,26 @@ def score_clip_many(
     names: Sequence[str],
     stride: int = 1,
     rates: tuple[float | None, float] = (None, MODEL_FPS),
+    origin: int = 0,
 ) -> dict[str, ClipScores]:
     """:func:`score_clip` for several scorers ``names`` from one draw of futures per window
     (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores."""
+    fps, model_fps = rates
+    if too_slow(fps, model_fps, wcfg.max_gap):
+        raise ValueError(
+            f"{clip.name}: {fps:g} fps is below the {slowest_rate(model_fps, wcfg.max_gap):.3g} "
+            f"fps a model of {model_fps:g} fps footage can score ({wcfg.max_gap} model frames at "
+            "most between two frames); give the footage's real frame rate"
+        )
     n = clip.num_frames
     persons: dict[str, dict[int, np.ndarray]] = {k: {} for k in names}
     n_windows = 0
-    fps, model_fps = rates
     for tid, tr in clip.tracks.items():
         kp, present, frame_of = tr.keypoints, tr.present, tr.frames
-        hold = stride * wcfg.frame_step  # camera frames a score stands for, at most
+        hold = score_hold(stride, wcfg.frame_step, fps, model_fps)  # frames a score stands for
         if not same_rate(fps, model_fps):
-            assert fps is not None
-            kp, present, frame_of = _model_axis(tr, model_frames(tr.frames, fps, model_fps))
-            gap = math.ceil(model_fps / fps)  # model frames between two camera frames, at most
-            hold = math.ceil((stride + gap - 1) * fps / model_fps)
+            at = model_frames(tr.frames + origin, fps, model_fps)
+            kp, present, frame_of = _model_axis(tr, at)
         if wcfg.frame_step == 1:  # the windows the live scorer scores (see live_ends)
             ends = live_ends(np.flatnonzero(present), wcfg.length - 1, stride)
             w = cut_windows(kp, wcfg, starts=ends - (wcfg.length - 1), fill="window")

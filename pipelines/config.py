@@ -29,7 +29,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from detector.pose import CAMERA_NAME
+from detector.pose import CAMERA_NAME, MAX_FPS, MIN_FPS
 from detector.pose_model import BackendName
 from detector.redaction import MASK, SECRET_NAME, redact, register_secrets
 from detector.tracking import TrackerName
@@ -70,7 +70,11 @@ class CameraConfig(Base):
     )
     enabled: bool = Field(True, title="Enabled", description="Read and analyse this camera.")
     fps: float | None = Field(
-        None, gt=0, title="Frame rate", description="Frames per second; default: the source's own."
+        None,
+        ge=MIN_FPS,
+        le=MAX_FPS,
+        title="Frame rate",
+        description="Frames per second; default: the source's own.",
     )
     roi: tuple[int, int, int, int] | None = Field(
         None,

@@ -35,17 +35,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from detector.datasets import Clip
-from detector.pose import Track
+from detector.pose import MAX_FPS, MAX_FRAME_INDEX, MIN_FPS, Track
 from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import smooth
 from forecasting.scoring import ScorerConfig
-from forecasting.windows import same_rate
+from forecasting.windows import rate_ratio, too_slow
 from pipelines.clip_scoring import score_clip
 from pipelines.serving import ServingSpec
 
@@ -109,21 +108,36 @@ class FeedbackOutcome:
         }
 
 
-def rows_fps(rows: Sequence[Sequence[float]]) -> float | None:
-    """The frame rate (frames/s) of stored pose rows (``frame index, time, ...``, times
-    rounded to 10 ms): frames over seconds from the first row to the last; None when it
-    cannot be told (frames or times that do not advance, a rate outside 1 .. 1000).
+#: Values of a stored pose row before the stated rate (frame index, time, box, keypoints).
+_ROW = 57
 
-    >>> rows_fps([[0, 10.0], [2, 10.13], [4, 10.27], [6, 10.4]])
-    15.0
+
+def stated_rate(
+    rows: Sequence[Sequence[float]], model_fps: float
+) -> tuple[float | None, Sequence[Sequence[float]]]:
+    """The rate the stored frames stated (frames/s; None: none, so the live scorer took
+    their indices as the model's frames) and the rows the live scorer scored on one time
+    axis: the last run of rows whose rate puts them on the same axis
+    (:func:`~forecasting.windows.rate_ratio` for a model of ``model_fps``; a reconnect
+    that changed it started the live scorer's tracks over). Rows stored before the rate
+    was (57 values) come from a scorer that took indices as model frames: None.
+
+    >>> row = [0.0] * 55
+    >>> fps, kept = stated_rate([[0, 0, *row, 0], [1, 0.1, *row, 15], [2, 0.2, *row, 15]], 30)
+    >>> fps, [r[0] for r in kept]
+    (15.0, [1, 2])
+    >>> [r[0] for r in stated_rate([[0, 0, *row, 29.97], [1, 0.1, *row, 30]], 30)[1]]
+    [0, 1]
     """
-    if len(rows) < 2:
-        return None
-    df, dt = float(rows[-1][0]) - float(rows[0][0]), float(rows[-1][1]) - float(rows[0][1])
-    if df <= 0 or dt <= 0:
-        return None
-    fps = df / dt
-    return round(fps, 2) if 1.0 <= fps <= 1000.0 else None
+    if not rows or len(rows[-1]) <= _ROW:
+        return None, rows
+    stated = [float(r[_ROW]) if len(r) > _ROW else 0.0 for r in rows]
+    ratio = [rate_ratio(f or None, model_fps) for f in stated]
+    start = len(rows) - 1
+    while start > 0 and ratio[start - 1] == ratio[-1]:
+        start -= 1
+    fps = stated[-1]
+    return (fps if MIN_FPS <= fps <= MAX_FPS else None), rows[start:]
 
 
 def episode_peak(
@@ -131,23 +145,30 @@ def episode_peak(
     stride: int,
 ) -> float | None:  # fmt: skip
     """The highest causal-smoothed score ``ckpt`` gives the person's stored frames (rows of
-    :meth:`~pipelines.sinks.store.AlertStore.add_poses`); None when too short to score."""
-    if not rows:
+    :meth:`~pipelines.sinks.store.AlertStore.add_poses`), placed on the model's time axis by
+    their stream indices and the rate they stated, as live; None when too short to score,
+    stated too slow for the model (never scored live), or malformed (logged)."""
+    try:
+        fps, rows = stated_rate(rows, ckpt.fps)
+        if not rows:
+            return None
+        first = int(rows[0][0])
+        frames: dict[int, tuple[np.ndarray, float]] = {}
+        for r in rows:
+            if not 0 <= float(r[0]) <= MAX_FRAME_INDEX:
+                raise ValueError(f"frame index {r[0]!r}")
+            kp = np.asarray(r[6:_ROW], np.float32).reshape(17, 3)
+            kp[~(kp[:, 2] > 0), :2] = np.nan
+            frames.setdefault(int(r[0]) - first, (kp, 1.0))  # a repeat: live kept the first
+    except (TypeError, ValueError, IndexError) as exc:
+        log.warning("an episode's stored poses are malformed (%s); its verdict uses no poses", exc)
         return None
-    fps, first = rows_fps(rows), int(rows[0][0])
-    if fps is not None and not same_rate(fps, ckpt.fps):
-        # rebased by a multiple of the rate ratio's period, the frames keep their places on
-        # the model's time axis (as the live scorer placed them, from their own indices)
-        first -= first % Fraction(ckpt.fps / fps).limit_denominator(1000).denominator
-    frames = {
-        int(r[0]) - first: (np.asarray(r[6:57], np.float32).reshape(17, 3), 1.0) for r in rows
-    }
-    for kp, _ in frames.values():
-        kp[kp[:, 2] <= 0, :2] = np.nan
+    if too_slow(fps, ckpt.fps, ckpt.window_config.max_gap) or min(frames) < 0:
+        return None
     track = Track.from_rows(0, frames)
     clip = Clip("episode", Path("episode"), {0: track}, None)
     rates = (fps, ckpt.fps)  # scored on the model's time axis, as live
-    cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride, rates)
+    cs = score_clip(ckpt.model, ckpt.window_config, clip, scorer, stride, rates, first)
     if not np.isfinite(cs.persons.get(0, np.array([np.nan]))).any():
         return None
     return float(np.nanmax(smooth(cs.frames, sigma, True)))
@@ -205,4 +226,10 @@ def apply_feedback(
     return out
 
 
-__all__ = ["FeedbackOutcome", "apply_feedback", "episode_peak", "fit_threshold"]
+__all__ = [
+    "FeedbackOutcome",
+    "apply_feedback",
+    "episode_peak",
+    "fit_threshold",
+    "stated_rate",
+]

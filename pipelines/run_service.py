@@ -240,6 +240,7 @@ class Service(CameraService):
                 s.alerting,
                 read_at[i] if read_at is not None else None,
                 (fps or {}).get(pf.camera),
+                pf.fps,
             )
             self.router.publish(s.alerts, view)
             self.router.frame(view)

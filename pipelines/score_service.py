@@ -180,6 +180,7 @@ class ScoreService(ServiceBase):
                 scored.scores,
                 scored.threshold,
                 scored.alerting,
+                stated_fps=pf.fps,
             )
             self.router.publish(scored.alerts, view)
             self.router.frame(view)

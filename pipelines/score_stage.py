@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from detector.pose import PoseFrame
+from forecasting.windows import rate_ratio
 from pipelines.alerts import Alert, AlertLifecycle
 from pipelines.config import AlertingConfig
 from pipelines.model_provider import ModelProvider, ServedModel
@@ -220,7 +222,9 @@ class ScoreStage:
                 self.provider.observe(pf, (fps or {}).get(pf.camera))
                 continue
             last = self._last_frame.get(pf.camera)
-            if last is not None and pf.frame_index < last - model.scorer.span:
+            # a step back by more than a window (in the camera's frames) restarts the camera
+            back = math.ceil(model.scorer.span / rate_ratio(pf.fps, model.scorer.model_fps))
+            if last is not None and pf.frame_index < last - back:
                 if self._held.pop(pf.camera, None) is None:  # (a held jump: not a restart)
                     restarted[id(pf)] = self._restart_camera(pf, model)
             elif last is not None and pf.frame_index > last + JUMP_FRAMES:

@@ -42,7 +42,15 @@ from detector.pose import PoseFrame
 from forecasting.checkpoint import Checkpoint
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
-from forecasting.windows import Windows, cut_windows, model_frames, same_rate
+from forecasting.windows import (
+    Windows,
+    cut_windows,
+    model_frames,
+    rate_ratio,
+    score_hold,
+    slowest_rate,
+    too_slow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ class _Track:
     last_frame: int = -1  # model frame (see the module docstring)
     last_index: int = -1  # the camera's frame index
     scored_at: int = -(10**9)
+    scored_index: int = -1  # the camera's frame index of the last score
 
 
 class TrackScorer:
@@ -83,7 +92,9 @@ class TrackScorer:
         cfg: scorer configuration.
         stride: score a person at most every ``stride`` model frames (frames at the model's
             rate: a camera frame the person is in, once that many have passed).
-        sigma: causal smoothing, in scores of the person (one per scored window).
+        sigma: causal smoothing, in the camera's frames: each score of a person holds over
+            the frames until the next (at most :func:`~forecasting.windows.score_hold`), as
+            offline frame scores hold it, so ``evaluate``/``calibrate`` smooth the same.
         max_missing: a track unseen for this many model frames is forgotten.
     """
 
@@ -104,7 +115,7 @@ class TrackScorer:
         self.span = (w.length - 1) * w.frame_step + 1  # frames a window covers
         self.model_fps = ckpt.fps
         # the slowest camera whose gaps (model frames between two of its frames) are filled
-        self.slowest_fps = self.model_fps / (w.max_gap + 1)
+        self.slowest_fps = slowest_rate(self.model_fps, w.max_gap)
         self._too_slow: set[str] = set()
         self._tracks: dict[tuple[str, int], _Track] = {}
         self.forecast_s = 0.0  # seconds spent drawing futures, summed over calls
@@ -115,6 +126,7 @@ class TrackScorer:
         self.decimated = 0  # person frames skipped: a faster camera's, on a model frame taken
         self.rate_changes = 0  # cameras whose stated rate changed: their tracks started over
         self._ratio: dict[str, float] = {}  # camera -> model frames per camera frame
+        self._stated: dict[str, float | None] = {}  # camera -> the rate its frames state
 
     def warmup(self, persons: int = 4) -> None:
         """Score a few synthetic windows once: the first model call's one-time costs (torch
@@ -140,7 +152,8 @@ class TrackScorer:
         """The frame's place on the model's time axis (its index when its rate is not
         stated or is the model's). A camera too slow for the gaps between its frames to be
         filled (:attr:`slowest_fps`) is logged once: its persons are never scored."""
-        if frame.fps and frame.fps < self.slowest_fps and frame.camera not in self._too_slow:
+        slow = too_slow(frame.fps, self.model_fps, self.ckpt.window_config.max_gap)
+        if slow and frame.camera not in self._too_slow:
             self._too_slow.add(frame.camera)
             log.warning(
                 "camera %s: %.3g fps is below the %.3g fps the model can score (%d model "
@@ -154,9 +167,9 @@ class TrackScorer:
         """Start the camera's tracks over when the frame's stated rate puts it on another
         time axis than its previous frames; returns the track ids dropped."""
         fps = frame.fps
-        ratio = 1.0 if fps is None or same_rate(fps, self.model_fps) else self.model_fps / fps
+        ratio = rate_ratio(fps, self.model_fps)
         before = self._ratio.get(frame.camera)
-        self._ratio[frame.camera] = ratio
+        self._ratio[frame.camera], self._stated[frame.camera] = ratio, fps
         if before is None or before == ratio:
             return []
         self.rate_changes += 1
@@ -168,8 +181,10 @@ class TrackScorer:
 
     def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:
         """Drop tracks of ``camera`` unseen for ``max_missing`` model frames at its frame
-        ``frame_index`` (``fps``: the camera's rate); returns their ids."""
-        return self._forget(camera, int(model_frames(frame_index, fps, self.model_fps)))
+        ``frame_index`` (``fps``: the camera's rate; None: the rate its frames last stated);
+        returns their ids."""
+        rate = self._stated.get(camera) if fps is None else fps
+        return self._forget(camera, int(model_frames(frame_index, rate, self.model_fps)))
 
     def _forget(self, camera: str, now: int) -> list[int]:
         """:meth:`forget_stale` at model frame ``now``."""
@@ -223,34 +238,38 @@ class TrackScorer:
         # All or nothing: if anything below raises, the buffers are as before the call (so
         # the caller can retry the frames one at a time without them counting as repeats).
         cams = {fr.camera for fr in frames}
-        before = {k: (t, list(t.rows), t.last_frame, t.last_index, t.scored_at) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
+        before = {k: (t, list(t.rows), t.last_frame, t.last_index, t.scored_at, t.scored_index) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
         counts = (self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes)
-        ratios = dict(self._ratio)
+        ratios, stated = dict(self._ratio), dict(self._stated)
         try:
             return self._step(frames, seeds, forget)
         except BaseException:
             for k in [k for k in self._tracks if k[0] in cams]:
                 del self._tracks[k]
-            for k, (t, rows, last, last_index, scored_at) in before.items():
+            for k, (t, rows, last, last_index, scored_at, scored_index) in before.items():
                 t.rows.clear()
                 t.rows.extend(rows)
                 t.last_frame, t.last_index, t.scored_at = last, last_index, scored_at
+                t.scored_index = scored_index
                 self._tracks[k] = t
             self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes = (
                 counts
             )
-            self._ratio = ratios
+            self._ratio, self._stated = ratios, stated
             raise
 
     def _step(
         self, frames: Sequence[PoseFrame], seeds: Sequence[int] | None, forget: bool
     ) -> tuple[list[PersonScore], list[list[int]]]:
-        due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row]] = []
+        due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row, int]] = []
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
             t = self.model_frame(fr)
             changed = self._rate_changed(fr)
-            for p in fr.persons:
+            wcfg = self.ckpt.window_config
+            slow = too_slow(fr.fps, self.model_fps, wcfg.max_gap)
+            hold = score_hold(self.stride, wcfg.frame_step, fr.fps, self.model_fps)
+            for p in () if slow else fr.persons:  # a camera too slow: never scored
                 if p.track_id < 0:  # untracked: its frames belong to no one track
                     self.untracked += 1
                     continue
@@ -276,17 +295,20 @@ class TrackScorer:
                     continue
                 if t - tr.scored_at < self.stride:
                     continue
-                due.append((tr, key, self._window(tr), i, tr.rows[-1]))
-                tr.scored_at = t
+                # frames since the person's last score, over which it holds (smoothing counts
+                # frames, as offline frame scores do)
+                after = 1 if tr.scored_index < 0 else min(fr.frame_index - tr.scored_index, hold)
+                due.append((tr, key, self._window(tr), i, tr.rows[-1], after))
+                tr.scored_at, tr.scored_index = t, fr.frame_index
             gone = self._forget(fr.camera, t) if forget else []  # t: this frame's model frame
             lost.append(changed + [g for g in gone if g not in changed])
         wcfg = self.ckpt.window_config
         parts, owners = [], []
-        for tr, key, kp, i, row in due:
+        for tr, key, kp, i, row, after in due:
             w = cut_windows(kp, wcfg, starts=np.array([0]), fill="window")
             if len(w):
                 parts.append(w)
-                owners.append((tr, key, i, row))
+                owners.append((tr, key, i, row, after))
         if not parts:
             return [], lost
         batch = Windows.concat(parts)
@@ -296,7 +318,7 @@ class TrackScorer:
         )
         self.forecast_s += s.forecast_s
         out = []
-        for n, (tr, key, _, (_, f, k, bbox, ts)) in enumerate(owners):
+        for n, (tr, key, _, (_, f, k, bbox, ts), after) in enumerate(owners):
             out.append(
                 PersonScore(
                     camera=key[0],
@@ -304,7 +326,7 @@ class TrackScorer:
                     frame_index=f,
                     timestamp=ts,
                     score=float(s.score[n]),
-                    smoothed=tr.smoother.update(float(s.score[n])),
+                    smoothed=tr.smoother.update(float(s.score[n]), after),
                     joints=s.joints[n],
                     bbox=bbox,
                     keypoints=k,

@@ -36,7 +36,10 @@ class FrameView:
         threshold: the camera's alert threshold (None while it has no model).
         alerting: track ids with an open episode.
         read_at: ``time.monotonic()`` when the frame was decoded (None without a camera).
-        fps: the camera's frame rate (None when unknown).
+        fps: the camera's frame rate as measured at its source (None when unknown).
+        stated_fps: the rate the frame states for its camera
+            (:attr:`~detector.pose.PoseFrame.fps`), by which scoring placed it on the
+            model's time axis (None: it states none, and its indices are the model's frames).
     """
 
     camera: str
@@ -50,6 +53,7 @@ class FrameView:
     alerting: set[int] = field(default_factory=set)
     read_at: float | None = None
     fps: float | None = None
+    stated_fps: float | None = None
 
     def canvas(self) -> np.ndarray:
         """The frame's image, or a dark grey canvas of its size (split mode)."""

@@ -429,9 +429,13 @@ class AlertStore:
             db.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?)", points)
 
     def add_poses(self, alert_id: str, rows: Sequence[Sequence[float]]) -> None:
-        """The person's poses over the episode: rows of ``frame index, time, x1, y1, x2, y2``
-        and the 17 keypoints' ``x, y, confidence``."""
-        text = json.dumps([[round(float(v), 2) for v in r] for r in rows])
+        """The person's poses over the episode: rows of ``frame index, time, x1, y1, x2, y2``,
+        the 17 keypoints' ``x, y, confidence`` and the rate the frame stated (frames/s, 0:
+        none; rows stored before it have 57 values)."""
+        # rounded to 10 ms / 0.01 px, but the rate exact: frames are placed by it
+        text = json.dumps(
+            [[*(round(float(v), 2) for v in r[:57]), *map(float, r[57:])] for r in rows]
+        )
         with self._lock, self._tx() as db:
             db.execute("INSERT OR REPLACE INTO poses VALUES (?, ?)", (alert_id, text))
 
@@ -592,7 +596,8 @@ class _Transaction:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-_PoseRow = tuple[int, float, np.ndarray, np.ndarray]  # frame index, time, box, keypoints
+#: frame index, time, box, keypoints, the rate the frame stated (0: none)
+_PoseRow = tuple[int, float, np.ndarray, np.ndarray, float]
 
 
 def _record(r: Sequence[Any]) -> AlertRecord:
@@ -699,7 +704,7 @@ class StoreSink(AlertSink):
         """Each person's last frames (references only), and every frame of open episodes."""
         for p in view.persons:
             key = (view.camera, p.track_id)
-            row = (view.frame_index, view.timestamp, p.bbox, p.keypoints)
+            row = (view.frame_index, view.timestamp, p.bbox, p.keypoints, view.stated_fps or 0.0)
             ring = self._track_rows.get(key)
             if ring is None:
                 ring = self._track_rows[key] = deque(maxlen=PRE_ROLL)
@@ -720,8 +725,8 @@ class StoreSink(AlertSink):
             self.store.add_poses(
                 alert_id,
                 [[fi, ts, *np.asarray(b, np.float64).tolist(),
-                  *np.nan_to_num(np.asarray(k, np.float64)).ravel().tolist()]
-                 for fi, ts, b, k in rows],
+                  *np.nan_to_num(np.asarray(k, np.float64)).ravel().tolist(), fps]
+                 for fi, ts, b, k, fps in rows],
             )  # fmt: skip
 
     def tick(self) -> None:

@@ -18,8 +18,14 @@ from detector.datasets import Clip, load_split
 from detector.pose import PoseFrame, Track, frames_from_tracks
 from detector.posefiles import PoseFileError, decode_poseframe
 from forecasting.checkpoint import CheckpointError, load_checkpoint, update_checkpoint
+from forecasting.frame_scores import smooth
 from forecasting.scoring import ScorerConfig
+from forecasting.windows import model_frames
+from pipelines.alerts import AlertLifecycle
 from pipelines.clip_scoring import score_clip
+from pipelines.feedback import episode_peak
+from pipelines.sinks.base import FrameView
+from pipelines.sinks.store import AlertStore, StoreSink
 from pipelines.track_scoring import TrackScorer
 from tests.conftest import tiny_checkpoint
 
@@ -135,13 +141,20 @@ def test_a_camera_too_slow_for_the_model_is_named_once_and_not_scored(
     frames = frames_from_tracks(clip.tracks, "cam", (1920, 1080))
     ok = [replace(f, camera="ok", fps=3.5) for f in frames[:40]]
     slow = [replace(f, camera="slow", fps=3.0) for f in frames[:40]]
-    scored = scorer.add(ok + slow)
+    # 2.5 fps: 12 model frames apart, so a window's last observed frame can be a real one
+    slower = [replace(f, camera="slower", fps=2.5) for f in frames[:40]]
+    scored = scorer.add(ok + slow + slower)
     assert {s.camera for s in scored} == {"ok"}
     warned = [r.getMessage() for r in caplog.records if "fps the model can score" in r.getMessage()]
     assert warned == [
         "camera slow: 3 fps is below the 3.33 fps the model can score (8 model frames at most "
-        "between two frames); its persons are not scored. Raise the camera's frame rate"
+        "between two frames); its persons are not scored. Raise the camera's frame rate",
+        "camera slower: 2.5 fps is below the 3.33 fps the model can score (8 model frames at "
+        "most between two frames); its persons are not scored. Raise the camera's frame rate",
     ]
+    one = Clip("c", clip.path, dict(list(clip.tracks.items())[:1]), None)
+    with pytest.raises(ValueError, match=r"c: 2.5 fps is below the 3.33 fps a model of 30 fps"):
+        score_clip(ck.model, ck.window_config, one, ScorerConfig(name="nll"), 1, (2.5, 30.0))
 
 
 @pytest.mark.slow
@@ -150,7 +163,8 @@ def test_live_and_offline_score_the_same_frames_at_any_rate_and_stride(
     clip: Clip, ck, fps: float, stride: int
 ) -> None:  # type: ignore[no-untyped-def]
     """``evaluate`` / ``calibrate`` score the windows the service scores (the service's
-    default stride is 3), and every frame between two scores holds the last one."""
+    default stride is 3), every frame between two scores holds the last one, and the
+    service's smoothing (6 frames) gives each person what smoothing those frames gives."""
     step = 30.0 / fps
     tracks = {}
     for tid, tr in clip.tracks.items():  # the clip resampled to ``fps`` (nearest frame)
@@ -159,8 +173,10 @@ def test_live_and_offline_score_the_same_frames_at_any_rate_and_stride(
         tracks[tid] = Track(tid, idx, tr.keypoints[src], tr.scores[src], tr.present[src])
     resampled = Clip("c", clip.path, tracks, None)
     frames = [replace(f, fps=fps) for f in frames_from_tracks(tracks, "cam", (1920, 1080))]
-    live = TrackScorer(ck, ScorerConfig(name="nll"), stride=stride, sigma=0)
-    got = {(s.track_id, s.frame_index): s.score for s in live.add(frames)}
+    live = TrackScorer(ck, ScorerConfig(name="nll"), stride=stride, sigma=6.0)
+    out = live.add(frames)
+    got = {(s.track_id, s.frame_index): s.score for s in out}
+    smoothed = {(s.track_id, s.frame_index): s.smoothed for s in out}
     off = score_clip(ck.model, ck.window_config, resampled, ScorerConfig(name="nll"), stride,
                      rates=(fps, 30.0))  # fmt: skip
     assert len(got) > 20
@@ -171,6 +187,12 @@ def test_live_and_offline_score_the_same_frames_at_any_rate_and_stride(
         held = per[scored[0] : scored[-1] + 1]
         assert np.isfinite(held).all()  # no hole between two scores of a person in view
         assert np.isfinite(per).sum() - len(scored) <= len(scored) * (stride * fps / 30 + 1)
+        # live smoothing counts frames, as offline smoothing of the held scores does
+        held_run = np.isfinite(per[scored[0] :])
+        end = scored[0] + (len(held_run) if held_run.all() else int(np.argmin(held_run)))
+        series = smooth(per[scored[0] : end], 6.0, True)
+        for f in (f for f in scored if f < end):
+            assert smoothed[(tid, f)] == pytest.approx(series[f - scored[0]], rel=1e-4, abs=1e-4)
 
 
 def test_a_camera_whose_rate_becomes_known_starts_its_tracks_over(
@@ -190,3 +212,47 @@ def test_a_camera_whose_rate_becomes_known_starts_its_tracks_over(
     assert scorer.rate_changes == 1 and scorer.restarts == 0
     scorer.step([replace(f, frame_index=f.frame_index + 200) for f in after], forget=True)
     assert scorer.rate_changes == 1  # the same rate again: nothing starts over
+
+
+def test_a_verdicts_episode_is_rescored_as_the_live_scorer_placed_its_frames(
+    clip: Clip, ck, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Feedback re-scores an episode of a 12 fps camera (model frames 2.5 apart, so where a
+    frame lands depends on its index in the stream, not only in the episode) with exactly
+    the live scorer's scores: placed by the rate the frames stated, stored with the poses,
+    whatever their times say (the stream stalls 2 s mid-episode)."""
+    tr = max(clip.tracks.values(), key=lambda t: len(t.frames))
+    n_frames = int(len(tr.frames) / 2.5)
+    src = np.round(np.arange(n_frames) * 2.5).astype(int)  # 12 fps: every 2.5th frame
+    at = 1001 + np.arange(n_frames)  # the stream's frame indices (odd: not a multiple of 2)
+    track = Track(7, at, tr.keypoints[src], tr.scores[src], tr.present[src])
+    frames = [replace(f, fps=12.0) for f in frames_from_tracks({7: track}, "cam", (1920, 1080))]
+    live, _ = live_scores(ck, frames)
+    life = AlertLifecycle("cam", threshold=1.0, min_duration_s=0.2, update_interval_s=1.0)
+    sink = StoreSink(tmp_path / "alerts.db")
+    aid = ""
+    for n, f in enumerate(frames):
+        ts = n / 12.0 + (2.0 if n >= len(frames) // 2 else 0.0)
+        view = FrameView("cam", f.frame_index, ts, (1920, 1080), f.persons, stated_fps=12.0)
+        p = f.persons[0]
+        score = 2.0 if 60 <= n < len(frames) - 10 else 0.1
+        for a in life.update(7, ts, f.frame_index, score, p.bbox.tolist(), p.keypoints):
+            sink.publish(a, view)
+            aid = a.alert_id
+        sink.frame(view)
+    sink.close()
+    db = AlertStore(tmp_path / "alerts.db")
+    rows = db.poses(aid) or []
+    db.close()
+    assert len(rows) > 80 and {len(r) for r in rows} == {58} and {r[57] for r in rows} == {12.0}
+
+    sc = ScorerConfig(name="nll")
+    start = model_frames(int(rows[0][0]), 12.0, 30.0)
+    span = ck.window_config.length - 1  # live windows whose frames all lie in the episode's
+    want = max(v for (_, f), v in live.items() if model_frames(f, 12.0, 30.0) - start >= span)
+    assert episode_peak(ck, sc, rows, 0.0, 1) == pytest.approx(want, rel=1e-4, abs=1e-4)
+    unstated = episode_peak(ck, sc, [r[:57] for r in rows], 0.0, 1)  # an older store's rows
+    assert unstated is not None and abs(unstated - want) > 0.05  # the rate matters
+    slow = episode_peak(ck, sc, [[*r[:57], 2.0] for r in rows], 6.0, 1)
+    broken = episode_peak(ck, sc, [*rows[:-1], [*rows[-1][:6], "x", *rows[-1][7:]]], 6.0, 1)
+    assert slow is None and broken is None  # never scored live; malformed: no poses

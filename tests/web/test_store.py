@@ -60,7 +60,8 @@ def test_episodes_events_scores_poses_and_pictures_are_kept(tmp_path: Path) -> N
     assert ts == sorted(ts) and ts[0] < sent[0].last_ts and len(pts) >= 30
     # Poses: the episode's frames and the frames before it (up to a scoring window and some).
     rows = db.poses(r.alert_id)
-    assert rows is not None and len(rows[0]) == 6 + 51
+    assert rows is not None and len(rows[0]) == 6 + 51 + 1  # and the rate stated (none: 0)
+    assert {x[57] for x in rows} == {0.0}
     assert [int(x[0]) for x in rows] == list(range(0, sent[3].frame_index))  # to the end
     # The picture: the frame of `new` (the grey image), 640 x 480.
     img = cv2.imdecode(np.frombuffer(db.snapshot(r.alert_id) or b"", np.uint8), cv2.IMREAD_COLOR)
