@@ -222,9 +222,7 @@ class ScoreStage:
                 self.provider.observe(pf, (fps or {}).get(pf.camera))
                 continue
             last = self._last_frame.get(pf.camera)
-            # a step back by more than a window (in the camera's frames) restarts the camera
-            back = math.ceil(model.scorer.span / rate_ratio(pf.fps, model.scorer.model_fps))
-            if last is not None and pf.frame_index < last - back:
+            if last is not None and pf.frame_index < last - self._window_back(pf, model):
                 if self._held.pop(pf.camera, None) is None:  # (a held jump: not a restart)
                     restarted[id(pf)] = self._restart_camera(pf, model)
             elif last is not None and pf.frame_index > last + JUMP_FRAMES:
@@ -260,6 +258,12 @@ class ScoreStage:
             out.append(done)
         self.timing = StageTiming(forecast_s, time.perf_counter() - t0 - forecast_s)
         return out
+
+    @staticmethod
+    def _window_back(pf: PoseFrame, model: ServedModel) -> int:
+        """A step back by more than this many of the camera's frames (a window's span at
+        its rate) restarts the camera."""
+        return math.ceil(model.scorer.span / rate_ratio(pf.fps, model.scorer.model_fps))
 
     def _restart_camera(self, pf: PoseFrame, model: ServedModel) -> tuple[list[Alert], list[int]]:
         """The camera's stream started over: end its episodes, forget its state; returns

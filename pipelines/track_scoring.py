@@ -125,7 +125,6 @@ class TrackScorer:
         self.untracked = 0
         self.decimated = 0  # person frames skipped: a faster camera's, on a model frame taken
         self.rate_changes = 0  # cameras whose stated rate changed: their tracks started over
-        self._ratio: dict[str, float] = {}  # camera -> model frames per camera frame
         self._stated: dict[str, float | None] = {}  # camera -> the rate its frames state
 
     def warmup(self, persons: int = 4) -> None:
@@ -152,6 +151,10 @@ class TrackScorer:
         """The frame's place on the model's time axis (its index when its rate is not
         stated or is the model's). A camera too slow for the gaps between its frames to be
         filled (:attr:`slowest_fps`) is logged once: its persons are never scored."""
+        return self._place(frame)[0]
+
+    def _place(self, frame: PoseFrame) -> tuple[int, bool]:
+        """:meth:`model_frame`, and whether the camera is too slow to be scored."""
         slow = too_slow(frame.fps, self.model_fps, self.ckpt.window_config.max_gap)
         if slow and frame.camera not in self._too_slow:
             self._too_slow.add(frame.camera)
@@ -161,16 +164,15 @@ class TrackScorer:
                 "camera's frame rate",
                 frame.camera, frame.fps, self.slowest_fps, self.ckpt.window_config.max_gap,
             )  # fmt: skip
-        return int(model_frames(frame.frame_index, frame.fps, self.model_fps))
+        return int(model_frames(frame.frame_index, frame.fps, self.model_fps)), slow
 
     def _rate_changed(self, frame: PoseFrame) -> list[int]:
         """Start the camera's tracks over when the frame's stated rate puts it on another
         time axis than its previous frames; returns the track ids dropped."""
-        fps = frame.fps
-        ratio = rate_ratio(fps, self.model_fps)
-        before = self._ratio.get(frame.camera)
-        self._ratio[frame.camera], self._stated[frame.camera] = ratio, fps
-        if before is None or before == ratio:
+        fps, known = frame.fps, frame.camera in self._stated
+        before = self._stated.get(frame.camera)
+        self._stated[frame.camera] = fps
+        if not known or rate_ratio(before, self.model_fps) == rate_ratio(fps, self.model_fps):
             return []
         self.rate_changes += 1
         log.info(
@@ -240,7 +242,7 @@ class TrackScorer:
         cams = {fr.camera for fr in frames}
         before = {k: (t, list(t.rows), t.last_frame, t.last_index, t.scored_at, t.scored_index) for k, t in self._tracks.items() if k[0] in cams}  # fmt: skip
         counts = (self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes)
-        ratios, stated = dict(self._ratio), dict(self._stated)
+        stated = dict(self._stated)
         try:
             return self._step(frames, seeds, forget)
         except BaseException:
@@ -255,7 +257,7 @@ class TrackScorer:
             self.duplicates, self.restarts, self.untracked, self.decimated, self.rate_changes = (
                 counts
             )
-            self._ratio, self._stated = ratios, stated
+            self._stated = stated
             raise
 
     def _step(
@@ -264,11 +266,11 @@ class TrackScorer:
         due: list[tuple[_Track, tuple[str, int], np.ndarray, int, _Row, int]] = []
         lost: list[list[int]] = []
         for i, fr in enumerate(frames):
-            t = self.model_frame(fr)
+            t, slow = self._place(fr)
             changed = self._rate_changed(fr)
-            wcfg = self.ckpt.window_config
-            slow = too_slow(fr.fps, self.model_fps, wcfg.max_gap)
-            hold = score_hold(self.stride, wcfg.frame_step, fr.fps, self.model_fps)
+            hold = score_hold(
+                self.stride, self.ckpt.window_config.frame_step, fr.fps, self.model_fps
+            )
             for p in () if slow else fr.persons:  # a camera too slow: never scored
                 if p.track_id < 0:  # untracked: its frames belong to no one track
                     self.untracked += 1
