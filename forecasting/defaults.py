@@ -88,6 +88,11 @@ EARLY_STOP_MARGIN = 1.5
 #: offline reports count alerts, false ones and detected events by.
 ALERT_MIN_DURATION_S = 0.5
 
+#: Model frames a person may go unseen before the live scorer forgets their track: a person
+#: seen again after longer starts over (a full window before the next score, smoothing anew),
+#: and offline scores (:func:`pipelines.clip_scoring.live_ends`) start the track over there too.
+TRACK_MAX_MISSING = 60
+
 #: Frame rate of a model's training footage when its checkpoint does not record one
 #: (AIHub2: ~30 fps). A model's windows are so many frames *at its rate*: frames of a
 #: camera at another rate are placed on the model's time axis by their time

@@ -28,7 +28,7 @@ from detector.datasets import Clip
 from detector.pose import Track
 from forecasting.calibration import Calibration, calibrate_threshold, normal_segments
 from forecasting.checkpoint import Checkpoint
-from forecasting.defaults import MODEL_FPS
+from forecasting.defaults import MODEL_FPS, TRACK_MAX_MISSING
 from forecasting.frame_scores import person_frame_scores, smooth, worst_person
 from forecasting.scoring import ScorerConfig, score_windows_many
 from forecasting.torch_model import Forecaster
@@ -101,9 +101,12 @@ def score_clip_many(
     stride: int = 1,
     rates: tuple[float | None, float] = (None, MODEL_FPS),
     origin: int = 0,
+    max_missing: int = TRACK_MAX_MISSING,
 ) -> dict[str, ClipScores]:
     """:func:`score_clip` for several scorers ``names`` from one draw of futures per window
-    (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores."""
+    (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores.
+    ``max_missing``: model frames after which the live scorer forgets an unseen person
+    (:func:`restarts`)."""
     fps, model_fps = rates
     if too_slow(fps, model_fps, wcfg.max_gap):
         raise ValueError(
@@ -117,11 +120,13 @@ def score_clip_many(
     for tid, tr in clip.tracks.items():
         kp, present, frame_of = tr.keypoints, tr.present, tr.frames
         hold = score_hold(stride, wcfg.frame_step, fps, model_fps)  # frames a score stands for
+        at = tr.frames + origin
         if not same_rate(fps, model_fps):
-            at = model_frames(tr.frames + origin, fps, model_fps)
+            at = model_frames(at, fps, model_fps)
             kp, present, frame_of = _model_axis(tr, at)
         if wcfg.frame_step == 1:  # the windows the live scorer scores (see live_ends)
-            ends = live_ends(np.flatnonzero(present), wcfg.length - 1, stride)
+            starts = restarts(tr.present, at, max_missing)
+            ends = live_ends(np.flatnonzero(present), wcfg.length - 1, stride, starts)
             w = cut_windows(kp, wcfg, starts=ends - (wcfg.length - 1), fill="window")
         else:
             w = cut_windows(kp, wcfg, stride=stride, fill="window")
@@ -143,15 +148,28 @@ def score_clip_many(
     }
 
 
-def live_ends(rows: np.ndarray, first: int, stride: int) -> np.ndarray:
+def live_ends(
+    rows: np.ndarray, first: int, stride: int, starts: np.ndarray | None = None
+) -> np.ndarray:
     """The rows at which the live scorer scores a track (:class:`~pipelines.track_scoring.
     TrackScorer`): of the rows the person is in (``rows``, increasing), the first at or
     after ``first`` (a full window behind it), then each first one at least ``stride`` rows
-    after the last scored.
+    after the last scored. ``starts`` (increasing rows, the first ``0``; see
+    :func:`restarts`): where the live scorer started the track over; each part is scored
+    as a track of its own (``first`` rows after its start).
 
     >>> live_ends(np.array([3, 4, 5, 7, 8, 9, 10, 13]), 4, 3).tolist()
     [4, 7, 10, 13]
+    >>> live_ends(np.array([3, 4, 5, 7, 8, 9, 10, 13]), 4, 3, np.array([0, 7])).tolist()
+    [4, 13]
     """
+    if starts is not None and len(starts) > 1:
+        bounds = [*np.asarray(starts, np.int64).tolist()[1:], np.iinfo(np.int64).max]
+        parts = []
+        for start, end in zip(starts, bounds, strict=True):
+            part = rows[(rows >= start) & (rows < end)]
+            parts.append(live_ends(part, int(start) + first, stride))
+        return np.concatenate(parts).astype(np.int64)
     rows = rows[rows >= first]
     if stride <= 1 or len(rows) == 0:
         return rows
@@ -161,6 +179,29 @@ def live_ends(rows: np.ndarray, first: int, stride: int) -> np.ndarray:
             out.append(r)
             last = r
     return np.asarray(out, np.int64)
+
+
+def restarts(present: np.ndarray, at: np.ndarray, max_missing: int) -> np.ndarray:
+    """Rows (model frames after the track's first, ``at - at[0]``) at which the live
+    service starts a track over (:meth:`~pipelines.track_scoring.TrackScorer.step` with
+    ``forget``): its first row, and each sighting after the camera's previous frame came
+    more than ``max_missing`` model frames after the person's last sighting.
+
+    Arguments:
+        present: ``(T,)`` bool, the person seen in each of the track's frames (consecutive
+            camera frames).
+        at: ``(T,)`` int, each frame's model frame.
+        max_missing: the live scorer's ``max_missing``.
+
+    >>> seen = np.array([1, 1, 0, 0, 0, 1, 0, 1], bool)
+    >>> restarts(seen, np.arange(8), 2).tolist()
+    [0, 5]
+    """
+    seen = np.flatnonzero(present)
+    if len(seen) == 0:
+        return np.zeros(0, np.int64)
+    gone = at[seen[1:] - 1] - at[seen[:-1]] > max_missing
+    return (at[np.concatenate([seen[:1], seen[1:][gone]])] - at[0]).astype(np.int64)
 
 
 def _model_axis(tr: Track, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

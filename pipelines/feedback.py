@@ -47,6 +47,7 @@ from forecasting.scoring import ScorerConfig
 from forecasting.windows import rate_ratio, too_slow
 from pipelines.clip_scoring import score_clip
 from pipelines.serving import ServingSpec
+from pipelines.sinks.store import POSE_ROW, AlertStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ class FeedbackOutcome:
         }
 
 
-#: Values of a stored pose row before the stated rate (frame index, time, box, keypoints).
-_ROW = 57
-
-
 def stated_rate(
     rows: Sequence[Sequence[float]], model_fps: float
 ) -> tuple[float | None, Sequence[Sequence[float]]]:
@@ -129,9 +126,9 @@ def stated_rate(
     >>> [r[0] for r in stated_rate([[0, 0, *row, 29.97], [1, 0.1, *row, 30]], 30)[1]]
     [0, 1]
     """
-    if not rows or len(rows[-1]) <= _ROW:
+    if not rows or len(rows[-1]) <= POSE_ROW:
         return None, rows
-    stated = [float(r[_ROW]) if len(r) > _ROW else 0.0 for r in rows]
+    stated = [float(r[POSE_ROW]) if len(r) > POSE_ROW else 0.0 for r in rows]
     ratio = [rate_ratio(f or None, model_fps) for f in stated]
     start = len(rows) - 1
     while start > 0 and ratio[start - 1] == ratio[-1]:
@@ -157,7 +154,7 @@ def episode_peak(
         for r in rows:
             if not 0 <= float(r[0]) <= MAX_FRAME_INDEX:
                 raise ValueError(f"frame index {r[0]!r}")
-            kp = np.asarray(r[6:_ROW], np.float32).reshape(17, 3)
+            kp = np.asarray(r[6:POSE_ROW], np.float32).reshape(17, 3)
             kp[~(kp[:, 2] > 0), :2] = np.nan
             frames.setdefault(int(r[0]) - first, (kp, 1.0))  # a repeat: live kept the first
     except (TypeError, ValueError, IndexError) as exc:
@@ -185,8 +182,6 @@ def apply_feedback(
 ) -> FeedbackOutcome:
     """The calibrated threshold after the verdicts of ``camera`` (None: every camera) in
     the alert store ``store`` (None or no file: unchanged)."""
-    from pipelines.sinks.store import AlertStore, StoreError
-
     if store is None or not Path(store).is_file():
         return FeedbackOutcome(calibrated, calibrated)
     try:

@@ -40,6 +40,7 @@ import numpy as np
 
 from detector.pose import PoseFrame
 from forecasting.checkpoint import Checkpoint
+from forecasting.defaults import TRACK_MAX_MISSING
 from forecasting.frame_scores import CausalSmoother
 from forecasting.scoring import ScorerConfig, score_windows
 from forecasting.windows import (
@@ -104,7 +105,7 @@ class TrackScorer:
         cfg: ScorerConfig,
         stride: int = 1,
         sigma: float = 6.0,
-        max_missing: int = 60,
+        max_missing: int = TRACK_MAX_MISSING,
     ):
         self.ckpt = ckpt
         self.cfg = cfg

@@ -153,6 +153,11 @@ class StoreError(RuntimeConfigError):
     do; a service that cannot open it exits 2 with that line)."""
 
 
+#: Values of a stored pose row before the rate the frame stated: frame index, time, the box
+#: ``x1, y1, x2, y2`` and the 17 keypoints' ``x, y, confidence`` (:meth:`AlertStore.add_poses`).
+POSE_ROW = 6 + 17 * 3
+
+
 @dataclass(slots=True)
 class AlertRecord:
     """One episode as the store holds it (the latest of its messages, plus the verdict)."""
@@ -430,11 +435,11 @@ class AlertStore:
 
     def add_poses(self, alert_id: str, rows: Sequence[Sequence[float]]) -> None:
         """The person's poses over the episode: rows of ``frame index, time, x1, y1, x2, y2``,
-        the 17 keypoints' ``x, y, confidence`` and the rate the frame stated (frames/s, 0:
-        none; rows stored before it have 57 values)."""
+        the 17 keypoints' ``x, y, confidence`` (:data:`POSE_ROW` values) and the rate the
+        frame stated (frames/s, 0: none; rows stored before it have :data:`POSE_ROW`)."""
         # rounded to 10 ms / 0.01 px, but the rate exact: frames are placed by it
         text = json.dumps(
-            [[*(round(float(v), 2) for v in r[:57]), *map(float, r[57:])] for r in rows]
+            [[*(round(float(v), 2) for v in r[:POSE_ROW]), *map(float, r[POSE_ROW:])] for r in rows]
         )
         with self._lock, self._tx() as db:
             db.execute("INSERT OR REPLACE INTO poses VALUES (?, ?)", (alert_id, text))
