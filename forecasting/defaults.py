@@ -89,8 +89,9 @@ EARLY_STOP_MARGIN = 1.5
 ALERT_MIN_DURATION_S = 0.5
 
 #: Model frames a person may go unseen before the live scorer forgets their track: a person
-#: seen again after longer starts over (a full window before the next score, smoothing anew),
-#: and offline scores (:func:`pipelines.clip_scoring.live_ends`) start the track over there too.
+#: unseen for more and seen again starts over (a full window before the next score; live, a
+#: new smoother too), and offline scores (:func:`pipelines.clip_scoring.live_ends`) start the
+#: track's windows over there too.
 TRACK_MAX_MISSING = 60
 
 #: Frame rate of a model's training footage when its checkpoint does not record one

@@ -105,8 +105,9 @@ def score_clip_many(
 ) -> dict[str, ClipScores]:
     """:func:`score_clip` for several scorers ``names`` from one draw of futures per window
     (``scorer`` gives K, the sampler and the seed); returns scorer name -> clip scores.
-    ``max_missing``: model frames after which the live scorer forgets an unseen person
-    (:func:`restarts`)."""
+    ``max_missing``: a person unseen for more model frames than this is forgotten by the
+    live scorer and starts over (:func:`restarts`; with ``frame_step`` 1, the default:
+    windows of a coarser ``frame_step`` are cut at ``stride`` without the live rhythm)."""
     fps, model_fps = rates
     if too_slow(fps, model_fps, wcfg.max_gap):
         raise ValueError(
@@ -154,16 +155,16 @@ def live_ends(
     """The rows at which the live scorer scores a track (:class:`~pipelines.track_scoring.
     TrackScorer`): of the rows the person is in (``rows``, increasing), the first at or
     after ``first`` (a full window behind it), then each first one at least ``stride`` rows
-    after the last scored. ``starts`` (increasing rows, the first ``0``; see
-    :func:`restarts`): where the live scorer started the track over; each part is scored
-    as a track of its own (``first`` rows after its start).
+    after the last scored. ``starts`` (increasing rows; see :func:`restarts`): where the
+    live scorer started the track over; each part is scored as a track of its own
+    (``first`` rows after its start; rows before the first start are not scored).
 
     >>> live_ends(np.array([3, 4, 5, 7, 8, 9, 10, 13]), 4, 3).tolist()
     [4, 7, 10, 13]
     >>> live_ends(np.array([3, 4, 5, 7, 8, 9, 10, 13]), 4, 3, np.array([0, 7])).tolist()
     [4, 13]
     """
-    if starts is not None and len(starts) > 1:
+    if starts is not None and len(starts):
         bounds = [*np.asarray(starts, np.int64).tolist()[1:], np.iinfo(np.int64).max]
         parts = []
         for start, end in zip(starts, bounds, strict=True):

@@ -3,8 +3,8 @@
 Per camera: the model its provider serves (:mod:`pipelines.model_provider`), the track
 buffers and smoothing of that model's :class:`~pipelines.track_scoring.TrackScorer`, and
 an :class:`~pipelines.alerts.AlertLifecycle` with the model's threshold; a track unseen for
-``max_missing`` frames is forgotten and its open episode ended (``lost``). Cameras without a
-model yet hand their frames to the provider (cold start learns from them).
+more than ``max_missing`` frames is forgotten and its open episode ended (``lost``). Cameras
+without a model yet hand their frames to the provider (cold start learns from them).
 
 Seeding (``forecaster.seeding``): with ``frame`` (default) each camera frame's persons are
 scored in one model call seeded from ``(camera, frame index)`` (:func:`frame_seed`), so the
@@ -92,7 +92,7 @@ class ScoredFrame:
         poses: the tracked frame.
         scores: persons scored at this frame (smoothed scores included).
         alerts: alert events it caused (``new`` / ``update`` / ``end``, lost tracks too).
-        lost: track ids forgotten at this frame (unseen for ``max_missing`` frames).
+        lost: track ids forgotten at this frame (unseen for more than ``max_missing`` frames).
         threshold: the camera's alert threshold; None while it has no model.
         alerting: track ids with an open episode after this frame.
     """

@@ -96,7 +96,7 @@ class TrackScorer:
         sigma: causal smoothing, in the camera's frames: each score of a person holds over
             the frames until the next (at most :func:`~forecasting.windows.score_hold`), as
             offline frame scores hold it, so ``evaluate``/``calibrate`` smooth the same.
-        max_missing: a track unseen for this many model frames is forgotten.
+        max_missing: a track unseen for more model frames than this is forgotten.
     """
 
     def __init__(
@@ -183,7 +183,7 @@ class TrackScorer:
         return self.drop_camera(frame.camera)
 
     def forget_stale(self, camera: str, frame_index: int, fps: float | None = None) -> list[int]:
-        """Drop tracks of ``camera`` unseen for ``max_missing`` model frames at its frame
+        """Drop tracks of ``camera`` unseen for more than ``max_missing`` model frames at its frame
         ``frame_index`` (``fps``: the camera's rate; None: the rate its frames last stated);
         returns their ids."""
         rate = self._stated.get(camera) if fps is None else fps
@@ -229,7 +229,7 @@ class TrackScorer:
                 generator seeded with ``seeds[i]``, so they get the scores they would get
                 in a call of their own (:func:`forecasting.scoring.score_windows`);
                 default: the whole call draws from ``cfg.seed``.
-            forget: after each frame, forget that camera's tracks unseen for
+            forget: after each frame, forget that camera's tracks unseen for more than
                 ``max_missing`` frames (as :meth:`forget_stale`), before the next frame is
                 buffered.
 

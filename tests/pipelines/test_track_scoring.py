@@ -66,54 +66,58 @@ def test_untracked_persons_are_counted_and_never_joined_into_one_track(
     assert scored and all(s.track_id >= 0 for s in scored)  # tracked people still score
 
 
-@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize(("fps", "stride"), [(None, 1), (None, 3), (15.0, 1), (15.0, 3)])
 def test_a_person_gone_longer_than_max_missing_starts_over_offline_as_live(
-    aihub2: Path, tmp_path: Path, stride: int
+    aihub2: Path, tmp_path: Path, fps: float | None, stride: int
 ) -> None:
-    """The service forgets a person unseen for ``max_missing`` model frames; seen again, they
-    start over (a full window before the next score, a new stride phase). Offline scores
-    (``evaluate``, ``calibrate``, feedback) must score the same windows at the same frames."""
+    """The service forgets a person unseen for more than ``max_missing`` model frames; seen
+    again, they start over (a full window before the next score, a new stride phase).
+    Offline scores (``evaluate``, ``calibrate``, feedback) must score the same windows at
+    the same frames, at the model's rate and at a camera's slower one."""
     from dataclasses import replace
 
-    from detector.pose import PoseFrame
+    from detector.pose import PoseFrame, Track
+    from forecasting.windows import score_hold
     from tests.conftest import tiny_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint(tmp_path / "tiny.pt"))
     clip = next(c for c in load_split(aihub2, "test") if len(c.tracks) >= 1)
-    n = 400
-    tid, tr = max(clip.tracks.items(), key=lambda kv: int(kv[1].present[:n].sum()))
-    keep = tr.frames < n
+    step = 1 if fps is None else round(ck.fps / fps)  # model frames per camera frame
+    n = 400 // step
+    tid, tr = max(clip.tracks.items(), key=lambda kv: int(kv[1].present[:400].sum()))
+    keep = (tr.frames < 400) & (tr.frames % step == 0)
+    at = tr.frames[keep]  # model frames (30 fps time)
     present = tr.present[keep].copy()
-    gone = (tr.frames[keep] >= 100) & (tr.frames[keep] < 170)  # 70 frames: forgotten
-    brief = (tr.frames[keep] >= 250) & (tr.frames[keep] < 280)  # 30 frames: kept
-    present[gone | brief] = False
+    present[((at >= 100) & (at < 170)) | ((at >= 250) & (at < 280))] = False  # 70 / 30 frames
     kp = tr.keypoints[keep].copy()
     kp[~present] = (np.nan, np.nan, 0.0)
-    tr.frames, tr.keypoints, tr.scores, tr.present = (
-        tr.frames[keep], kp, tr.scores[keep], present,
-    )  # fmt: skip
+    tr = Track(tid, at // step, kp, tr.scores[keep], present)
     clip.tracks = {tid: tr}
-    clip.labels = clip.labels[:n] if clip.labels is not None else None
+    clip.labels = None
     cfg = ScorerConfig(name="nll")
-    offline = score_clip(ck.model, ck.window_config, clip, cfg, stride=stride)
+    offline = score_clip(ck.model, ck.window_config, clip, cfg, stride, (fps, ck.fps))
     seen = {int(f): bool(p) for f, p in zip(tr.frames, tr.present, strict=True)}
-    by_index = {f.frame_index: f for f in frames_from_tracks(clip.tracks, "cam", (1920, 1080))}
-    empty = PoseFrame(camera="cam", frame_index=0, timestamp=0.0, image_size=(1920, 1080), persons=[])  # fmt: skip
-    frames = [by_index.get(i) or replace(empty, frame_index=i, timestamp=i / 30) for i in range(n)]
+    rate = ck.fps if fps is None else fps
+    by_index = {
+        f.frame_index: replace(f, fps=fps)
+        for f in frames_from_tracks(clip.tracks, "cam", (1920, 1080), rate)
+    }
+    empty = PoseFrame(camera="cam", frame_index=0, timestamp=0.0, image_size=(1920, 1080), persons=[], fps=fps)  # fmt: skip
+    frames = [by_index.get(i) or replace(empty, frame_index=i, timestamp=i / rate) for i in range(n)]  # fmt: skip
     live = TrackScorer(ck, cfg, stride=stride, sigma=0)
     got: dict[int, float] = {}
     for i in range(0, n, 9):
         for s in live.step(frames[i : i + 9], forget=True)[0]:
             got[s.frame_index] = s.score
-    per = offline.persons[tid]
+    per = offline.persons[tid][:n]
     held = np.full(n, np.nan)  # offline holds a score over the frames until the next
     for f, v in got.items():
-        held[f : f + stride] = v
+        held[f : f + score_hold(stride, 1, fps, ck.fps)] = v
     assert np.array_equal(np.isfinite(held), np.isfinite(per)), np.flatnonzero(
         np.isfinite(held) != np.isfinite(per)
     )
     assert np.allclose(held[np.isfinite(per)], per[np.isfinite(per)], rtol=1e-4, atol=1e-4)
-    span = ck.window_config.length
-    back = next(f for f in range(170, n) if seen.get(f))  # seen again
-    assert min(f for f in got if f >= back) >= back + span - 1  # a full window first
-    assert any(280 <= f < 280 + span - 1 for f in got)  # 30 frames: not forgotten
+    span = ck.window_config.length  # model frames
+    back = next(f for f in range(170 // step, n) if seen.get(f))  # seen again
+    assert min(f for f in got if f >= back) * step >= back * step + span - 1  # a full window
+    assert any(280 <= f * step < 280 + span - 1 for f in got)  # 30 frames: not forgotten
