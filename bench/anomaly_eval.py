@@ -74,6 +74,12 @@ from pipelines.offline.training import (
 from pipelines.serving import ServingSpec, scorer_config
 
 
+def _recipe(cfg: PostureConfig) -> tuple[float, int, float, int]:
+    """What decides how posture flows are trained: a checkpoint whose flows differ from the
+    default's in it gets the default's (upright turn, its frames, yaw augmentation, epochs)."""
+    return (cfg.upright, cfg.upright_frames, cfg.yaw, cfg.epochs)
+
+
 def episodes(clips: list[ClipScores], thr: float, sigma: float, min_frames: int) -> set[tuple[str, int, int]]:  # fmt: skip
     """Alert episodes as the service raises them, approximately: per person, runs of at
     least ``min_frames`` frames whose causal-smoothed score is above ``thr``; (clip,
@@ -339,8 +345,7 @@ def main() -> None:
         if any(k in POSTURE_SCORERS for k in args.scorers) and (
             posture is None
             or not posture.cfg.stillness  # flows from before the term
-            or (posture.cfg.upright, posture.cfg.upright_frames, posture.cfg.yaw)
-            != (PostureConfig().upright, PostureConfig().upright_frames, PostureConfig().yaw)
+            or _recipe(posture.cfg) != _recipe(PostureConfig())  # trained otherwise
         ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)
