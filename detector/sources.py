@@ -14,7 +14,9 @@ picture freezes (it keeps sending byte-identical frames: a stalled encoder or NV
 sensor's noise makes any two frames differ) is treated as one that stopped delivering: the
 repeated frames are dropped (counted in ``frames_dropped``; their indices are skipped, so
 downstream sees a gap, never a person standing perfectly still) and after
-``no_frame_timeout`` seconds it is reopened. Credentials in URLs never leave :func:`redact`.
+``no_frame_timeout`` seconds it is reopened. A source faster than its ``detect_fps`` passes
+on at most that many frames per second and counts the others in ``frames_skipped`` (they are
+decoded, never detected). Credentials in URLs never leave :func:`redact`.
 
 One class per kind of source (:class:`FileSource`, :class:`StreamSource`,
 :class:`WebcamSource`, :class:`FolderSource`), named in :data:`SOURCE_KINDS`;
@@ -38,7 +40,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, cast
 
@@ -134,6 +136,8 @@ class SourceStats:
         fps: the source's frame rate (frames/s; 0 until known).
         expected_frames: frames a file or folder announces, None when unknown or live (or
             when the file's header rate was implausible: its count is not trusted either).
+        frames_skipped: frames read and skipped to keep to ``detect_fps`` (not in
+            ``frames_read``).
     """
 
     camera: str
@@ -146,6 +150,7 @@ class SourceStats:
     reconnects: int
     fps: float
     expected_frames: int | None = None
+    frames_skipped: int = 0
 
 
 @dataclass
@@ -165,6 +170,11 @@ class SourceConfig:
         max_retries: give up (``offline``) after this many failed opens in a row (for a
             video file: failed looks for it while it is not found; ``extract`` uses 0);
             None = never.
+        detect_fps: frames passed on per second at most (Frigate's ``detect.fps``): a
+            faster source's other frames are read and skipped before detection (counted in
+            ``frames_skipped``), and the frames passed on form a source at this rate
+            (``Frame.fps`` = ``detect_fps``, ``Frame.index`` counting its frames; see
+            :meth:`CameraSource._detect_rate`). None: every frame.
     """
 
     uri: str
@@ -176,6 +186,7 @@ class SourceConfig:
     retry_interval: float = 2.0
     max_backoff: float = 30.0
     max_retries: int | None = None
+    detect_fps: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -247,6 +258,9 @@ class CameraSource:
         self._read = 0
         self._dropped = 0
         self._reconnects = 0
+        self._skipped = 0
+        self._clock: tuple[float, int, float] | None = None  # detect rate: seconds, index, ts
+        self._slot = -1  # the detect-rate frame last passed on
         self._fps = float(cfg.fps or 0.0)
         self._expected: int | None = None
         self._last_frame = time.monotonic()
@@ -306,6 +320,7 @@ class CameraSource:
                 self._reconnects,
                 self._fps,
                 self._expected,
+                self._skipped,
             )
 
     # -- for the kinds --------------------------------------------------------------------------
@@ -332,7 +347,44 @@ class CameraSource:
                 f" ({reason})" if reason else "",
             )
 
+    def _detect_rate(self, frame: Frame) -> Frame | None:
+        """``frame`` as a frame of the ``detect_fps`` source, or None when it is skipped.
+
+        The source's time runs on by the index steps over its rate (``Frame.fps``; by the
+        timestamps when the rate is not known), so a reconnect at another rate, or an index
+        gap (a frozen picture's repeats), is followed. Every ``1 / detect_fps`` seconds the
+        first frame is passed on with ``index`` = that slot's number and ``fps`` =
+        ``detect_fps`` (0 when the source's rate is not known): downstream sees a camera at
+        ``detect_fps`` whose frames are at most one source frame from their slot. A source
+        no faster than ``detect_fps`` passes every frame unchanged.
+        """
+        d = self.cfg.detect_fps
+        if not d:
+            return frame
+        clock = self._clock
+        if clock is None:
+            at = 0.0
+        elif frame.fps > 0:
+            at = clock[0] + max(frame.index - clock[1], 0) / frame.fps
+        else:
+            at = clock[0] + max(frame.timestamp - clock[2], 0.0)
+        self._clock = (at, frame.index, frame.timestamp)
+        if 0 < frame.fps <= d:
+            return frame
+        slot = math.floor(at * d + 1e-6)
+        if slot <= self._slot:
+            with self._lock:
+                self._skipped += 1
+                self._last_frame = time.monotonic()  # a frame came: the camera is alive
+            return None
+        self._slot = slot
+        return replace(frame, index=slot, fps=d if frame.fps > 0 else 0.0)
+
     def _put(self, frame: Frame) -> None:
+        passed = self._detect_rate(frame)
+        if passed is None:
+            return
+        frame = passed
         if not self.live:
             while not self._stop.is_set():
                 try:

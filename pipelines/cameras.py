@@ -30,6 +30,7 @@ class CameraMonitor:
         self._read = dict.fromkeys(sources, 0)
         self._dropped = dict.fromkeys(sources, 0)
         self._reconnects = dict.fromkeys(sources, 0)
+        self._skipped = dict.fromkeys(sources, 0)
         self.errors: dict[str, str] = {}
 
     def update(self) -> None:
@@ -41,7 +42,8 @@ class CameraMonitor:
             m.frames_dropped.labels(camera=n).inc(st.frames_dropped - self._dropped[n])
             m.camera_reconnects.labels(camera=n).inc(st.reconnects - self._reconnects[n])
             self._read[n], self._dropped[n] = st.frames_read, st.frames_dropped
-            self._reconnects[n] = st.reconnects
+            m.frames_skipped.labels(camera=n).inc(st.frames_skipped - self._skipped[n])
+            self._reconnects[n], self._skipped[n] = st.reconnects, st.frames_skipped
             if src.error and n not in self.errors:
                 self.errors[n] = src.error
                 log.error("%s", src.error)

@@ -76,6 +76,17 @@ class CameraConfig(Base):
         title="Frame rate",
         description="Frames per second; default: the source's own.",
     )
+    detect_fps: float | None = Field(
+        None,
+        ge=MIN_FPS,
+        le=MAX_FPS,
+        title="Detection rate",
+        description="Frames per second run through pose detection at most (Frigate's "
+        "detect.fps); a faster camera's other frames are decoded and skipped (counted in "
+        "posewatch_frames_skipped_total), and scoring sees a camera at this rate. Set it to "
+        "the model's rate (30 for AIHub2 models) on faster cameras; below the slowest rate "
+        "the model scores, its persons are never scored (logged). Default: every frame.",
+    )
     roi: tuple[int, int, int, int] | None = Field(
         None,
         title="Region of interest",

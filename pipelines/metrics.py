@@ -67,6 +67,12 @@ class Metrics:
             cam,
             registry=r,
         )
+        self.frames_skipped = Counter(
+            "posewatch_frames_skipped_total",
+            "Frames decoded and not detected, to keep to the camera's detect_fps",
+            cam,
+            registry=r,
+        )
         self.camera_up = Gauge(
             "posewatch_camera_up", "1 while the camera delivers frames", cam, registry=r
         )

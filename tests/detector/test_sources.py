@@ -17,6 +17,7 @@ from detector.sources import (
     CameraSource,
     FileSource,
     FolderSource,
+    Frame,
     SourceConfig,
     SourceError,
     SourceKind,
@@ -455,3 +456,56 @@ def test_a_timestamped_container_with_a_bogus_rate_uses_its_frame_timestamps(
     assert all(f.fps == pytest.approx(25.0) for f in frames)  # a measured rate places frames
     (msg,) = [r.getMessage() for r in caplog.records if "not plausible" in r.getMessage()]
     assert "2000 fps, is not plausible; using 25 fps derived from its frames' timestamps" in msg
+
+
+def _read_all(src: CameraSource) -> list[Frame]:
+    got = []
+    while not src.done:
+        f = src.read(timeout=0.5)
+        if f is not None:
+            got.append(f)
+    return got
+
+
+@pytest.mark.parametrize(("detect_fps", "passed"), [(30.0, 60), (25.0, 50), (60.0, 120), (90.0, 120)])  # fmt: skip
+def test_detect_fps_passes_a_camera_at_that_rate_and_counts_the_skipped(
+    videos: Path, tmp_path: Path, detect_fps: float, passed: int
+) -> None:
+    """A 60 fps file of 120 frames (2 s) with ``detect_fps``: ``passed`` frames come out,
+    numbered 0.. and stating ``detect_fps`` (a source no faster passes every frame as it is),
+    each within one source frame (1/60 s) after its slot's time; the rest are counted
+    skipped, never read or dropped."""
+    frames = vtest_frames(videos, 120, width=96)
+    path = write_video(tmp_path / "fast.avi", frames, "MJPG", fps=60.0)
+    src = CameraSource("c", SourceConfig(uri=str(path), detect_fps=detect_fps)).start()
+    got = _read_all(src)
+    st = src.stats()
+    assert len(got) == passed
+    assert (st.frames_read, st.frames_skipped, st.frames_dropped) == (passed, 120 - passed, 0)
+    assert [f.index for f in got] == list(range(passed))
+    rate = min(detect_fps, 60.0)
+    assert {f.fps for f in got} == {rate}
+    lag = np.array([f.timestamp - f.index / rate for f in got])  # file timestamps: index / 60
+    assert lag.min() >= -1e-9 and lag.max() < 1 / 60 + 1e-9
+
+
+def test_detect_fps_follows_a_rate_change_an_index_gap_and_an_unknown_rate() -> None:
+    """The source's time runs by index steps over the frame's rate: a reconnect at 30 fps
+    after 1 s at 60 fps, then a 1 s gap (a frozen picture's skipped indices), then 1 s of
+    frames that state no rate (by their timestamps); at ``detect_fps`` 15 each second
+    passes 15 frames, numbered on without a jump back, and the gap leaves a gap of 15."""
+    src = CameraSource("c", SourceConfig(uri="rtsp://127.0.0.1:9/x", detect_fps=15.0))
+    img = np.zeros((4, 4, 3), np.uint8)
+
+    def frame(i: int, ts: float, fps: float) -> Frame:
+        return Frame("c", i, ts, img, fps=fps)
+
+    feed = [frame(i, 100 + i / 60, 60.0) for i in range(60)]  # 1 s at 60 fps
+    feed += [frame(60 + i, 101 + i / 30, 30.0) for i in range(30)]  # 1 s at 30 fps
+    feed += [frame(120 + i, 103 + i / 30, 30.0) for i in range(30)]  # indices 90..119 frozen
+    feed += [frame(150 + i, 104 + i / 50, 0.0) for i in range(50)]  # 1 s, rate unknown
+    out = [f for f in (src._detect_rate(f) for f in feed) if f is not None]
+    idx = [f.index for f in out]
+    assert len(out) == 60 and src.stats().frames_skipped == len(feed) - 60
+    assert idx == list(range(30)) + list(range(45, 75))  # the frozen second: slots 30..44
+    assert {f.fps for f in out[:45]} == {15.0} and {f.fps for f in out[45:]} == {0.0}

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pipelines.cameras import source_config
 from pipelines.cli import app
 from pipelines.config import ConfigError, PosewatchConfig, json_schema, load_config
 
@@ -24,6 +25,8 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert set(cfg.cameras) == {"lawn", "gate"}
     assert cfg.cameras["gate"].source == "rtsp://admin:s3cret@10.0.0.5:554/stream1"
     assert not cfg.cameras["gate"].enabled and cfg.cameras["gate"].roi == (0, 200, 1920, 1080)
+    assert source_config(cfg, "gate").detect_fps == 30  # a 60 fps camera's every other frame
+    assert source_config(cfg, "lawn").detect_fps is None
     res = runner.invoke(app, ["config", "check", str(EXAMPLE)])
     assert res.exit_code == 0 and "2 cameras, 1 enabled: lawn" in res.output
 
@@ -39,7 +42,7 @@ def test_invalid_config_reports_every_field_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "cameras:\n"
-        "  gate: {source: a.mp4, fps: -3, colour: red}\n"
+        "  gate: {source: a.mp4, fps: -3, detect_fps: 0, colour: red}\n"
         "  'bad name!': {source: b.mp4}\n"
         "detector: {imgsz: 10}\n"
         "kafka: {security_protocol: SASL_SSL}\n"
@@ -47,11 +50,18 @@ def test_invalid_config_reports_every_field_path(tmp_path: Path) -> None:
     )
     res = runner.invoke(app, ["config", "check", str(bad)])
     assert res.exit_code == 2
-    for path in ("cameras.gate.fps", "cameras.gate.colour", "detector.imgsz", "kafka", "alerts"):
+    for path in (
+        "cameras.gate.fps",
+        "cameras.gate.detect_fps",
+        "cameras.gate.colour",
+        "detector.imgsz",
+        "kafka",
+        "alerts",
+    ):
         assert path in res.output, (path, res.output)
     with pytest.raises(ConfigError) as info:
         load_config(bad)
-    assert len(info.value.problems) >= 5
+    assert len(info.value.problems) >= 6
 
 
 def test_missing_file_bad_yaml_and_missing_env(
