@@ -323,6 +323,13 @@ class CameraSource:
                 self._skipped,
             )
 
+    def delivered_fps(self) -> float:
+        """The rate of the frames :meth:`read` gives (frames/s; 0 until known): the source's
+        own, or its ``detect_fps`` when that is lower (what a learner and a video writer of
+        these frames need)."""
+        fps, d = self.stats().fps, self.cfg.detect_fps
+        return min(fps, d) if d and fps > 0 else fps
+
     # -- for the kinds --------------------------------------------------------------------------
     def _produce(self) -> None:
         """Read the source until it ends or :meth:`stop` is called (runs in the thread)."""

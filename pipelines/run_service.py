@@ -264,7 +264,7 @@ class Service(CameraService):
 
     def _fps(self, camera: str) -> float:
         src = self.sources.get(camera)
-        return src.stats().fps if src is not None else 0.0
+        return src.delivered_fps() if src is not None else 0.0
 
     # -- shutdown -------------------------------------------------------------------------
     def stop_steps(self) -> Sequence[Callable[[], None]]:

@@ -36,7 +36,8 @@ class FrameView:
         threshold: the camera's alert threshold (None while it has no model).
         alerting: track ids with an open episode.
         read_at: ``time.monotonic()`` when the frame was decoded (None without a camera).
-        fps: the camera's frame rate as measured at its source (None when unknown).
+        fps: the rate the camera's frames come at, as measured at its source (its
+            ``detect_fps`` when lower; None when unknown).
         stated_fps: the rate the frame states for its camera
             (:attr:`~detector.pose.PoseFrame.fps`), by which scoring placed it on the
             model's time axis (None: it states none, and its indices are the model's frames).
