@@ -99,7 +99,8 @@ class Frame:
 
     Attributes:
         camera: camera name.
-        index: frame index in the source (from 0; continues across reconnects and loops).
+        index: frame index in the source (from 0; continues across reconnects and loops);
+            with ``detect_fps``, the index of its slot at that rate.
         timestamp: seconds (UNIX time for live sources, ``index / fps`` for files).
         image: ``(H, W, 3)`` uint8 BGR.
         read_at: ``time.monotonic()`` when it was decoded (for latency).
@@ -172,8 +173,8 @@ class SourceConfig:
             None = never.
         detect_fps: frames passed on per second at most (Frigate's ``detect.fps``): a
             faster source's other frames are read and skipped before detection (counted in
-            ``frames_skipped``), and the frames passed on form a source at this rate
-            (``Frame.fps`` = ``detect_fps``, ``Frame.index`` counting its frames; see
+            ``frames_skipped``), and the frames passed on form a camera at this rate
+            (``Frame.fps`` = ``detect_fps``, ``Frame.index`` counting its slots; see
             :meth:`CameraSource._detect_rate`). None: every frame.
     """
 
@@ -259,8 +260,9 @@ class CameraSource:
         self._dropped = 0
         self._reconnects = 0
         self._skipped = 0
-        self._clock: tuple[float, int, float] | None = None  # detect rate: seconds, index, ts
+        self._clock: tuple[float, int, float] | None = None  # detect rate: s, index, read_at
         self._slot = -1  # the detect-rate frame last passed on
+        self._slotted = False  # the last frame passed on was renumbered at detect_fps
         self._fps = float(cfg.fps or 0.0)
         self._expected: int | None = None
         self._last_frame = time.monotonic()
@@ -324,11 +326,12 @@ class CameraSource:
             )
 
     def delivered_fps(self) -> float:
-        """The rate of the frames :meth:`read` gives (frames/s; 0 until known): the source's
-        own, or its ``detect_fps`` when that is lower (what a learner and a video writer of
-        these frames need)."""
-        fps, d = self.stats().fps, self.cfg.detect_fps
-        return min(fps, d) if d and fps > 0 else fps
+        """The rate of the frames :meth:`read` gives (what a learner and a video writer of
+        them need; frames/s): ``detect_fps`` once frames are renumbered at it
+        (:meth:`_detect_rate`), else the source's rate as :meth:`stats` says it (0 until
+        known; a guess where the source states none)."""
+        d = self.cfg.detect_fps
+        return d if d and self._slotted else self.stats().fps
 
     # -- for the kinds --------------------------------------------------------------------------
     def _produce(self) -> None:
@@ -355,18 +358,21 @@ class CameraSource:
             )
 
     def _detect_rate(self, frame: Frame) -> Frame | None:
-        """``frame`` as a frame of the ``detect_fps`` source, or None when it is skipped.
+        """``frame`` as a frame of the ``detect_fps`` camera, or None when it is skipped.
 
-        The source's time runs on by the index steps over its rate (``Frame.fps``; by the
-        timestamps when the rate is not known), so a reconnect at another rate, or an index
-        gap (a frozen picture's repeats), is followed. Every ``1 / detect_fps`` seconds the
-        first frame is passed on with ``index`` = that slot's number and ``fps`` =
-        ``detect_fps`` (0 when the source's rate is not known): downstream sees a camera at
-        ``detect_fps`` whose frames are at most one source frame from their slot. A source
-        no faster than ``detect_fps`` passes every frame unchanged.
+        The source's time runs on by the index steps over the frame's rate (``Frame.fps``;
+        a live source whose rate is not known: by the frames' arrival, ``read_at``), so a
+        reconnect at another rate, or an index gap (a frozen picture's repeats), is followed.
+        Every ``1 / detect_fps`` seconds the first frame is passed on as ``index`` = that
+        slot's number and ``fps`` = ``detect_fps``: downstream sees one camera at
+        ``detect_fps`` (one number line, whatever rate each opening had), each frame at most
+        one source frame after its slot's time. A file or folder whose rate is not known
+        passes every frame unchanged: its rate is a guess, which must not decide what is
+        skipped (``delivered_fps`` then says the source's rate).
         """
         d = self.cfg.detect_fps
-        if not d:
+        if not d or (frame.fps <= 0 and not self.always_live):
+            self._slotted = False
             return frame
         clock = self._clock
         if clock is None:
@@ -374,18 +380,16 @@ class CameraSource:
         elif frame.fps > 0:
             at = clock[0] + max(frame.index - clock[1], 0) / frame.fps
         else:
-            at = clock[0] + max(frame.timestamp - clock[2], 0.0)
-        self._clock = (at, frame.index, frame.timestamp)
-        if 0 < frame.fps <= d:
-            return frame
+            at = clock[0] + max(frame.read_at - clock[2], 0.0)
+        self._clock = (at, frame.index, frame.read_at)
         slot = math.floor(at * d + 1e-6)
         if slot <= self._slot:
             with self._lock:
                 self._skipped += 1
                 self._last_frame = time.monotonic()  # a frame came: the camera is alive
             return None
-        self._slot = slot
-        return replace(frame, index=slot, fps=d if frame.fps > 0 else 0.0)
+        self._slot, self._slotted = slot, True
+        return replace(frame, index=slot, fps=d)
 
     def _put(self, frame: Frame) -> None:
         passed = self._detect_rate(frame)

@@ -472,9 +472,9 @@ def test_detect_fps_passes_a_camera_at_that_rate_and_counts_the_skipped(
     videos: Path, tmp_path: Path, detect_fps: float, passed: int
 ) -> None:
     """A 60 fps file of 120 frames (2 s) with ``detect_fps``: ``passed`` frames come out,
-    numbered 0.. and stating ``detect_fps`` (a source no faster passes every frame as it is),
-    each within one source frame (1/60 s) after its slot's time; the rest are counted
-    skipped, never read or dropped."""
+    numbered by their slot at ``detect_fps`` and stating it, each within one source frame
+    (1/60 s) after its slot's time (a slower source: every frame, on the same number line);
+    the rest are counted skipped, never read or dropped."""
     frames = vtest_frames(videos, 120, width=96)
     path = write_video(tmp_path / "fast.avi", frames, "MJPG", fps=60.0)
     src = CameraSource("c", SourceConfig(uri=str(path), detect_fps=detect_fps)).start()
@@ -482,30 +482,59 @@ def test_detect_fps_passes_a_camera_at_that_rate_and_counts_the_skipped(
     st = src.stats()
     assert len(got) == passed
     assert (st.frames_read, st.frames_skipped, st.frames_dropped) == (passed, 120 - passed, 0)
-    assert [f.index for f in got] == list(range(passed))
-    rate = min(detect_fps, 60.0)
-    assert {f.fps for f in got} == {rate} and (st.fps, src.delivered_fps()) == (60.0, rate)
-    lag = np.array([f.timestamp - f.index / rate for f in got])  # file timestamps: index / 60
+    idx = [f.index for f in got]
+    assert idx == (list(range(passed)) if detect_fps <= 60 else [i * 3 // 2 for i in range(120)])
+    assert {f.fps for f in got} == {detect_fps} and (st.fps, src.delivered_fps()) == (60.0, detect_fps)  # fmt: skip
+    lag = np.array([f.timestamp - f.index / detect_fps for f in got])  # file timestamps: i / 60
     assert lag.min() >= -1e-9 and lag.max() < 1 / 60 + 1e-9
 
 
-def test_detect_fps_follows_a_rate_change_an_index_gap_and_an_unknown_rate() -> None:
-    """The source's time runs by index steps over the frame's rate: a reconnect at 30 fps
-    after 1 s at 60 fps, then a 1 s gap (a frozen picture's skipped indices), then 1 s of
-    frames that state no rate (by their timestamps); at ``detect_fps`` 15 each second
-    passes 15 frames, numbered on without a jump back, and the gap leaves a gap of 15."""
+def test_detect_fps_keeps_one_number_line_through_rate_changes_gaps_and_an_unknown_rate() -> None:
+    """A live camera at ``detect_fps`` 15 whose source changes rate on reconnects (60, then
+    10, below 15, then 60 fps), has a frozen second (an index gap) and then states no rate
+    (placed by arrival, ``read_at``): indices only go up, every passed frame states 15 fps
+    and sits at most one source frame after its slot's time, 15 (+-1) pass per second of a
+    fast source and every frame of the slow one, and the frozen second leaves its slots
+    empty."""
     src = CameraSource("c", SourceConfig(uri="rtsp://127.0.0.1:9/x", detect_fps=15.0))
     img = np.zeros((4, 4, 3), np.uint8)
+    feed: list[tuple[int, float, float, Frame]] = []  # (segment, true time, period, frame)
+    last = {"t": -1 / 60, "i": -1}  # the frame before the first: 1/60 s before 0
 
-    def frame(i: int, ts: float, fps: float) -> Frame:
-        return Frame("c", i, ts, img, fps=fps)
+    def segment(n: int, rate: float, stated: float, gap: int = 0) -> None:
+        seg = len({s for s, *_ in feed})
+        for k in range(n):
+            skipped = gap if k == 0 else 0  # indices of a frozen picture, then this frame
+            t, i = last["t"] + (1 + skipped) / rate, last["i"] + 1 + skipped
+            last.update(t=t, i=i)
+            feed.append((seg, t, 1 / rate, Frame("c", int(i), 1e9 + t, img, 500 + t, fps=stated)))
 
-    feed = [frame(i, 100 + i / 60, 60.0) for i in range(60)]  # 1 s at 60 fps
-    feed += [frame(60 + i, 101 + i / 30, 30.0) for i in range(30)]  # 1 s at 30 fps
-    feed += [frame(120 + i, 103 + i / 30, 30.0) for i in range(30)]  # indices 90..119 frozen
-    feed += [frame(150 + i, 104 + i / 50, 0.0) for i in range(50)]  # 1 s, rate unknown
-    out = [f for f in (src._detect_rate(f) for f in feed) if f is not None]
-    idx = [f.index for f in out]
-    assert len(out) == 60 and src.stats().frames_skipped == len(feed) - 60
-    assert idx == list(range(30)) + list(range(45, 75))  # the frozen second: slots 30..44
-    assert {f.fps for f in out[:45]} == {15.0} and {f.fps for f in out[45:]} == {0.0}
+    segment(60, 60.0, 60.0)  # 1 s at 60 fps
+    segment(10, 10.0, 10.0)  # a reconnect at 10 fps
+    segment(10, 10.0, 10.0, gap=10)  # after 1 s of a frozen picture (10 indices)
+    segment(60, 60.0, 60.0)  # back at 60 fps
+    segment(50, 50.0, 0.0)  # no rate stated: by arrival
+    out = []
+    for seg, t, period, frame in feed:
+        passed = src._detect_rate(frame)
+        if passed is not None:
+            out.append((seg, t, period, passed))
+    idx = [f.index for *_, f in out]
+    assert idx == sorted(set(idx)) and {f.fps for *_, f in out} == {15.0}
+    lag = np.array([t - f.index / 15 for _, t, _, f in out])
+    assert lag.min() >= -1e-9 and (lag < np.array([p for _, _, p, _ in out]) + 1e-9).all()
+    per_segment = [sum(s == k for s, *_ in out) for k in range(5)]
+    assert per_segment[1:3] == [10, 10] and all(14 <= n <= 16 for n in per_segment[::3] + per_segment[4:])  # fmt: skip
+    assert not any(30 <= i <= 45 for i in idx)  # the frozen second, 2.0 to 3.08 s
+    assert src.stats().frames_skipped == len(feed) - len(out) and src.delivered_fps() == 15.0
+
+
+def test_detect_fps_leaves_a_folder_of_unknown_rate_as_it_is(tmp_path: Path) -> None:
+    """A folder states no rate (its 10 fps is a guess): ``detect_fps`` must not skip by the
+    guess, so every image passes with its own index."""
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 12, 3), 40 * i, np.uint8))
+    src = CameraSource("dir", SourceConfig(uri=str(tmp_path), detect_fps=2.0)).start()
+    got = _read_all(src)
+    assert [(f.index, f.fps) for f in got] == [(i, 0.0) for i in range(6)]
+    assert src.stats().frames_skipped == 0 and src.delivered_fps() == src.stats().fps
