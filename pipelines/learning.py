@@ -46,7 +46,12 @@ from detector.datasets import Clip
 from detector.pose import MAX_FPS, MIN_FPS, PoseFrame, tracks_from_frames
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
-from forecasting.defaults import ALERT_MIN_DURATION_S, AUTO, DEFAULT_SAMPLER, POSTURE_EPOCHS
+from forecasting.defaults import (
+    ALERT_MIN_DURATION_S,
+    AUTO,
+    COLD_START_POSTURE_EPOCHS,
+    DEFAULT_SAMPLER,
+)
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
 from forecasting.scoring import ScorerConfig
@@ -84,7 +89,7 @@ class LearnSettings:
     max_train_minutes: float = 10.0
     members: int = 3
     posture_flows: int = 4
-    posture_epochs: int = POSTURE_EPOCHS
+    posture_epochs: int = COLD_START_POSTURE_EPOCHS
     hidden: int = 128
     flow_layers: int = 4
     seed: int = 0

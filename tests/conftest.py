@@ -142,8 +142,8 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     1, 2: the first three of the benchmark's seed-0 ensemble (``DEFAULT_MEMBERS`` = 7, seeds
     0..6; training is deterministic on the CPU), and posture flows of seeds 0..3 (the default
     has 8, ``POSTURE_FLOWS``). Three members and four flows, not seven and eight, to keep CI
-    near 40 minutes (about 5 minutes per member and 1.3 per flow on 2 cores); the full seed-0
-    default passes the same tests (docs/DECISIONS.md, sessions 5 and 11).
+    near 45 minutes (about 4 minutes per member and 3 per flow of 20 epochs on 2 cores); the
+    full seed-0 default passes the same tests (docs/DECISIONS.md, sessions 5, 11 and 23).
     ``POSEWATCH_DEFAULT_MODEL=path`` uses that checkpoint instead (a local run that has
     ``runs/anomaly_eval/seed0-m7.pt``).
     """
