@@ -262,7 +262,6 @@ class CameraSource:
         self._skipped = 0
         self._clock: tuple[float, int, float] | None = None  # detect rate: s, index, read_at
         self._slot = -1  # the detect-rate frame last passed on
-        self._slotted = False  # the last frame passed on was renumbered at detect_fps
         self._fps = float(cfg.fps or 0.0)
         self._expected: int | None = None
         self._last_frame = time.monotonic()
@@ -325,14 +324,6 @@ class CameraSource:
                 self._skipped,
             )
 
-    def delivered_fps(self) -> float:
-        """The rate of the frames :meth:`read` gives (what a learner and a video writer of
-        them need; frames/s): ``detect_fps`` once frames are renumbered at it
-        (:meth:`_detect_rate`), else the source's rate as :meth:`stats` says it (0 until
-        known; a guess where the source states none)."""
-        d = self.cfg.detect_fps
-        return d if d and self._slotted else self.stats().fps
-
     # -- for the kinds --------------------------------------------------------------------------
     def _produce(self) -> None:
         """Read the source until it ends or :meth:`stop` is called (runs in the thread)."""
@@ -368,11 +359,10 @@ class CameraSource:
         ``detect_fps`` (one number line, whatever rate each opening had), each frame at most
         one source frame after its slot's time. A file or folder whose rate is not known
         passes every frame unchanged: its rate is a guess, which must not decide what is
-        skipped (``delivered_fps`` then says the source's rate).
+        skipped (it states ``fps`` 0; :meth:`stats` has the guess).
         """
         d = self.cfg.detect_fps
         if not d or (frame.fps <= 0 and not self.always_live):
-            self._slotted = False
             return frame
         clock = self._clock
         if clock is None:
@@ -388,7 +378,7 @@ class CameraSource:
                 self._skipped += 1
                 self._last_frame = time.monotonic()  # a frame came: the camera is alive
             return None
-        self._slot, self._slotted = slot, True
+        self._slot = slot
         return replace(frame, index=slot, fps=d)
 
     def _put(self, frame: Frame) -> None:

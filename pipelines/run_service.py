@@ -25,6 +25,7 @@ import numpy as np
 
 from detector.muxer import FrameMuxer
 from detector.pose import PoseFrame
+from detector.sources import Frame
 from detector.stage import DetectedFrame
 from pipelines.broker import EmbeddedBroker
 from pipelines.cameras import (
@@ -202,7 +203,7 @@ class Service(CameraService):
 
     def handle_detected(self, detected: Sequence[DetectedFrame]) -> list[ScoredFrame]:
         """Score detected frames and route their alerts and views."""
-        fps = {d.frame.camera: self._fps(d.frame.camera) for d in detected}
+        fps = {d.frame.camera: self._fps(d.frame) for d in detected}
         return self.handle_poses(
             [d.poses for d in detected],
             [d.frame.image for d in detected],
@@ -262,9 +263,14 @@ class Service(CameraService):
             for p in s.scores:
                 self.metrics.anomaly_score.labels(camera=cam).observe(p.smoothed)
 
-    def _fps(self, camera: str) -> float:
-        src = self.sources.get(camera)
-        return src.delivered_fps() if src is not None else 0.0
+    def _fps(self, frame: Frame) -> float:
+        """The rate of ``frame``'s camera as its frames come (what its learner and video
+        writer need; frames/s): the rate the frame states (``detect_fps`` where the source
+        renumbers at it), else the source's guess (0 until known)."""
+        if frame.fps > 0:
+            return frame.fps
+        src = self.sources.get(frame.camera)
+        return src.stats().fps if src is not None else 0.0
 
     # -- shutdown -------------------------------------------------------------------------
     def stop_steps(self) -> Sequence[Callable[[], None]]:

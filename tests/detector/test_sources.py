@@ -13,6 +13,7 @@ import pytest
 from detector.extract import track_video
 from detector.pose_model import PoseModel
 from detector.sources import (
+    FALLBACK_FPS,
     SOURCE_KINDS,
     CameraSource,
     FileSource,
@@ -458,15 +459,6 @@ def test_a_timestamped_container_with_a_bogus_rate_uses_its_frame_timestamps(
     assert "2000 fps, is not plausible; using 25 fps derived from its frames' timestamps" in msg
 
 
-def _read_all(src: CameraSource) -> list[Frame]:
-    got = []
-    while not src.done:
-        f = src.read(timeout=0.5)
-        if f is not None:
-            got.append(f)
-    return got
-
-
 @pytest.mark.parametrize(("detect_fps", "passed"), [(30.0, 60), (25.0, 50), (60.0, 120), (90.0, 120)])  # fmt: skip
 def test_detect_fps_passes_a_camera_at_that_rate_and_counts_the_skipped(
     videos: Path, tmp_path: Path, detect_fps: float, passed: int
@@ -478,13 +470,13 @@ def test_detect_fps_passes_a_camera_at_that_rate_and_counts_the_skipped(
     frames = vtest_frames(videos, 120, width=96)
     path = write_video(tmp_path / "fast.avi", frames, "MJPG", fps=60.0)
     src = CameraSource("c", SourceConfig(uri=str(path), detect_fps=detect_fps)).start()
-    got = _read_all(src)
+    got = _drain(src)
     st = src.stats()
     assert len(got) == passed
     assert (st.frames_read, st.frames_skipped, st.frames_dropped) == (passed, 120 - passed, 0)
     idx = [f.index for f in got]
     assert idx == (list(range(passed)) if detect_fps <= 60 else [i * 3 // 2 for i in range(120)])
-    assert {f.fps for f in got} == {detect_fps} and (st.fps, src.delivered_fps()) == (60.0, detect_fps)  # fmt: skip
+    assert {f.fps for f in got} == {detect_fps} and st.fps == 60.0
     lag = np.array([f.timestamp - f.index / detect_fps for f in got])  # file timestamps: i / 60
     assert lag.min() >= -1e-9 and lag.max() < 1 / 60 + 1e-9
 
@@ -526,7 +518,7 @@ def test_detect_fps_keeps_one_number_line_through_rate_changes_gaps_and_an_unkno
     per_segment = [sum(s == k for s, *_ in out) for k in range(5)]
     assert per_segment[1:3] == [10, 10] and all(14 <= n <= 16 for n in per_segment[::3] + per_segment[4:])  # fmt: skip
     assert not any(30 <= i <= 45 for i in idx)  # the frozen second, 2.0 to 3.08 s
-    assert src.stats().frames_skipped == len(feed) - len(out) and src.delivered_fps() == 15.0
+    assert src.stats().frames_skipped == len(feed) - len(out)
 
 
 def test_detect_fps_leaves_a_folder_of_unknown_rate_as_it_is(tmp_path: Path) -> None:
@@ -535,6 +527,6 @@ def test_detect_fps_leaves_a_folder_of_unknown_rate_as_it_is(tmp_path: Path) -> 
     for i in range(6):
         cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((8, 12, 3), 40 * i, np.uint8))
     src = CameraSource("dir", SourceConfig(uri=str(tmp_path), detect_fps=2.0)).start()
-    got = _read_all(src)
+    got = _drain(src)
     assert [(f.index, f.fps) for f in got] == [(i, 0.0) for i in range(6)]
-    assert src.stats().frames_skipped == 0 and src.delivered_fps() == src.stats().fps
+    assert src.stats().frames_skipped == 0 and src.stats().fps == FALLBACK_FPS
