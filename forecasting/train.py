@@ -78,6 +78,13 @@ class TrainConfig:
     #: Ensemble members, trained from seeds ``seed * members + r`` (see
     #: :class:`forecasting.torch_model.Ensemble`); 1 trains a single model with ``seed``.
     members: int = 1
+    #: View augmentation, degrees (0: none), drawn per window and batch: the body and its
+    #: motion as a camera turned about its vertical axis by up to ``yaw`` (horizontal
+    #: coordinates scaled by ``cos``), looking down by up to ``pitch`` more (vertical ones
+    #: scaled by ``cos``) and rolled by up to ``roll`` either way (:func:`view_change`).
+    roll: float = 0.0
+    yaw: float = 0.0
+    pitch: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -347,6 +354,35 @@ def lr_schedule(
     )
 
 
+def view_change(poses: torch.Tensor, roll: float, yaw: float, pitch: float) -> torch.Tensor:
+    """Normalised windows ``(N, L, 17, 2)`` (image axes, origin at the torso centre) as seen
+    by another camera, one draw per window (torch's global generator; degrees): horizontal
+    coordinates scaled by ``cos(a)``, ``a ~ U(0, yaw)``, vertical ones by ``cos(b)``,
+    ``b ~ U(0, pitch)`` (a body turned side-on, a camera looking down more: the flat
+    approximation), then turned about the origin by ``c ~ U(-roll, roll)``. All zero:
+    ``poses`` itself.
+
+    >>> x = torch.tensor([[[[1.0, 0.0]]]])
+    >>> view_change(x, 0.0, 0.0, 0.0) is x
+    True
+    >>> bool((view_change(x.expand(64, 1, 1, 2), 0.0, 60.0, 0.0)[..., 0] >= 0.5 - 1e-6).all())
+    True
+    """
+    if roll <= 0 and yaw <= 0 and pitch <= 0:
+        return poses
+    n = poses.shape[0]
+
+    def draw(lo: float, hi: float) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(n, device=poses.device)) * (math.pi / 180)
+
+    sx, sy = torch.cos(draw(0.0, yaw)), torch.cos(draw(0.0, pitch))
+    c = draw(-roll, roll)
+    cos, sin = torch.cos(c), torch.sin(c)
+    # rows of the map (u, v) -> (cos*sx*u - sin*sy*v, sin*sx*u + cos*sy*v), per window
+    m = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)  # fmt: skip
+    return torch.einsum("nij,nlkj->nlki", m.to(poses.dtype), poses)
+
+
 def _train_once(
     train_w: Windows,
     val_w: Windows,
@@ -382,7 +418,7 @@ def _train_once(
         run, nb = 0.0, 0
         for i in range(0, P.shape[0], tcfg.batch_size):
             idx = perm[i : i + tcfg.batch_size]
-            out = model(P[idx], M[idx])
+            out = model(view_change(P[idx], tcfg.roll, tcfg.yaw, tcfg.pitch), M[idx])
             loss = -(out.log_prob.mean() + tcfg.point_weight * out.point_log_prob.mean()) / D
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -171,6 +171,17 @@ def train(
         float,
         typer.Option(min=0.1, max=1000.0, help=_TRAIN_FPS_HELP),
     ] = MODEL_FPS,
+    roll: Annotated[
+        float, typer.Option(min=0.0, max=90.0, help="View augmentation: roll up to +-DEG.")
+    ] = 0.0,
+    yaw: Annotated[
+        float,
+        typer.Option(min=0.0, max=89.0, help="View augmentation: width scaled by cos(U(0, DEG))."),
+    ] = 0.0,
+    pitch: Annotated[
+        float,
+        typer.Option(min=0.0, max=89.0, help="View augmentation: height scaled by cos(U(0, DEG))."),
+    ] = 0.0,
 ) -> None:
     """Train a GRU-NF forecaster (and its posture flows); writes the checkpoint and a
     loss-curve PNG beside it."""
@@ -195,6 +206,9 @@ def train(
                 members=members,
                 posture_flows=posture_flows,
                 fps=fps,
+                roll=roll,
+                yaw=yaw,
+                pitch=pitch,
             )
         )
     except (DatasetError, PoseFileError, ValueError) as exc:

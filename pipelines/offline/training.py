@@ -69,6 +69,8 @@ class TrainRequest:
         progress: show a progress bar with the loss (stderr).
         fps: frame rate of the dataset, frames/s (recorded in the checkpoint: cameras at
             another rate are scored on this time axis, :func:`forecasting.windows.model_frames`).
+        roll, yaw, pitch: the forecaster's view augmentation, degrees
+            (:func:`forecasting.train.view_change`; 0: none).
     """
 
     data: Path
@@ -87,6 +89,9 @@ class TrainRequest:
     posture_flows: int = POSTURE_FLOWS
     progress: bool = True
     fps: float = MODEL_FPS
+    roll: float = 0.0
+    yaw: float = 0.0
+    pitch: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +191,9 @@ def run_training(req: TrainRequest) -> Path:
         split_seed=req.split_seed,
         stride=2 if req.frame_step == 1 else 1,
         members=req.members,
+        roll=req.roll,
+        yaw=req.yaw,
+        pitch=req.pitch,
     )
     mcfg = ModelConfig(t_obs=req.t_obs, horizon=req.horizon)
     tr, va, val_clips = _windows(req.data, req.split, wcfg, tcfg)

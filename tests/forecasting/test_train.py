@@ -19,6 +19,7 @@ from forecasting.train import (
     require_windows,
     split_clips,
     train,
+    view_change,
 )
 from forecasting.windows import Standardizer, WindowConfig, fill_unseen
 from pipelines.tracks import load_tracks
@@ -155,6 +156,31 @@ def test_a_few_dozen_windows_train_for_one_or_two_epochs(aihub2: Path, epochs: i
     assert all(math.isfinite(h["train_nll"]) and math.isfinite(h["loss"]) for h in res.history)
     with pytest.raises(ValueError, match="epochs and batch_size must be at least 1, got 0 and"):
         train(tr, tr, mcfg, replace(tcfg, epochs=0), progress=False)
+
+
+def test_view_change_rolls_rigidly_and_squashes_each_axis_within_its_range() -> None:
+    """Roll keeps every distance (a rigid turn about the torso centre) and turns a window by
+    at most ``roll``, both ways; yaw scales only x, pitch only y, each by cos of at most
+    its angle and by 1 at least; one draw per window (every frame and joint alike)."""
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(4000, 5, 17, 2)), dtype=torch.float32)
+    torch.manual_seed(0)
+    r = view_change(x, 15.0, 0.0, 0.0)
+    assert torch.allclose(r.norm(dim=-1), x.norm(dim=-1), atol=1e-4)
+    turn = torch.atan2(r[..., 1], r[..., 0]) - torch.atan2(x[..., 1], x[..., 0])
+    deg = torch.rad2deg(torch.remainder(turn + math.pi, 2 * math.pi) - math.pi)
+    per_window = deg[:, 0, 0]
+    assert torch.allclose(deg, per_window[:, None, None].expand_as(deg), atol=1e-2)
+    assert (
+        per_window.abs().max() <= 15.0 + 1e-3 and per_window.min() < -14 and per_window.max() > 14
+    )
+    for axis, (yaw, pitch) in ((0, (60.0, 0.0)), (1, (0.0, 45.0))):
+        s = view_change(x, 0.0, yaw, pitch)
+        assert torch.equal(s[..., 1 - axis], x[..., 1 - axis])
+        ratio = (s[..., axis] / x[..., axis])[:, 0, 0]
+        lo = math.cos(math.radians(max(yaw, pitch)))
+        assert ratio.min() >= lo - 1e-5 and ratio.max() <= 1 + 1e-6
+        assert ratio.min() < lo + 0.01 and ratio.max() > 0.999
 
 
 # -- issue 19 item 7: no window -> the window length and the longest track ---------------------
