@@ -177,10 +177,24 @@ def test_view_change_rolls_rigidly_and_squashes_each_axis_within_its_range() -> 
     for axis, (yaw, pitch) in ((0, (60.0, 0.0)), (1, (0.0, 45.0))):
         s = view_change(x, 0.0, yaw, pitch)
         assert torch.equal(s[..., 1 - axis], x[..., 1 - axis])
-        ratio = (s[..., axis] / x[..., axis])[:, 0, 0]
+        every = s[..., axis] / x[..., axis]
+        assert torch.allclose(every, every[:, :1, :1].expand_as(every), atol=1e-5)
+        ratio = every[:, 0, 0]
         lo = math.cos(math.radians(max(yaw, pitch)))
         assert ratio.min() >= lo - 1e-5 and ratio.max() <= 1 + 1e-6
         assert ratio.min() < lo + 0.01 and ratio.max() > 0.999
+    # all three: squash first, then turn (the draws in view_change's order: yaw, pitch, roll)
+    torch.manual_seed(3)
+    got = view_change(x, 30.0, 40.0, 20.0)
+    torch.manual_seed(3)
+    a, b, c = (torch.rand(len(x)) for _ in range(3))
+    sx, sy = torch.cos(torch.deg2rad(40.0 * a)), torch.cos(torch.deg2rad(20.0 * b))
+    t = torch.deg2rad(-30.0 + 60.0 * c)[:, None, None]
+    u, v = x[..., 0] * sx[:, None, None], x[..., 1] * sy[:, None, None]
+    want = torch.stack(
+        [torch.cos(t) * u - torch.sin(t) * v, torch.sin(t) * u + torch.cos(t) * v], -1
+    )
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 # -- issue 19 item 7: no window -> the window length and the longest track ---------------------
