@@ -10,7 +10,9 @@ go does not. No anomaly label is used, so the figure can choose settings.
 
 Views, applied to the normalised windows (origin at the person's torso centre, units of
 the person's size; so a roll or squash about the person, which for a person small in the
-frame is what the camera change does to them):
+frame is what the camera change does to them), each window then divided by the person's
+size measured again, as the pipeline measures it on what a camera shows (a squash then
+shows its change of shape, not of size):
 
 - ``mirror``: horizontal flip, left and right keypoints swapped;
 - ``rot+15`` / ``rot-15``: camera roll by 15 degrees (image axes, y down);
@@ -58,8 +60,25 @@ VIEWS: dict[str, tuple[float, float, float, bool]] = {
 }
 
 
-def viewed(poses: torch.Tensor, mask: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows ``(N, L, 17, 2)`` and their mask ``(N, L, 17)`` as seen in ``view``."""
+def renormalised(poses: torch.Tensor, mask: torch.Tensor, t_obs: int) -> torch.Tensor:
+    """Windows ``(N, L, 17, 2)`` divided by the person's size measured again as
+    :func:`forecasting.windows.cut_windows` measures it: the median over frames
+    ``0 .. t_obs`` of the larger side of the seen keypoints' extent (frames with 3 or more
+    seen keypoints; a window with none keeps its scale)."""
+    obs, seen = poses[:, : t_obs + 1], mask[:, : t_obs + 1].bool()[..., None]
+    hi = obs.masked_fill(~seen, -math.inf).amax(2)
+    lo = obs.masked_fill(~seen, math.inf).amin(2)
+    ext = (hi - lo).amax(-1)  # (N, t_obs + 1)
+    ext = torch.where(seen[..., 0].sum(-1) >= 3, ext, torch.full_like(ext, math.nan))
+    size = torch.nan_to_num(ext.nanmedian(1).values, nan=1.0).clamp_min(1e-3)
+    return poses / size[:, None, None, None]
+
+
+def viewed(
+    poses: torch.Tensor, mask: torch.Tensor, view: str, t_obs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows ``(N, L, 17, 2)`` and their mask ``(N, L, 17)`` as seen in ``view``, the
+    person's size measured again (:func:`renormalised`), as the pipeline does."""
     deg, sx, sy, mirrored = VIEWS[view]
     x = poses.clone()
     if mirrored:
@@ -68,7 +87,8 @@ def viewed(poses: torch.Tensor, mask: torch.Tensor, view: str) -> tuple[torch.Te
     x[..., 0] *= sx
     x[..., 1] *= sy
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    return torch.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1), mask
+    x = torch.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1)
+    return renormalised(x, mask, t_obs), mask
 
 
 def measure(path: Path, data: Path, stride: int) -> list[dict[str, Any]]:
@@ -81,7 +101,7 @@ def measure(path: Path, data: Path, stride: int) -> list[dict[str, Any]]:
     for split, w in sets.items():
         poses, mask = to_tensor(fill_unseen(w.poses, std.pose_mean)), to_tensor(w.mask)
         for view in VIEWS:
-            x, m = viewed(poses, mask, view)
+            x, m = viewed(poses, mask, view, ck.window_config.t_obs)
             per = [evaluate_nll(member, x, m) for member in members]
             rows.append(
                 {
