@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import load_checkpoint
 from forecasting.torch_model import to_tensor
-from forecasting.train import evaluate_nll
+from forecasting.train import evaluate_nll, remeasured, view_map
 from forecasting.windows import fill_unseen
 from pipelines.offline.evaluation import normal_window_sets
 
@@ -60,35 +59,19 @@ VIEWS: dict[str, tuple[float, float, float, bool]] = {
 }
 
 
-def renormalised(poses: torch.Tensor, mask: torch.Tensor, t_obs: int) -> torch.Tensor:
-    """Windows ``(N, L, 17, 2)`` divided by the person's size measured again as
-    :func:`forecasting.windows.cut_windows` measures it: the median over frames
-    ``0 .. t_obs`` of the larger side of the seen keypoints' extent (frames with 3 or more
-    seen keypoints; a window with none keeps its scale)."""
-    obs, seen = poses[:, : t_obs + 1], mask[:, : t_obs + 1].bool()[..., None]
-    hi = obs.masked_fill(~seen, -math.inf).amax(2)
-    lo = obs.masked_fill(~seen, math.inf).amin(2)
-    ext = (hi - lo).amax(-1)  # (N, t_obs + 1)
-    ext = torch.where(seen[..., 0].sum(-1) >= 3, ext, torch.full_like(ext, math.nan))
-    size = torch.nan_to_num(ext.nanmedian(1).values, nan=1.0).clamp_min(1e-3)
-    return poses / size[:, None, None, None]
-
-
 def viewed(
     poses: torch.Tensor, mask: torch.Tensor, view: str, t_obs: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows ``(N, L, 17, 2)`` and their mask ``(N, L, 17)`` as seen in ``view``, the
-    person's size measured again (:func:`renormalised`), as the pipeline does."""
+    person's size measured again (:func:`forecasting.train.remeasured`), as the pipeline does."""
     deg, sx, sy, mirrored = VIEWS[view]
     x = poses.clone()
     if mirrored:
         x, mask = x[:, :, list(FLIP_INDEX)], mask[:, :, list(FLIP_INDEX)]
         x[..., 0] = -x[..., 0]
-    x[..., 0] *= sx
-    x[..., 1] *= sy
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    x = torch.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1)
-    return renormalised(x, mask, t_obs), mask
+    n = x.shape[0]
+    x = view_map(x, torch.full((n,), deg), torch.full((n,), sx), torch.full((n,), sy))
+    return remeasured(x, mask, t_obs), mask
 
 
 def measure(path: Path, data: Path, stride: int) -> list[dict[str, Any]]:

@@ -354,12 +354,53 @@ def lr_schedule(
     )
 
 
+def view_map(
+    poses: torch.Tensor, roll: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor
+) -> torch.Tensor:
+    """Normalised windows ``(N, L, 17, 2)`` (image axes, origin at the torso centre) with
+    horizontal coordinates scaled by ``sx``, vertical ones by ``sy``, then turned about the
+    origin by ``roll`` degrees; ``roll``, ``sx``, ``sy``: ``(N,)``, one per window.
+
+    >>> x = torch.tensor([[[[1.0, 0.0]]]])
+    >>> y = view_map(x, torch.tensor([90.0]), torch.tensor([0.5]), torch.tensor([1.0]))
+    >>> [round(float(v), 6) + 0.0 for v in y.flatten()]
+    [0.0, 0.5]
+    """
+    c = torch.deg2rad(roll)
+    cos, sin = torch.cos(c), torch.sin(c)
+    # rows of the map (u, v) -> (cos*sx*u - sin*sy*v, sin*sx*u + cos*sy*v), per window
+    m = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)  # fmt: skip
+    return torch.einsum("nij,nlkj->nlki", m.to(poses.dtype), poses)
+
+
+def remeasured(poses: torch.Tensor, mask: torch.Tensor, t_obs: int) -> torch.Tensor:
+    """Normalised windows ``(N, L, 17, 2)`` divided by the person's size measured again as
+    :func:`forecasting.windows.cut_windows` measures it (after a view change the body's
+    extent is another): the median over observed frames ``1 .. t_obs`` of the larger side
+    of the extent of the keypoints ``mask (N, L, 17)`` marks, over frames with 3 or more of
+    them; a window with no such frame keeps its scale. The origin (the torso centre) stays.
+
+    >>> x = torch.zeros(1, 3, 17, 2)
+    >>> x[..., 0] = torch.linspace(-1.0, 1.0, 17)  # 2 wide, 0 high: size 2
+    >>> y = remeasured(x, torch.ones(1, 3, 17, dtype=torch.bool), 2)
+    >>> float(y[..., 0].max()), float(y[..., 0].min())
+    (0.5, -0.5)
+    """
+    obs, seen = poses[:, 1 : t_obs + 1], mask[:, 1 : t_obs + 1].bool()[..., None]
+    hi = obs.masked_fill(~seen, -math.inf).amax(2)
+    lo = obs.masked_fill(~seen, math.inf).amin(2)
+    ext = (hi - lo).amax(-1)  # (N, t_obs)
+    ext = torch.where(seen[..., 0].sum(-1) >= 3, ext, torch.full_like(ext, math.nan))
+    # nanquantile, not nanmedian: the middle two averaged, as numpy (cut_windows) does
+    size = torch.nan_to_num(ext.nanquantile(0.5, dim=1), nan=1.0).clamp_min(1e-3)
+    return poses / size[:, None, None, None]
+
+
 def view_change(poses: torch.Tensor, roll: float, yaw: float, pitch: float) -> torch.Tensor:
-    """Normalised windows ``(N, L, 17, 2)`` (image axes, origin at the torso centre) as seen
-    by another camera, one draw per window (torch's global generator; degrees): horizontal
-    coordinates scaled by ``cos(a)``, ``a ~ U(0, yaw)``, vertical ones by ``cos(b)``,
-    ``b ~ U(0, pitch)`` (a body turned side-on, a camera looking down more: the flat
-    approximation), then turned about the origin by ``c ~ U(-roll, roll)``. All zero:
+    """Normalised windows ``(N, L, 17, 2)`` as seen by another camera, one draw per window
+    (torch's global generator; degrees): :func:`view_map` with ``sx = cos(a)``,
+    ``a ~ U(0, yaw)``, ``sy = cos(b)``, ``b ~ U(0, pitch)`` (a body turned side-on, a camera
+    looking down more: the flat approximation) and a turn ``c ~ U(-roll, roll)``. All zero:
     ``poses`` itself.
 
     >>> x = torch.tensor([[[[1.0, 0.0]]]])
@@ -370,17 +411,12 @@ def view_change(poses: torch.Tensor, roll: float, yaw: float, pitch: float) -> t
     """
     if roll <= 0 and yaw <= 0 and pitch <= 0:
         return poses
-    n = poses.shape[0]
 
     def draw(lo: float, hi: float) -> torch.Tensor:
-        return (lo + (hi - lo) * torch.rand(n, device=poses.device)) * (math.pi / 180)
+        return lo + (hi - lo) * torch.rand(poses.shape[0], device=poses.device)
 
-    sx, sy = torch.cos(draw(0.0, yaw)), torch.cos(draw(0.0, pitch))
-    c = draw(-roll, roll)
-    cos, sin = torch.cos(c), torch.sin(c)
-    # rows of the map (u, v) -> (cos*sx*u - sin*sy*v, sin*sx*u + cos*sy*v), per window
-    m = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)  # fmt: skip
-    return torch.einsum("nij,nlkj->nlki", m.to(poses.dtype), poses)
+    sx, sy = torch.cos(torch.deg2rad(draw(0.0, yaw))), torch.cos(torch.deg2rad(draw(0.0, pitch)))
+    return view_map(poses, draw(-roll, roll), sx, sy)
 
 
 def _train_once(
@@ -412,13 +448,19 @@ def _train_once(
     bar = tqdm(
         total=tcfg.epochs * steps_per_epoch, disable=not progress, unit="batch", desc="train"
     )
+
+    def viewed(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``x`` as another camera sees it, the size measured again (no view change: ``x``)."""
+        y = view_change(x, tcfg.roll, tcfg.yaw, tcfg.pitch)
+        return x if y is x else remeasured(y, m, mcfg.t_obs)
+
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
         perm = torch.randperm(P.shape[0], generator=gen).to(device)
         run, nb = 0.0, 0
         for i in range(0, P.shape[0], tcfg.batch_size):
             idx = perm[i : i + tcfg.batch_size]
-            out = model(view_change(P[idx], tcfg.roll, tcfg.yaw, tcfg.pitch), M[idx])
+            out = model(viewed(P[idx], M[idx]), M[idx])
             loss = -(out.log_prob.mean() + tcfg.point_weight * out.point_log_prob.mean()) / D
             opt.zero_grad(set_to_none=True)
             loss.backward()

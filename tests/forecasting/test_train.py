@@ -16,12 +16,14 @@ from forecasting.train import (
     build_windows,
     evaluate_nll,
     lr_schedule,
+    remeasured,
     require_windows,
     split_clips,
     train,
     view_change,
+    view_map,
 )
-from forecasting.windows import Standardizer, WindowConfig, fill_unseen
+from forecasting.windows import Standardizer, WindowConfig, cut_windows, fill_unseen
 from pipelines.tracks import load_tracks
 from tests.realworld import clip_piece
 
@@ -195,6 +197,44 @@ def test_view_change_rolls_rigidly_and_squashes_each_axis_within_its_range() -> 
         [torch.cos(t) * u - torch.sin(t) * v, torch.sin(t) * u + torch.cos(t) * v], -1
     )
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_view_change_then_remeasured_equals_cutting_the_window_from_the_turned_pixels(
+    aihub2: Path,
+) -> None:
+    """Training's view change on a normalised window (squash, turn, size measured again)
+    gives the window ``cut_windows`` cuts from pixel keypoints squashed and turned about
+    that window's torso centre: the augmented windows are ones the pipeline would make."""
+    track = max(load_tracks(aihub2, "train")[:2], key=lambda t: len(t.frames))
+    kp = track.keypoints[:400].astype(np.float32)
+    wcfg = WindowConfig(t_obs=8, horizon=6)
+    w = cut_windows(kp, wcfg, stride=37)
+    assert len(w) >= 5
+    mask = torch.as_tensor(w.mask)
+    x = torch.as_tensor(np.nan_to_num(w.poses))
+    deg, sx, sy = 20.0, 0.6, 0.8
+    n = len(w)
+    got = remeasured(
+        view_map(x, torch.full((n,), deg), torch.full((n,), sx), torch.full((n,), sy)),
+        mask,
+        wcfg.t_obs,
+    )
+    c, s_ = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    sizes = []
+    for i in range(n):
+        cx, cy, _ = w.ref[i]
+        start = int(w.start[i])
+        px = kp.copy()
+        u, v = (px[..., 0] - cx) * sx, (px[..., 1] - cy) * sy
+        px[..., 0], px[..., 1] = cx + c * u - s_ * v, cy + s_ * u + c * v
+        one = cut_windows(px, wcfg, starts=np.array([start]))
+        assert len(one) == 1
+        want = torch.as_tensor(np.nan_to_num(one.poses[0]))
+        # the torso centre of a turned, squashed body is the turned, squashed centre: origin
+        assert torch.allclose(got[i][mask[i]], want[mask[i]], atol=1e-4)
+        sizes.append(float(one.ref[0, 2] / w.ref[i, 2]))
+    # the size really changed (else the test would not see a missing re-measure)
+    assert max(abs(r - 1) for r in sizes) > 0.05
 
 
 # -- issue 19 item 7: no window -> the window length and the longest track ---------------------
