@@ -274,7 +274,14 @@ class CameraSource:
 
     # -- public ---------------------------------------------------------------------------------
     def start(self) -> Self:
-        """Start the reader thread; returns the source itself."""
+        """Start the reader thread; returns the source itself.
+
+        Raises:
+            RuntimeError: the source was started before (a second reader of one camera
+                would read its frames twice and miscount them).
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"camera {self.name!r}: its reader is already started")
         self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
         self._thread.start()
         return self

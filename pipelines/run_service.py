@@ -59,9 +59,28 @@ class RunSummary:
     camera_errors: dict[str, str] = field(default_factory=dict)
     delivered: bool = True
     alert_latencies: list[float] = field(default_factory=list)  # frame decode -> alert, s
-    dropped: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # camera -> frames dropped
+    skipped: dict[str, int] = field(default_factory=dict)  # camera -> skipped for detect_fps
     startup_s: float = 0.0  # start -> first frame detected (broker, model load, export)
     phases: dict[str, str] = field(default_factory=dict)  # camera -> model phase at the end
+
+    def not_detected(self) -> str:
+        """The frames a camera read but detection never saw, per camera with any: those
+        dropped (a live source's oldest queued frames the detector did not take in time,
+        frozen-picture repeats, unreadable images of a folder) and those skipped to keep to
+        the camera's ``detect_fps``; "" when every camera's frames were all detected.
+
+        >>> RunSummary(dropped={"gate": 12, "lawn": 0}, skipped={"gate": 3, "lawn": 0}).not_detected()
+        'frames not detected: gate: 12 dropped (to keep up), 3 skipped (detect_fps)'
+        >>> RunSummary(dropped={"lawn": 0}, skipped={"lawn": 0}).not_detected()
+        ''
+        """
+        parts = []
+        for cam in sorted(self.dropped.keys() | self.skipped.keys()):
+            d, k = self.dropped.get(cam, 0), self.skipped.get(cam, 0)
+            if d or k:
+                parts.append(f"{cam}: {d} dropped (to keep up), {k} skipped (detect_fps)")
+        return f"frames not detected: {'; '.join(parts)}" if parts else ""
 
 
 class Service(CameraService):
@@ -297,6 +316,7 @@ class Service(CameraService):
             st = src.stats()
             self.metrics.set_camera_status(n, st.status.value)
             self.summary.dropped[n] = st.frames_dropped
+            self.summary.skipped[n] = st.frames_skipped
             if src.error:
                 self.summary.camera_errors.setdefault(n, src.error)
 

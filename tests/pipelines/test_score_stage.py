@@ -14,7 +14,7 @@ import torch
 from detector.pose import Person, PoseFrame
 from forecasting.checkpoint import load_checkpoint, save_checkpoint, update_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER
-from pipelines.config import ForecasterConfig, PosewatchConfig
+from pipelines.config import CameraConfig, ForecasterConfig, PosewatchConfig
 from pipelines.learning import ColdStartProvider, LearnSettings
 from pipelines.model_provider import CheckpointProvider
 from pipelines.run_service import Service
@@ -28,6 +28,7 @@ from pipelines.serving import (
     scorer_config,
 )
 from tests.conftest import tiny_checkpoint
+from tests.realworld import vtest_frames, write_video
 
 SAMPLES = 8
 
@@ -352,3 +353,32 @@ def test_a_camera_is_offline_until_it_delivers_a_frame(tiny_ckpt: Path) -> None:
     assert (run.phase("gate"), run.phase("lawn")) == ("offline", "offline")
     run.handle_poses([f for f in synthetic_frames(3) if f.camera == "gate"])
     assert (run.phase("gate"), run.phase("lawn")) == ("scoring", "offline")
+
+
+def test_the_run_summary_counts_each_cameras_frames_skipped_for_detect_fps(
+    tiny_ckpt: Path, videos: Path, tmp_path: Path
+) -> None:
+    """A 60 fps camera detected at 30 fps: the service's summary (what ``posewatch run``
+    prints) says 60 of its 120 frames were skipped and none dropped; a camera whose frames
+    were all detected is not named."""
+    fast = write_video(tmp_path / "fast.avi", vtest_frames(videos, 120, width=96), "MJPG", 60.0)
+    slow = write_video(tmp_path / "slow.avi", vtest_frames(videos, 12, width=96), "MJPG", 10.0)
+    cfg = config(tiny_ckpt)
+    cfg.alerting.threshold = 1.0
+    cfg.cameras = {
+        "gate": CameraConfig.model_validate({"source": str(fast), "detect_fps": 30}),
+        "lawn": CameraConfig.model_validate({"source": str(slow)}),
+    }
+    run = Service(cfg)
+    run.init_cameras()
+    for src in run.sources.values():  # started by init_cameras
+        with pytest.raises(RuntimeError, match="reader is already started"):
+            src.start()
+        while not src.done:
+            src.read(timeout=0.2)
+    run.stop_cameras()
+    assert run.summary.skipped == {"gate": 60, "lawn": 0}
+    assert run.summary.dropped == {"gate": 0, "lawn": 0}
+    assert run.summary.not_detected() == (
+        "frames not detected: gate: 0 dropped (to keep up), 60 skipped (detect_fps)"
+    )
