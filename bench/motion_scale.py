@@ -1,0 +1,199 @@
+"""How the fused score standardises its motion part: today's mean / std of the held-out
+normal windows' ``minhde`` against robust scales.
+
+The fused score is ``z_m + z_p + e`` (:meth:`forecasting.posture.PostureModel.fuse`), ``z_m``
+the motion score (``minhde``, the log of a best-of-K error) standardised by the mean and
+standard deviation of the checkpoint's held-out normal windows. On those windows ``minhde``
+has a long *lower* tail (near-still people forecast almost exactly; the CI-sized control:
+1% quantile -0.71, median 0.49, 99% 1.03), which the standard deviation counts and the
+upper tail, where anomalies lie, does not have; a forecaster trained another way (session
+24's roll augmentation: ``motion_std`` 0.376 -> 0.438) then weighs its motion part less.
+Compared, each fitted on the validation clips' normal windows only (no test label):
+
+- ``std``: ``(m - mean) / std`` (the checkpoint's own statistics; the fused score today);
+- ``iqr``: ``(m - median) / (IQR / 1.349)`` (the normal-equivalent spread of the middle half);
+- ``log``: ``(log m - mean log m) / std log m`` with ``m`` floored at 1e-6 (written for a
+  raw distance; ``minhde`` is already a log, negative for about 10% of normal windows, so
+  this one mostly measures the floor: kept as a measured negative);
+- ``iqr2``: ``iqr`` for the motion part and the posture part alike.
+
+Injected kinds on the validation clips and the test split's normal windows (no labels), and
+(report only) the AIHub2 test frame AUC of each, from one draw of futures.
+
+Usage::
+
+    .venv/bin/python bench/motion_scale.py --model runs/ci/ctrl-m3.pt --model runs/ci/roll-m3.pt
+
+Prints a table, writes ``bench/results/motion_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pipelines.clip_scoring as clip_scoring
+from forecasting.checkpoint import load_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.detection_metrics import roc_auc
+from forecasting.injection import KINDS, injected
+from forecasting.posture import PostureModel
+from forecasting.scoring import WindowScores, posture_of, score_windows_many
+from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.serving import scorer_config
+
+SCALES = ("std", "iqr", "log", "iqr2")
+PARTS = ("minhde", "posture", "fused")
+Parts = dict[str, np.ndarray]
+
+
+def raw_parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, cfg: Any) -> Parts:  # fmt: skip
+    """Raw motion ``r`` (minhde), weighted posture ``p`` and stillness excess ``e`` ``(N,)``."""
+    pm = posture_of(model)
+    assert isinstance(pm, PostureModel)
+    many = score_windows_many(model, poses, mask, visible, cfg, PARTS)
+    r = many["minhde"].score.astype(np.float64)
+    z = (r - float(pm.motion_mean)) / float(pm.motion_std)
+    p = pm.cfg.weight * many["posture"].score.astype(np.float64)
+    e = many["fused"].score - z - p
+    return {"r": r, "p": p, "e": e}
+
+
+def scalers(pm: PostureModel, normal_r: np.ndarray, normal_p: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:  # fmt: skip
+    """Each scale's map of raw motion to ``z_m`` (``iqr2``: of the posture part to its
+    robust ``z_p``), fitted on held-out normal windows' ``normal_r`` and ``normal_p``."""
+    lg = np.log(np.maximum(normal_r, 1e-6))
+    lm, ls = float(lg.mean()), float(lg.std())
+    mean, std = float(pm.motion_mean), float(pm.motion_std)
+    return {
+        "std": lambda r: (r - mean) / std,
+        "iqr": robust(normal_r),
+        "log": lambda r: (np.log(np.maximum(r, 1e-6)) - lm) / ls,
+        "iqr2": robust(normal_p),
+    }
+
+
+def robust(normal: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``(x - median) / (IQR / 1.349)`` of ``normal``."""
+    med = float(np.median(normal))
+    q1, q3 = np.quantile(normal, [0.25, 0.75])
+    sigma = float(q3 - q1) / 1.349
+    return lambda x: (x - med) / sigma
+
+
+def fused(sc: dict[str, Callable[[np.ndarray], np.ndarray]], d: Parts) -> dict[str, np.ndarray]:
+    """Raw motion ``m``, posture ``p`` and each scale's fused score ``(N,)``."""
+    out = {"m": d["r"], "p": d["p"]}
+    for k, f in sc.items():
+        if k == "iqr2":
+            out[k] = sc["iqr"](d["r"]) + f(d["p"]) + d["e"]
+        else:
+            out[k] = f(d["r"]) + d["p"] + d["e"]
+    return out
+
+
+def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ck = load_checkpoint(path)
+    pm = posture_of(ck.model)
+    assert isinstance(pm, PostureModel)
+    t_obs = ck.window_config.t_obs
+    cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)
+    sets = normal_window_sets(
+        args.data, ck.meta.get("validation_clips", []), ck.window_config, args.stride
+    )
+    normal = {n: raw_parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
+    sc = scalers(pm, normal["validation"]["r"], normal["validation"]["p"])
+    r = normal["validation"]["r"]
+    res: dict[str, Any] = {
+        "model": str(path),
+        "motion_normal": {
+            "mean": float(pm.motion_mean),
+            "std": float(pm.motion_std),
+            "median": float(np.median(r)),
+            "iqr_sigma": float(np.subtract(*np.quantile(r, [0.75, 0.25])) / 1.349),
+            "log_std": float(np.log(np.maximum(r, 1e-6)).std()),
+            "windows": len(r),
+        },
+        "injected": {},
+    }
+    for name, w0 in sets.items():
+        base = fused(sc, normal[name])
+        for kind in args.kinds:
+            keep, w, poses = injected(w0, kind, t_obs)
+            if keep.sum() < 10:
+                continue
+            bad = fused(sc, raw_parts(ck.model, poses, w.mask, w.visible, cfg))
+            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
+            row = {k: roc_auc(y, np.r_[base[k][keep], bad[k]]) for k in base}
+            row["windows"] = len(w)
+            res["injected"][f"{name}.{kind}"] = row
+            print(f"{path.name} {name:>10} {kind:<8}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    if args.test_auc:
+        res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, sc)
+    return res
+
+
+def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, sc: Any) -> dict[str, tuple[float, float]]:
+    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every scale on AIHub2
+    test, from one draw: the clip scorer's window scoring is wrapped to return the scales."""
+    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
+
+    def scales_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
+        d = fused(sc, raw_parts(model, poses, mask, visible, c))
+        nan = np.full((len(poses), 17), np.nan, np.float32)
+        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
+
+    clip_scoring.score_windows_many = scales_of  # type: ignore[attr-defined,assignment]
+    try:
+        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(SCALES), 1, False)
+    finally:
+        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
+    out = {}
+    for k in SCALES:
+        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
+        out[k] = (r.auc_offline, r.auc_causal)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    ap.add_argument("--stride", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-auc", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/motion_scale.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = [one_model(p, args) for p in args.model]
+    cols = ("m", "p", *SCALES)
+    print(f"\n{'model':<14}{'set.kind':<22}" + "".join(f"{k:>8}" for k in cols))
+    for r in rows:
+        name = Path(r["model"]).stem
+        for key, row in r["injected"].items():
+            print(f"{name:<14}{key:<22}" + "".join(f"{row[k]:>8.3f}" for k in cols))
+        for k, (off, cau) in r.get("test", {}).items():
+            print(f"{name:<14}AIHub2 test {k:<10} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
+        print(f"{name:<14}normal motion: {r['motion_normal']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=2, default=float)
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
