@@ -22,7 +22,10 @@ The *fused* score (:meth:`PostureModel.fuse`) adds that posture score to the mot
 both in units of their spread on held-out normal windows: ``z_motion + weight * z_posture``,
 plus the stillness term's excess over normal (:mod:`forecasting.stillness`): a frozen body is
 a likely posture window, so without it the posture part cancels the motion part's evidence
-of a freeze.
+of a freeze. With ``speed_conditioned`` the motion part is measured against normal people
+who moved alike before the scored future: ``minhde`` is largely a measure of speed (a
+standing person's future is forecast almost exactly, a walker's less so), so pooled over
+both a standing person's anomaly scored below a normal walker.
 
 Shapes: ``poses (N, L, 17, 2)`` as in :mod:`forecasting.scoring`.
 """
@@ -50,7 +53,7 @@ from forecasting.defaults import (
     POSTURE_WEIGHT,
     POSTURE_YAW,
 )
-from forecasting.stillness import HINGE_QUANTILE, stillness
+from forecasting.stillness import HINGE_QUANTILE, past_log_speed, stillness
 from forecasting.weights_cache import WeightsCache
 from forecasting.windows import HIPS, SHOULDERS
 
@@ -346,6 +349,10 @@ class PostureConfig:
         weight: weight of the posture score in the fused score.
         stillness: the fused score also adds the stillness term
             (:mod:`forecasting.stillness`; checkpoints from before it existed load without).
+        speed_conditioned: the fused score's motion part is standardised conditionally on
+            the window's observed speed (:func:`forecasting.stillness.past_log_speed`): its
+            normal mean is a line in that log speed, its spread the residuals' (see
+            :meth:`PostureModel.fuse`); checkpoints from before it load without.
         upright: input canonicalisation, degrees: each window (training and scoring) is
             turned so that the body's mean axis over its frames (hip centre to shoulder
             centre) points up, by at most ``upright`` degrees (:func:`turn_upright`): a
@@ -370,13 +377,14 @@ class PostureConfig:
     epochs: int = POSTURE_EPOCHS
     weight: float = POSTURE_WEIGHT
     stillness: bool = True
+    speed_conditioned: bool = True
     upright: float = POSTURE_UPRIGHT
     upright_frames: int = POSTURE_UPRIGHT_FRAMES
     yaw: float = POSTURE_YAW
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("upright", "upright_frames", "yaw"):
+        for k in ("speed_conditioned", "upright", "upright_frames", "yaw"):
             if not d[k]:  # as before the option: older readers load the checkpoint
                 del d[k]
         return d
@@ -388,7 +396,9 @@ class PostureConfig:
         d = {k: v for k, v in d.items() if k != "roll"}
         if "upright" in d:  # upright flows of session 12 measured the axis on every frame
             d = {"upright_frames": 0, **d}
-        return cls(**{"stillness": False, "upright": 0.0, "yaw": 0.0, **d})
+        return cls(
+            **{"stillness": False, "speed_conditioned": False, "upright": 0.0, "yaw": 0.0, **d}
+        )
 
 
 class PostureModel(nn.Module):
@@ -401,7 +411,11 @@ class PostureModel(nn.Module):
     contributions read 1 = typical), ``motion_mean`` / ``motion_std`` of the motion scorer
     the fused score standardises, and (``cfg.stillness``) ``still_mean`` / ``still_std`` /
     ``still_hinge``: the stillness's normal statistics and the standardised value above
-    which it counts (:data:`forecasting.stillness.HINGE_QUANTILE` of the normal windows).
+    which it counts (:data:`forecasting.stillness.HINGE_QUANTILE` of the normal windows);
+    (``cfg.speed_conditioned``) ``motion_slope`` of the motion score's normal mean in the
+    observed log speed, ``speed_mean`` (the normal windows' mean log speed, where the line
+    takes ``motion_mean``) and ``speed_lo`` / ``speed_hi`` (their 1st and 99th percentiles:
+    the line is not extrapolated beyond them); ``motion_std`` is then the residuals' spread.
     """
 
     nll_mean: Tensor
@@ -414,6 +428,10 @@ class PostureModel(nn.Module):
     still_mean: Tensor
     still_std: Tensor
     still_hinge: Tensor
+    motion_slope: Tensor
+    speed_mean: Tensor
+    speed_lo: Tensor
+    speed_hi: Tensor
 
     def __init__(self, cfg: PostureConfig, joints: int = 17) -> None:
         super().__init__()
@@ -434,6 +452,11 @@ class PostureModel(nn.Module):
             self.register_buffer("still_mean", torch.zeros(()))
             self.register_buffer("still_std", torch.ones(()))
             self.register_buffer("still_hinge", torch.zeros(()))
+        if cfg.speed_conditioned:
+            self.register_buffer("motion_slope", torch.zeros(()))
+            self.register_buffer("speed_mean", torch.zeros(()))
+            self.register_buffer("speed_lo", torch.zeros(()))
+            self.register_buffer("speed_hi", torch.zeros(()))
 
     def inputs(self, poses: Tensor) -> Tensor:
         """``(N, L, 17, 2)`` filled normalised windows -> ``(N, 2, frames, 17)`` flow input."""
@@ -476,16 +499,43 @@ class PostureModel(nn.Module):
         z = (still - self.still_mean) / self.still_std
         return (z - self.still_hinge).clamp_min(0)
 
-    def fuse(self, motion: Tensor, posture: Tensor, still: Tensor | None = None) -> Tensor:
+    def motion_z(self, motion: Tensor, speed: Tensor | None = None) -> Tensor:
+        """``(N,)`` the motion scores ``motion`` standardised by their normal statistics;
+        with ``cfg.speed_conditioned``, against the normal mean at the windows' observed log
+        speed ``speed`` (:func:`~forecasting.stillness.past_log_speed`), clamped to the
+        normal windows' range; a window whose speed is unknown (NaN) gets the normal mean.
+
+        Raises:
+            ValueError: ``speed`` is missing for a speed-conditioned model.
+        """
+        if not self.cfg.speed_conditioned:
+            return (motion - self.motion_mean) / self.motion_std
+        if speed is None:
+            raise ValueError("this posture model's fused score needs the windows' past speed")
+        v = torch.nan_to_num(speed, nan=float(self.speed_mean))
+        v = torch.minimum(torch.maximum(v, self.speed_lo), self.speed_hi)
+        mean = self.motion_mean + self.motion_slope * (v - self.speed_mean)
+        return (motion - mean) / self.motion_std
+
+    def fuse(
+        self,
+        motion: Tensor,
+        posture: Tensor,
+        still: Tensor | None = None,
+        speed: Tensor | None = None,
+    ) -> Tensor:
         """``z_motion + weight * z_posture + stillness excess``, all ``(N,)``: ``motion`` the
-        windows' motion scores (standardised here by their normal statistics), ``posture``
-        from :meth:`forward`, ``still`` their :func:`~forecasting.stillness.stillness`.
+        windows' motion scores (standardised here by their normal statistics,
+        :meth:`motion_z`, at their observed log ``speed`` for a speed-conditioned model),
+        ``posture`` from :meth:`forward`, ``still`` their
+        :func:`~forecasting.stillness.stillness`.
 
         Raises:
             ValueError: ``still`` is missing for a model whose fused score has the term
-                (``cfg.stillness``; a model saved before the term takes None).
+                (``cfg.stillness``; a model saved before the term takes None), or ``speed``
+                for a speed-conditioned one.
         """
-        z = (motion - self.motion_mean) / self.motion_std + self.cfg.weight * posture
+        z = self.motion_z(motion, speed) + self.cfg.weight * posture
         if still is None:
             if self.cfg.stillness:
                 raise ValueError("this posture model's fused score needs the windows' stillness")
@@ -493,14 +543,20 @@ class PostureModel(nn.Module):
         return z + self.still_excess(still)
 
 
-def with_stillness(model: PostureModel, weight: float | None = None) -> PostureModel:
-    """A copy of ``model`` (its flows and statistics) whose fused score has the stillness
-    term (its statistics still to fit: :func:`fit_normal_stats`), ``weight`` (None: the
-    model's own) for the posture part."""
-    cfg = replace(model.cfg, stillness=True, weight=model.cfg.weight if weight is None else weight)
+def with_fused_terms(model: PostureModel, weight: float | None = None) -> PostureModel:
+    """A copy of ``model`` (its flows and statistics) whose fused score has today's terms:
+    the stillness term and the speed-conditioned motion part (their statistics still to
+    fit: :func:`fit_normal_stats`), ``weight`` (None: the model's own) for the posture part."""
+    cfg = replace(
+        model.cfg,
+        stillness=True,
+        speed_conditioned=True,
+        weight=model.cfg.weight if weight is None else weight,
+    )
     out = PostureModel(cfg, joints=model.joint_mean.shape[0])
     missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and set(missing) <= {"still_mean", "still_std", "still_hinge"}
+    new = {"still_mean", "still_std", "still_hinge", "motion_slope", "speed_mean", "speed_lo", "speed_hi"}  # fmt: skip
+    assert not unexpected and set(missing) <= new
     return out.eval()
 
 
@@ -595,6 +651,29 @@ def train_posture(
     return model.eval()
 
 
+def _fit_speed_line(model: PostureModel, motion: Tensor, speed: Tensor) -> None:
+    """``motion_mean + motion_slope * (v - speed_mean)``: the least-squares line of the
+    normal windows' motion scores ``(N,)`` in their observed log speed ``v`` ``(N,)``
+    (clamped to its 1st..99th percentile; windows of unknown speed take the mean, as
+    :meth:`PostureModel.motion_z` gives them), ``motion_std`` the residuals' spread."""
+    known = torch.isfinite(speed)
+    if int(known.sum()) < 2:
+        lo = hi = mean = torch.zeros(())
+    else:
+        lo, hi = torch.quantile(speed[known].double(), torch.tensor([0.01, 0.99], dtype=torch.float64)).float()  # fmt: skip
+        mean = speed[known].clamp(lo, hi).mean()
+    v = torch.where(known, speed, mean).clamp(lo, hi)
+    dv = v - mean
+    var = float((dv * dv).mean())
+    slope = float((dv * (motion - motion.mean())).mean()) / var if var > 1e-12 else 0.0
+    resid = motion - motion.mean() - slope * dv
+    model.motion_slope.fill_(slope)
+    model.speed_mean.copy_(mean)
+    model.speed_lo.copy_(lo)
+    model.speed_hi.copy_(hi)
+    model.motion_std.copy_(resid.std().clamp_min(1e-6))
+
+
 @torch.no_grad()
 def fit_normal_stats(
     model: PostureModel,
@@ -606,11 +685,14 @@ def fit_normal_stats(
     """Standardise the flows (and the motion score the fused score adds) on held-out
     normal windows ``poses (N, L, 17, 2)`` (filled) with motion scores ``motion (N,)``; with
     ``seen (N, L, 17)`` (keypoints really seen: ``visible & mask``) and ``n_obs`` observed
-    frames, the stillness term's too.
+    frames, the stillness term's too, and (``cfg.speed_conditioned``) the motion score's
+    normal mean as a least-squares line in the windows' observed log speed
+    (:func:`~forecasting.stillness.past_log_speed`, clamped to its 1st..99th percentile),
+    ``motion_std`` the residuals' standard deviation.
 
     Raises:
-        ValueError: a model with the stillness term but no ``seen`` / ``n_obs``, or fewer
-            than 2 windows.
+        ValueError: a model with the stillness term or speed-conditioned but no ``seen`` /
+            ``n_obs``, or fewer than 2 windows.
     """
     if len(poses) < 2:
         raise ValueError(f"{len(poses)} held-out normal window(s): at least 2 are needed")
@@ -624,13 +706,20 @@ def fit_normal_stats(
     model.score_mean.copy_(z.mean())
     model.score_std.copy_(z.std().clamp_min(1e-6))
     model.joint_mean.copy_(joints.mean(0).clamp_min(1e-6))
+    if (model.cfg.stillness or model.cfg.speed_conditioned) and (seen is None or n_obs is None):
+        raise ValueError(
+            "the stillness term and the speed-conditioned motion part need the windows' seen "
+            "keypoints and n_obs"
+        )
     if motion is not None and len(motion) > 1:
         m = torch.as_tensor(motion, dtype=torch.float32)
         model.motion_mean.copy_(m.mean())
         model.motion_std.copy_(m.std().clamp_min(1e-6))
+        if model.cfg.speed_conditioned:
+            assert seen is not None and n_obs is not None
+            _fit_speed_line(model, m, past_log_speed(torch.as_tensor(poses), torch.as_tensor(seen), n_obs))  # fmt: skip
     if model.cfg.stillness:
-        if seen is None or n_obs is None:
-            raise ValueError("the stillness term needs the windows' seen keypoints and n_obs")
+        assert seen is not None and n_obs is not None
         s = stillness(torch.as_tensor(poses), torch.as_tensor(seen), n_obs)
         mean, std = s.mean(), s.std().clamp_min(1e-6)
         model.still_mean.copy_(mean)

@@ -59,11 +59,16 @@ from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
 from forecasting.snf import GRU_NF, SamplerConfig
 from forecasting.stacked import StackedForecaster, stacked_of
-from forecasting.stillness import stillness
+from forecasting.stillness import past_log_speed, stillness
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
 #: Scorers that need K drawn futures.
+#: What ``fused`` takes from the posture model for a batch: the model, its scores ``(B,)``
+#: and per-joint contributions ``(B, 17)``, the windows' stillness and observed log speed
+#: ``(B,)`` (None where the model's fused score has no such term).
+Fusing = tuple[PostureModel, Tensor, Tensor, Tensor | None, Tensor | None]
+
 SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
 #: Scorers whose score only falls as futures are added (best-of-K): early stopping is exact
 #: about which windows stay below a bound.
@@ -269,12 +274,11 @@ def _direct_scores(
     seen: Tensor | None,
     sl: slice,
     n_obs: int,
-) -> tuple[
-    dict[str, tuple[Tensor, Tensor]], tuple[PostureModel, Tensor, Tensor, Tensor | None] | None
-]:
+) -> tuple[dict[str, tuple[Tensor, Tensor]], Fusing | None]:
     """One batch's scores that need no futures (``nll``, ``posture``: window and per-joint),
     and what ``fused`` takes from the posture model (its scores, per-joint contributions and
-    the windows' stillness when ``seen``, the whole call's seen keypoints, is given)."""
+    the windows' stillness and observed log speed when ``seen``, the whole call's seen
+    keypoints, is given)."""
     out: dict[str, tuple[Tensor, Tensor]] = {}
     if "nll" in names:
         out["nll"] = _nll_scores(model, p, m, v)
@@ -283,7 +287,15 @@ def _direct_scores(
     sp, jp = posture(p)
     if "posture" in names:
         out["posture"] = sp, jp
-    return out, (posture, sp, jp, None if seen is None else stillness(p, seen[sl], n_obs))
+    if seen is None:
+        return out, (posture, sp, jp, None, None)
+    return out, (
+        posture,
+        sp,
+        jp,
+        stillness(p, seen[sl], n_obs) if posture.cfg.stillness else None,
+        past_log_speed(p, seen[sl], n_obs) if posture.cfg.speed_conditioned else None,
+    )
 
 
 def score_windows_many(
@@ -309,8 +321,13 @@ def score_windows_many(
             k: WindowScores(np.zeros(0, np.float32), np.zeros((0, 17), np.float32)) for k in names
         }
     n_obs, P, M, V = _inputs(model, poses, mask, visible)
-    # fused's stillness term (posture flows fitted with it) counts only really seen keypoints
-    still = "fused" in names and posture is not None and posture.cfg.stillness
+    # fused's stillness term and speed-conditioned motion part (posture flows fitted with
+    # them) count only really seen keypoints
+    still = (
+        "fused" in names
+        and posture is not None
+        and (posture.cfg.stillness or posture.cfg.speed_conditioned)
+    )
     seen = to_tensor(visible & mask, P.device) if still else None
     # Generators of their own: the same seed gives the same draws even while other threads
     # (cold start training) use torch's global generator. One per group of windows.
@@ -359,7 +376,7 @@ def _sampled_scores(
     sampled: Sequence[str],
     batch: tuple[Tensor, Tensor, Tensor],
     n_obs: int,
-    post: tuple[PostureModel, Tensor, Tensor, Tensor | None] | None,
+    post: Fusing | None,
     gens: list[torch.Generator],
     groups: Tensor,
     carries: bool,
@@ -570,7 +587,7 @@ def _best_of_k_scores(
     smp: Tensor,
     truth: Tensor,
     v: Tensor,
-    post: tuple[PostureModel, Tensor, Tensor, Tensor | None] | None,
+    post: Fusing | None,
     rows: slice | Tensor,
 ) -> tuple[Tensor, Tensor]:
     """A best-of-K scorer (``fused``: ``minhde`` fused with the posture scores, per-joint
@@ -579,8 +596,13 @@ def _best_of_k_scores(
     s, j = _sample_scores(motion, model, cfg, smp, torch.zeros(smp.shape[:2]), truth, v)
     if name == "fused":
         assert post is not None
-        posture, sp, jp, still = post
-        s = posture.fuse(s, sp[rows], None if still is None else still[rows])
+        posture, sp, jp, still, speed = post
+        s = posture.fuse(
+            s,
+            sp[rows],
+            None if still is None else still[rows],
+            None if speed is None else speed[rows],
+        )
         j = j + posture.cfg.weight * jp[rows]
     return s, j
 

@@ -70,4 +70,18 @@ def stillness(poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS) -> Tens
     return torch.nan_to_num(s, nan=0.0)
 
 
-__all__ = ["EPS", "HINGE_QUANTILE", "motion_per_frame", "stillness"]
+def past_log_speed(poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS) -> Tensor:
+    """``(N,)`` ``log(m_past + eps)``: the log of the observed frames' mean keypoint
+    displacement per frame (:func:`motion_per_frame` over frames ``0 .. n_obs - 1``, keypoints
+    ``seen`` in both frames of a step); NaN for a window with no such keypoint. How fast a
+    person was moving before the future is scored: the fused score measures the motion part
+    against normal people who moved alike (:meth:`forecasting.posture.PostureModel.fuse`).
+
+    >>> walk = torch.arange(13.0).reshape(1, 13, 1, 1).expand(1, 13, 17, 2) * 0.01
+    >>> round(float(past_log_speed(walk, torch.ones(1, 13, 17, dtype=torch.bool), 13)), 3)  # 0.01 * sqrt(2)
+    -4.252
+    """
+    return torch.log(motion_per_frame(poses, seen, 0, n_obs) + eps)
+
+
+__all__ = ["EPS", "HINGE_QUANTILE", "motion_per_frame", "past_log_speed", "stillness"]

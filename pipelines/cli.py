@@ -272,7 +272,8 @@ def posture(
         bool,
         typer.Option(
             help="Keep the checkpoint's flows; refit only the fused score's normal statistics "
-            "with the stillness term on (about a minute; for flows saved before the term). "
+            "with the stillness term and the speed-conditioned motion part on (about a minute; "
+            "for flows saved before them). "
             "The flow settings (--flows, --epochs, --upright, --upright-frames, --yaw) are then "
             "ignored."
         ),

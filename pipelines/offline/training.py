@@ -22,7 +22,7 @@ from detector.skeleton import FLIP_INDEX
 from forecasting.checkpoint import Checkpoint, attach_posture, load_checkpoint, save_checkpoint
 from forecasting.defaults import DEFAULT_MEMBERS, MODEL_FPS, POSTURE_FLOWS
 from forecasting.evaluate import evaluate_forecasts, format_table, rows_as_dicts
-from forecasting.posture import PostureConfig, with_stillness
+from forecasting.posture import PostureConfig, with_fused_terms
 from forecasting.samplers import default_samplers, sampler_by_name
 from forecasting.scoring import posture_of
 from forecasting.snf import SamplerConfig
@@ -124,9 +124,9 @@ class PostureRequest:
         data: dataset folder (default: the one recorded in the checkpoint).
         refit_stats: keep the checkpoint's flows and refit only the normal statistics of
             the fused score (flows, motion and the stillness term) on its validation
-            windows, with the stillness term switched on: brings flows saved before the
-            term up to date in about a minute instead of a retraining (``config`` other
-            than ``weight`` is then ignored).
+            windows, with the stillness term and the speed-conditioned motion part switched
+            on: brings flows saved before them up to date in about a minute instead of a
+            retraining (``config`` other than ``weight`` is then ignored).
     """
 
     model: Path
@@ -456,7 +456,7 @@ def run_posture(req: PostureRequest) -> Path:
                 f"{req.model} has no posture flows to refit; add them with `posewatch posture` "
                 "without --refit-stats"
             )
-        posture = with_stillness(posture, req.config.weight)
+        posture = with_fused_terms(posture, req.config.weight)
         fit_fused_stats(ckpt.model, posture, va if len(va) >= 2 else tr, seed)
         attach_posture(req.model, posture)
         log.info(f"normal statistics of {posture.cfg.flows} posture flows refitted in {req.model}")

@@ -35,7 +35,7 @@ from forecasting.scoring import (
     score_windows,
     score_windows_many,
 )
-from forecasting.stillness import stillness
+from forecasting.stillness import past_log_speed, stillness
 from forecasting.torch_model import GRUNF, ModelConfig
 from forecasting.windows import Standardizer, WindowConfig, Windows, augment_flip, fill_unseen
 from pipelines.config import PosewatchConfig
@@ -201,9 +201,12 @@ def test_posture_flows_find_lying_bodies_and_standardise(
         normal, joints = model(torch.as_tensor(normal_poses))
         lying, _ = model(torch.as_tensor(_rotate(normal_poses, np.pi / 2)))
         still = stillness(torch.as_tensor(normal_poses), torch.as_tensor(seen), n_obs)
-        fused = model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal, still)
+        speed = past_log_speed(torch.as_tensor(normal_poses), torch.as_tensor(seen), n_obs)
+        fused = model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal, still, speed)
         with pytest.raises(ValueError, match="needs the windows' stillness"):
-            model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal)
+            model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal, None, speed)
+        with pytest.raises(ValueError, match="needs the windows' past speed"):
+            model.fuse(torch.as_tensor(motion, dtype=torch.float32), normal, still)
         z = (model.flow_nll(model.inputs(torch.as_tensor(normal_poses)))[0]).numpy()
     z = (z - model.nll_mean.numpy()[:, None]) / model.nll_std.numpy()[:, None]
     np.testing.assert_allclose(z.mean(1), 0, atol=1e-3)
@@ -272,7 +275,8 @@ def test_checkpoint_keeps_posture_flows_and_scorers_need_them(tmp_path: Path) ->
     with torch.no_grad():
         want = posture(torch.as_tensor(frozen))[0].numpy()
     np.testing.assert_allclose(many["posture"].score, want, rtol=1e-5, atol=1e-6)
-    z = (many["minhde"].score - float(posture.motion_mean)) / float(posture.motion_std)
+    speed = past_log_speed(torch.as_tensor(frozen), torch.as_tensor(ones), 13)
+    z = posture.motion_z(torch.as_tensor(many["minhde"].score), speed).numpy()
     still = posture.still_excess(stillness(torch.as_tensor(frozen), torch.as_tensor(ones), 13))
     assert float(still[:5].min()) > 10  # log(motion / 1e-4) over a spread of random jitter
     assert float((still[5:] == 0).float().mean()) > 0.9  # the others: at most their hinge

@@ -36,19 +36,22 @@ def test_kde_nll_is_lower_near_the_samples_and_masked() -> None:
 
 #: AUC-ROC bars of the default scorer per injected kind and window set. The issue's bar is
 #: 0.95 for every kind on both sets; where it is not met the bar is the measured figure less
-#: a margin, and the gap is in docs/DECISIONS.md (session 11): run3x on the test split, whose
-#: "moving" windows are mostly people standing (detector jitter replayed 3x faster is still
-#: jitter), and reverse there (a standing person played backwards is unchanged).
+#: a margin, and the gap is in docs/DECISIONS.md (session 11): reverse on the test split
+#: (a standing person played backwards is unchanged; not asserted). run3x on the test split,
+#: whose "moving" windows are mostly people standing, was 0.907 on this model until the
+#: motion part was measured against people who moved alike (session 25: 0.953; the bar
+#: keeps a margin under the issue's 0.95 for a model retrained on another machine), and
+#: reverse on the validation clips 0.951 (now 0.985).
 INJECTED_BARS = {
     ("validation", "fall"): 0.95,
     ("validation", "jump"): 0.95,
     ("validation", "run3x"): 0.95,
     ("validation", "freeze"): 0.95,
     ("validation", "crouch"): 0.95,
-    ("validation", "reverse"): 0.90,
+    ("validation", "reverse"): 0.95,
     ("test", "fall"): 0.95,
     ("test", "jump"): 0.95,
-    ("test", "run3x"): 0.90,
+    ("test", "run3x"): 0.94,
     ("test", "freeze"): 0.95,
     ("test", "crouch"): 0.95,
 }

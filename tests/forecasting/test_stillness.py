@@ -10,7 +10,7 @@ import torch
 
 from forecasting.injection import inject, moving
 from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats
-from forecasting.stillness import stillness
+from forecasting.stillness import past_log_speed, stillness
 from forecasting.windows import Standardizer, WindowConfig, Windows, fill_unseen
 from pipelines.offline.evaluation import normal_window_sets
 from tests.conftest import held_out_clips
@@ -85,14 +85,65 @@ def test_stillness_needs_evidence_and_old_posture_models_keep_their_score() -> N
     blind[:, 13:] = False  # nothing seen in the future: no evidence of anything
     s = stillness(torch.as_tensor(frozen), torch.as_tensor(blind), 13)
     np.testing.assert_array_equal(s.numpy(), 0.0)
-    # A posture model saved before the term loads without it: its fused score is unchanged.
+    # A posture model saved before the term (and before the speed-conditioned motion part)
+    # loads without it: its fused score is unchanged.
     old = PostureConfig.from_dict(
-        {k: v for k, v in PostureConfig().to_dict().items() if k != "stillness"}
+        {
+            k: v
+            for k, v in PostureConfig().to_dict().items()
+            if k not in ("stillness", "speed_conditioned")
+        }
     )
-    assert not old.stillness
+    assert not old.stillness and not old.speed_conditioned
     model = PostureModel(old)
     motion, posture = torch.ones(4), torch.zeros(4)
     still = torch.full((4,), 50.0)
     assert torch.equal(model.fuse(motion, posture, still), model.fuse(motion, posture))
     with pytest.raises(ValueError, match="seen keypoints"):
         fit_normal_stats(PostureModel(PostureConfig(flows=1)), walk, None)
+
+
+def test_the_motion_part_is_standardised_against_people_who_moved_alike() -> None:
+    """Normal windows whose motion score rises with their observed log speed (0.5 per log
+    unit, residual spread 0.1): the fit finds the line and the residual spread, the 1st and
+    99th percentiles of the speed bound it (a faster or slower window is measured at the
+    edge, not extrapolated), a window of unknown speed is measured at the mean speed, and
+    an old model (saved before the term) keeps its pooled mean and spread."""
+    rng = np.random.default_rng(0)
+    n, n_obs = 400, 13
+    step = np.exp(rng.uniform(np.log(0.001), np.log(0.02), n))  # per frame, along x
+    t = np.arange(25, dtype=np.float32)[None, :, None]
+    poses = np.zeros((n, 25, 17, 2), np.float32)
+    poses[..., 0] = rng.normal(0, 0.2, (n, 1, 17)) + step[:, None, None] * t
+    poses[..., 1] = rng.normal(0, 0.4, (n, 1, 17))
+    seen = np.ones((n, 25, 17), bool)
+    v = past_log_speed(torch.as_tensor(poses), torch.as_tensor(seen), n_obs).numpy()
+    np.testing.assert_allclose(v, np.log(step + 1e-4), rtol=1e-4)
+    motion = (0.3 + 0.5 * v + rng.normal(0, 0.1, n)).astype(np.float32)
+    model = PostureModel(PostureConfig(flows=1, steps=2))
+    fit_normal_stats(model, poses, motion, seen, n_obs)
+    assert float(model.motion_slope) == pytest.approx(0.5, abs=0.02)
+    assert float(model.motion_std) == pytest.approx(0.1, abs=0.01)  # pooled: 0.43
+    lo, hi = np.quantile(v, [0.01, 0.99])
+    assert (float(model.speed_lo), float(model.speed_hi)) == pytest.approx((lo, hi), abs=1e-3)
+    z = model.motion_z(torch.as_tensor(motion), torch.as_tensor(v)).numpy()
+    inside = (v > lo) & (v < hi)
+    assert abs(z[inside].mean()) < 0.05 and z[inside].std() == pytest.approx(1.0, abs=0.1)
+    # Faster than any normal window: measured at the edge (the line extrapolated 3 log
+    # units on would expect 1.5 more, -15 sd).
+    probe = torch.tensor([0.3 + 0.5 * hi, 0.3 + 0.5 * hi])
+    far = model.motion_z(probe, torch.tensor([hi, hi + 3.0]))
+    assert torch.allclose(far[0], far[1]) and abs(float(far[0])) < 0.3
+    unknown = model.motion_z(probe[:1], torch.tensor([float("nan")]))
+    at_mean = model.motion_z(probe[:1], model.speed_mean.reshape(1))
+    assert torch.equal(unknown, at_mean)
+    # Saved before the speed conditioning: the pooled mean and spread, no speed needed.
+    old = PostureModel(PostureConfig.from_dict({"flows": 1, "steps": 2}))
+    fit_normal_stats(old, poses, motion, seen, n_obs)
+    assert not old.cfg.speed_conditioned and float(old.motion_std) > 0.35
+    np.testing.assert_allclose(
+        old.motion_z(torch.as_tensor(motion)).numpy(),
+        (motion - motion.mean()) / motion.std(ddof=1),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -1,0 +1,201 @@
+"""A one-sided term for motion *faster* than expected, beside the fused score's stillness term.
+
+The fused score (``z_m + z_p + e``, :meth:`forecasting.posture.PostureModel.fuse`) sees a
+body that stops dead through its stillness excess ``e`` (:mod:`forecasting.stillness`: the
+part of the standardised ``log(past motion) - log(future motion)`` above the 99th percentile
+of held-out normal windows), because the best-of-K motion part barely sees it. Its mirror,
+a body that suddenly moves much faster, is left to ``z_m`` alone, and the posture part's
+spread dilutes it in the sum (injected run3x on the test split: ``minhde`` 0.953, ``fused``
+0.907). Compared, each term's excess fitted as the stillness term's (standardised on the
+validation clips' normal windows, counted above their 99th percentile; no test label):
+
+- ``haste``: the stillness statistic's other side, ``log(future motion) - log(past motion)``
+  (model-free: the person's own past is the reference);
+- ``fast``: ``log(future motion) - median_k log(motion of forecast k)`` over the K futures
+  the motion part draws anyway (the forecaster's expectation is the reference: a standing
+  person whose futures include walking off is not flagged for walking off).
+
+Each is added to today's fused score. Injected kinds on the validation clips and the test
+split's normal windows (no labels), and (report only) the AIHub2 test frame AUC, from one
+draw of futures.
+
+Usage::
+
+    .venv/bin/python bench/haste.py --model runs/ci/seed0-m3.pt [--test-auc]
+
+Prints a table, writes ``bench/results/haste.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import forecasting.scoring as scoring
+import pipelines.clip_scoring as clip_scoring
+from forecasting.checkpoint import load_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.detection_metrics import roc_auc
+from forecasting.injection import KINDS, injected
+from forecasting.posture import PostureModel
+from forecasting.scoring import WindowScores, posture_of
+from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame, stillness
+from forecasting.torch_model import to_tensor
+from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.serving import scorer_config
+
+TERMS = ("haste", "fast")
+RULES = ("fused", "fused+haste", "fused+fast")
+Parts = dict[str, np.ndarray]
+
+
+def sample_motion(p_obs: torch.Tensor, smp: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` median over the K futures ``smp (B, K, H, 17, 2)`` of the log mean keypoint
+    displacement per frame from the last observed frame ``p_obs[:, -1]`` on."""
+    last = p_obs[:, -1][:, None, None].expand(-1, smp.shape[1], 1, -1, -1)
+    x = torch.cat([last.to(smp.dtype), smp], 2)
+    d = torch.linalg.vector_norm(x[:, :, 1:] - x[:, :, :-1], dim=-1).mean((2, 3))  # (B, K)
+    return torch.log(d + EPS).median(1).values
+
+
+def raw_parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, cfg: Any) -> Parts:  # fmt: skip
+    """Fused score ``f`` and the raw statistics ``haste``, ``fast`` ``(N,)`` of windows."""
+    drawn: list[torch.Tensor] = []
+    original = scoring._draw
+
+    def recording(*a: Any, **k: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        smp, lw = original(*a, **k)
+        drawn.append(sample_motion(a[2], smp).cpu())
+        return smp, lw
+
+    scoring._draw = recording  # type: ignore[assignment]
+    try:
+        many = scoring.score_windows_many(model, poses, mask, visible, cfg, ["fused"])
+    finally:
+        scoring._draw = original  # type: ignore[assignment]
+    n_obs = 1 + model.cfg.t_obs
+    p = to_tensor(poses)
+    seen = to_tensor(visible & mask)
+    fut = motion_per_frame(p, seen, n_obs - 1, p.shape[1])
+    fast = torch.log(fut + EPS) - torch.cat(drawn)
+    return {
+        "f": many["fused"].score.astype(np.float64),
+        "haste": (-stillness(p, seen, n_obs)).numpy().astype(np.float64),
+        "fast": torch.nan_to_num(fast, nan=0.0).numpy().astype(np.float64),
+    }
+
+
+def excess(normal: np.ndarray) -> Any:
+    """The stillness term's recipe: standardise on ``normal``, keep what is above its
+    :data:`HINGE_QUANTILE`."""
+    mean, std = float(normal.mean()), float(normal.std())
+    hinge = float(np.quantile((normal - mean) / std, HINGE_QUANTILE))
+    return lambda x: np.maximum((x - mean) / std - hinge, 0.0)
+
+
+def rules(ex: dict[str, Any], d: Parts) -> dict[str, np.ndarray]:
+    out = {"fused": d["f"]}
+    for t in TERMS:
+        out[f"fused+{t}"] = d["f"] + ex[t](d[t])
+        out[t] = d[t]
+    return out
+
+
+def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ck = load_checkpoint(path)
+    assert isinstance(posture_of(ck.model), PostureModel)
+    t_obs = ck.window_config.t_obs
+    cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)
+    sets = normal_window_sets(
+        args.data, ck.meta.get("validation_clips", []), ck.window_config, args.stride
+    )
+    normal = {n: raw_parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
+    ex = {t: excess(normal["validation"][t]) for t in TERMS}
+    res: dict[str, Any] = {
+        "model": str(path),
+        "normal_above_hinge": {
+            f"{n}.{t}": float((ex[t](normal[n][t]) > 0).mean()) for n in normal for t in TERMS
+        },
+        "injected": {},
+    }
+    for name, w0 in sets.items():
+        base = rules(ex, normal[name])
+        for kind in args.kinds:
+            keep, w, poses = injected(w0, kind, t_obs)
+            if keep.sum() < 10:
+                continue
+            bad = rules(ex, raw_parts(ck.model, poses, w.mask, w.visible, cfg))
+            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
+            row = {k: roc_auc(y, np.r_[base[k][keep], bad[k]]) for k in base}
+            row["windows"] = len(w)
+            res["injected"][f"{name}.{kind}"] = row
+            print(f"{path.name} {name:>10} {kind:<8}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    if args.test_auc:
+        res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, ex)
+    return res
+
+
+def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, ex: dict[str, Any]) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every rule on AIHub2
+    test, from one draw: the clip scorer's window scoring is wrapped to return the rules."""
+    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
+
+    def rules_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
+        d = rules(ex, raw_parts(model, poses, mask, visible, c))
+        nan = np.full((len(poses), 17), np.nan, np.float32)
+        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
+
+    clip_scoring.score_windows_many = rules_of  # type: ignore[attr-defined,assignment]
+    try:
+        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(RULES), 1, False)
+    finally:
+        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
+    out = {}
+    for k in RULES:
+        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
+        out[k] = (r.auc_offline, r.auc_causal)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    ap.add_argument("--stride", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-auc", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/haste.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = [one_model(p, args) for p in args.model]
+    cols = (*TERMS, *RULES)
+    print(f"\n{'model':<14}{'set.kind':<22}" + "".join(f"{k:>13}" for k in cols))
+    for r in rows:
+        name = Path(r["model"]).stem
+        for key, row in r["injected"].items():
+            print(f"{name:<14}{key:<22}" + "".join(f"{row[k]:>13.3f}" for k in cols))
+        for k, (off, cau) in r.get("test", {}).items():
+            print(f"{name:<14}AIHub2 test {k:<12} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
+        print(f"{name:<14}normal windows above the hinge: {r['normal_above_hinge']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=2, default=float)
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The fused score's motion part measured against people who moved alike: standardised
+conditionally on the person's observed speed.
+
+On held-out normal windows the standardised motion score ``z_m`` (``minhde``) is largely a
+measure of speed: its correlation with the log of the observed past's motion per frame is
+0.78 on the validation clips (0.64 on the test split; the CI-sized model): a standing
+person's futures are forecast almost exactly (``z_m`` about -2), a walker's less so (about
++0.3). Pooled over people who stand and people who walk, a standing person's anomaly (a
+3x speed-up of their future) scores below a normal walker: injected run3x on the test
+split, where most people stand, gives ``fused`` 0.907 pooled but 0.935-0.962 within every
+speed band. Compared, fitted on the validation clips' normal windows only (no test label):
+
+- ``fused``: today's ``z_m + z_p + e`` (:meth:`forecasting.posture.PostureModel.fuse`);
+- ``cond``: ``z_m`` replaced by the residual of a least-squares line of ``minhde`` in
+  ``log(v_past + eps)`` over its residual spread (``v_past``: the observed frames' mean
+  keypoint displacement per frame, :func:`forecasting.stillness.motion_per_frame`; only
+  the past, so a live scorer has it and an injected future does not change it);
+- ``cond+speed``: ``cond`` plus the one-sided excess of the standardised ``log v_past``
+  above its 99th percentile (the stillness term's recipe): the conditioning would hide a
+  person who moves too fast all along (runs through the scene), this term sees them;
+- ``sustained run3x`` (an extra injected kind here): the whole window, past included, a
+  person moving 3x as fast (displacements from the first frame scaled by 3), the anomaly
+  the conditioning alone would miss.
+
+Injected kinds on the validation clips and the test split's normal windows (no labels), and
+(report only) the AIHub2 test frame AUC, from one draw of futures.
+
+The product's version (:meth:`forecasting.posture.PostureModel.motion_z`, session 25: the
+default) differs in two details measured after this bench: the log speed is clamped to the
+normal windows' 1st..99th percentile (no extrapolation), and a window of unknown speed is
+measured at the mean speed; ``bench/injected_anomalies.py`` on a refitted checkpoint
+measures it.
+
+Usage::
+
+    .venv/bin/python bench/speed_conditioned.py --model runs/ci/seed0-m3.pt [--test-auc]
+
+Prints a table, writes ``bench/results/speed_conditioned.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pipelines.clip_scoring as clip_scoring
+from bench.motion_scale import raw_parts
+from forecasting.checkpoint import load_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
+from forecasting.detection_metrics import roc_auc
+from forecasting.injection import KINDS, injected, moving_mask
+from forecasting.posture import PostureModel
+from forecasting.scoring import WindowScores, posture_of
+from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame
+from forecasting.torch_model import to_tensor
+from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.serving import scorer_config
+
+RULES = ("fused", "cond", "cond+speed")
+Parts = dict[str, np.ndarray]
+Fit = Callable[[Parts], dict[str, np.ndarray]]
+
+
+def log_speed(poses: np.ndarray, seen: np.ndarray, n_obs: int) -> np.ndarray:
+    """``(N,)`` log of the observed frames' mean keypoint displacement per frame + EPS."""
+    v = motion_per_frame(to_tensor(poses), to_tensor(seen), 0, n_obs).numpy()
+    return np.log(np.nan_to_num(v, nan=0.0) + EPS).astype(np.float64)
+
+
+def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, cfg: Any) -> Parts:  # fmt: skip
+    """:func:`bench.motion_scale.raw_parts` and the windows' observed ``log_v``."""
+    d = raw_parts(model, poses, mask, visible, cfg)
+    d["log_v"] = log_speed(poses, visible & mask, 1 + model.cfg.t_obs)
+    return d
+
+
+def fit_rules(pm: PostureModel, normal: Parts) -> Fit:
+    """Each rule's score of windows' parts, fitted on held-out normal windows' ``normal``."""
+    b, a = np.polyfit(normal["log_v"], normal["r"], 1)
+    res_sd = float((normal["r"] - (a + b * normal["log_v"])).std())
+    vm, vs = float(normal["log_v"].mean()), float(normal["log_v"].std())
+    hinge = float(np.quantile((normal["log_v"] - vm) / vs, HINGE_QUANTILE))
+    mean, std = float(pm.motion_mean), float(pm.motion_std)
+
+    def rules(d: Parts) -> dict[str, np.ndarray]:
+        rest = d["p"] + d["e"]
+        cond = (d["r"] - (a + b * d["log_v"])) / res_sd + rest
+        fast = np.maximum((d["log_v"] - vm) / vs - hinge, 0.0)
+        return {
+            "fused": (d["r"] - mean) / std + rest,
+            "cond": cond,
+            "cond+speed": cond + fast,
+            "m": d["r"],
+            "p": d["p"],
+        }
+
+    rules.fitted = {"slope": float(b), "intercept": float(a), "residual_sd": res_sd, "speed_hinge": hinge}  # type: ignore[attr-defined]  # fmt: skip
+    return rules
+
+
+def sustained(w: Any, factor: float = 3.0) -> np.ndarray:
+    """The whole window of a person moving ``factor`` times as fast: every frame's offset
+    from the first frame scaled (the body's shape kept: the window's centre path scaled)."""
+    p = w.poses.copy()
+    centre = np.nanmean(p, axis=2, keepdims=True)  # (N, T, 1, 2)
+    path = centre - centre[:, :1]
+    return p + (factor - 1.0) * path
+
+
+def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    ck = load_checkpoint(path)
+    pm = posture_of(ck.model)
+    assert isinstance(pm, PostureModel)
+    t_obs = ck.window_config.t_obs
+    cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)
+    sets = normal_window_sets(
+        args.data, ck.meta.get("validation_clips", []), ck.window_config, args.stride
+    )
+    normal = {n: parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
+    rules = fit_rules(pm, normal["validation"])
+    res: dict[str, Any] = {"model": str(path), "fitted": rules.fitted, "injected": {}}  # type: ignore[attr-defined]
+    for name, w0 in sets.items():
+        base = rules(normal[name])
+        for kind in [*args.kinds, "sustained3x"]:
+            if kind == "sustained3x":
+                keep = moving_mask(w0, t_obs)
+                w = w0.select(keep)
+                poses = sustained(w)
+            else:
+                keep, w, poses = injected(w0, kind, t_obs)
+            if keep.sum() < 10:
+                continue
+            bad = rules(parts(ck.model, poses, w.mask, w.visible, cfg))
+            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
+            row = {k: roc_auc(y, np.r_[base[k][keep], bad[k]]) for k in base}
+            row["windows"] = len(w)
+            res["injected"][f"{name}.{kind}"] = row
+            print(f"{path.name} {name:>10} {kind:<11}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    if args.test_auc:
+        res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, rules)
+    return res
+
+
+def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, rules: Fit) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every rule on AIHub2
+    test, from one draw: the clip scorer's window scoring is wrapped to return the rules."""
+    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
+
+    def rules_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
+        d = rules(parts(model, poses, mask, visible, c))
+        nan = np.full((len(poses), 17), np.nan, np.float32)
+        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
+
+    clip_scoring.score_windows_many = rules_of  # type: ignore[attr-defined,assignment]
+    try:
+        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(RULES), 1, False)
+    finally:
+        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
+    out = {}
+    for k in RULES:
+        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
+        out[k] = (r.auc_offline, r.auc_causal)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    ap.add_argument("--stride", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-auc", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/speed_conditioned.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = [one_model(p, args) for p in args.model]
+    cols = ("m", "p", *RULES)
+    print(f"\n{'model':<14}{'set.kind':<24}" + "".join(f"{k:>11}" for k in cols))
+    for r in rows:
+        name = Path(r["model"]).stem
+        for key, row in r["injected"].items():
+            print(f"{name:<14}{key:<24}" + "".join(f"{row[k]:>11.3f}" for k in cols))
+        for k, (off, cau) in r.get("test", {}).items():
+            print(f"{name:<14}AIHub2 test {k:<11} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
+        print(f"{name:<14}fitted: {r['fitted']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=2, default=float)
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
