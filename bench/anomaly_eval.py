@@ -349,6 +349,10 @@ def main() -> None:
         ):
             run_posture(PostureRequest(ck_path, PostureConfig(), seed))  # posture --seed SEED
             ck = load_checkpoint(ck_path)
+        elif any(k in POSTURE_SCORERS for k in args.scorers) and not posture.cfg.speed_conditioned:  # fmt: skip
+            # flows from before the speed-conditioned motion part: `posture --refit-stats`
+            run_posture(PostureRequest(ck_path, PostureConfig(), seed, refit_stats=True))
+            ck = load_checkpoint(ck_path)
         train_s = time.perf_counter() - t0
         members = ck.meta.get("ensemble_members", [])
         # The sample-based scorers of one sampler share one draw of futures (same scores as

@@ -48,6 +48,8 @@ from forecasting.detection_metrics import roc_auc
 from forecasting.injection import KINDS, injected
 from forecasting.posture import PostureModel
 from forecasting.scoring import WindowScores, posture_of, score_windows_many
+from forecasting.stillness import past_log_speed
+from forecasting.windows import fill_unseen
 from pipelines.offline.evaluation import load_clips, normal_window_sets, report
 from pipelines.serving import scorer_config
 
@@ -68,7 +70,11 @@ def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, 
     pm = posture_of(model)
     assert isinstance(pm, PostureModel)
     many = score_windows_many(model, poses, mask, visible, cfg, PARTS)
-    m = (many["minhde"].score - float(pm.motion_mean)) / float(pm.motion_std)
+    filled = fill_unseen(poses, model.standardizer().pose_mean)  # as scoring has them
+    speed = past_log_speed(
+        torch.as_tensor(filled), torch.as_tensor(visible & mask), 1 + model.cfg.t_obs
+    )
+    m = pm.motion_z(torch.as_tensor(many["minhde"].score), speed).numpy()
     p = pm.cfg.weight * many["posture"].score
     e = many["fused"].score - m - p
     out = {"m": m, "p": p, "e": e}

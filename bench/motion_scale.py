@@ -49,6 +49,8 @@ from forecasting.detection_metrics import roc_auc
 from forecasting.injection import KINDS, injected
 from forecasting.posture import PostureModel
 from forecasting.scoring import WindowScores, posture_of, score_windows_many
+from forecasting.stillness import past_log_speed
+from forecasting.windows import fill_unseen
 from pipelines.offline.evaluation import load_clips, normal_window_sets, report
 from pipelines.serving import scorer_config
 
@@ -63,10 +65,19 @@ def raw_parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarr
     assert isinstance(pm, PostureModel)
     many = score_windows_many(model, poses, mask, visible, cfg, PARTS)
     r = many["minhde"].score.astype(np.float64)
-    z = (r - float(pm.motion_mean)) / float(pm.motion_std)
     p = pm.cfg.weight * many["posture"].score.astype(np.float64)
-    e = many["fused"].score - z - p
+    e = many["fused"].score - pm_motion_z(pm, r, poses, mask, visible, model) - p
     return {"r": r, "p": p, "e": e}
+
+
+def pm_motion_z(pm: PostureModel, r: np.ndarray, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, model: Any) -> np.ndarray:  # fmt: skip
+    """The checkpoint's own standardised motion part ``(N,)`` of windows with motion scores
+    ``r`` (at their observed speed for a speed-conditioned model, as the fused score has it)."""
+    filled = fill_unseen(poses, model.standardizer().pose_mean)  # as scoring has them
+    speed = past_log_speed(
+        torch.as_tensor(filled), torch.as_tensor(visible & mask), 1 + model.cfg.t_obs
+    )
+    return pm.motion_z(torch.as_tensor(r, dtype=torch.float32), speed).double().numpy()
 
 
 def scalers(pm: PostureModel, normal_r: np.ndarray, normal_p: np.ndarray) -> dict[str, Callable[[np.ndarray], np.ndarray]]:  # fmt: skip
@@ -74,6 +85,8 @@ def scalers(pm: PostureModel, normal_r: np.ndarray, normal_p: np.ndarray) -> dic
     robust ``z_p``), fitted on held-out normal windows' ``normal_r`` and ``normal_p``."""
     lg = np.log(np.maximum(normal_r, 1e-6))
     lm, ls = float(lg.mean()), float(lg.std())
+    if pm.cfg.speed_conditioned:
+        raise ValueError("a speed-conditioned checkpoint: this bench compares pooled scales")
     mean, std = float(pm.motion_mean), float(pm.motion_std)
     return {
         "std": lambda r: (r - mean) / std,

@@ -63,7 +63,7 @@ from pipelines.model_provider import CheckpointProvider
 from pipelines.score_stage import ScoreStage
 
 ONE_BY_ONE = "posture_flows_one_by_one"  # not a config field: the flows' path before session 11
-AS_AT_ISSUE = "fused_as_at_issue_22"  # not a config field: no stillness, no upright turn
+AS_AT_ISSUE = "fused_as_at_issue_22"  # not a config field: no stillness, upright, speed
 PATHS = {
     "exact": {"exact": True, "early_stop_margin": None, ONE_BY_ONE: True},
     "stacked": {"exact": False, "early_stop_margin": None},
@@ -107,7 +107,7 @@ def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any
     if as_at_issue:
         posture = posture_of(provider.model.checkpoint.model)
         assert posture is not None, f"{model}: no posture flows, so no fused score"
-        posture.cfg = replace(posture.cfg, stillness=False, upright=0.0)
+        posture.cfg = replace(posture.cfg, stillness=False, speed_conditioned=False, upright=0.0)
     stage = ScoreStage(provider, cfg.alerting, cfg.forecaster.seeding)
     windows, alerts, scores = 0, [], {}
     t0 = time.perf_counter()

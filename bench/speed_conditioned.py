@@ -63,6 +63,7 @@ from forecasting.posture import PostureModel
 from forecasting.scoring import WindowScores, posture_of
 from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame
 from forecasting.torch_model import to_tensor
+from forecasting.windows import fill_unseen
 from pipelines.offline.evaluation import load_clips, normal_window_sets, report
 from pipelines.serving import scorer_config
 
@@ -71,21 +72,28 @@ Parts = dict[str, np.ndarray]
 Fit = Callable[[Parts], dict[str, np.ndarray]]
 
 
-def log_speed(poses: np.ndarray, seen: np.ndarray, n_obs: int) -> np.ndarray:
-    """``(N,)`` log of the observed frames' mean keypoint displacement per frame + EPS."""
-    v = motion_per_frame(to_tensor(poses), to_tensor(seen), 0, n_obs).numpy()
+def log_speed(poses: np.ndarray, seen: np.ndarray, n_obs: int, pose_mean: np.ndarray) -> np.ndarray:  # fmt: skip
+    """``(N,)`` log of the observed frames' mean keypoint displacement per frame + EPS
+    (poses filled as scoring fills them; the first run of this bench did not, and windows
+    with a missing keypoint came out motionless: see docs/DECISIONS.md, session 25)."""
+    filled = fill_unseen(poses, pose_mean)
+    v = motion_per_frame(to_tensor(filled), to_tensor(seen), 0, n_obs).numpy()
     return np.log(np.nan_to_num(v, nan=0.0) + EPS).astype(np.float64)
 
 
 def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, cfg: Any) -> Parts:  # fmt: skip
     """:func:`bench.motion_scale.raw_parts` and the windows' observed ``log_v``."""
     d = raw_parts(model, poses, mask, visible, cfg)
-    d["log_v"] = log_speed(poses, visible & mask, 1 + model.cfg.t_obs)
+    d["log_v"] = log_speed(
+        poses, visible & mask, 1 + model.cfg.t_obs, model.standardizer().pose_mean
+    )
     return d
 
 
 def fit_rules(pm: PostureModel, normal: Parts) -> Fit:
     """Each rule's score of windows' parts, fitted on held-out normal windows' ``normal``."""
+    if pm.cfg.speed_conditioned:
+        raise ValueError("a speed-conditioned checkpoint: this bench starts from pooled ones")
     b, a = np.polyfit(normal["log_v"], normal["r"], 1)
     res_sd = float((normal["r"] - (a + b * normal["log_v"])).std())
     vm, vs = float(normal["log_v"].mean()), float(normal["log_v"].std())

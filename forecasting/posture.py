@@ -512,7 +512,7 @@ class PostureModel(nn.Module):
             return (motion - self.motion_mean) / self.motion_std
         if speed is None:
             raise ValueError("this posture model's fused score needs the windows' past speed")
-        v = torch.nan_to_num(speed, nan=float(self.speed_mean))
+        v = torch.where(torch.isnan(speed), self.speed_mean, speed)  # no host sync
         v = torch.minimum(torch.maximum(v, self.speed_lo), self.speed_hi)
         mean = self.motion_mean + self.motion_slope * (v - self.speed_mean)
         return (motion - mean) / self.motion_std
@@ -651,17 +651,29 @@ def train_posture(
     return model.eval()
 
 
+#: Fewest held-out normal windows of known speed the motion part's speed line is fitted on;
+#: with fewer the pooled mean and spread are kept (a line through a handful of windows
+#: leaves residuals of nearly 0: a spread that would turn any motion into an alarm).
+MIN_SPEED_WINDOWS = 20
+
+
 def _fit_speed_line(model: PostureModel, motion: Tensor, speed: Tensor) -> None:
     """``motion_mean + motion_slope * (v - speed_mean)``: the least-squares line of the
     normal windows' motion scores ``(N,)`` in their observed log speed ``v`` ``(N,)``
     (clamped to its 1st..99th percentile; windows of unknown speed take the mean, as
-    :meth:`PostureModel.motion_z` gives them), ``motion_std`` the residuals' spread."""
+    :meth:`PostureModel.motion_z` gives them), ``motion_std`` the residuals' spread (two
+    parameters fitted). Fewer than :data:`MIN_SPEED_WINDOWS` windows of known speed: slope
+    0, the pooled spread ``motion_std`` already holds."""
     known = torch.isfinite(speed)
-    if int(known.sum()) < 2:
-        lo = hi = mean = torch.zeros(())
-    else:
-        lo, hi = torch.quantile(speed[known].double(), torch.tensor([0.01, 0.99], dtype=torch.float64)).float()  # fmt: skip
-        mean = speed[known].clamp(lo, hi).mean()
+    if int(known.sum()) < MIN_SPEED_WINDOWS:
+        model.motion_slope.zero_()
+        model.speed_mean.zero_()
+        model.speed_lo.zero_()
+        model.speed_hi.zero_()
+        return
+    q = torch.tensor([0.01, 0.99], dtype=torch.float64)
+    lo, hi = torch.quantile(speed[known].double(), q).float()
+    mean = speed[known].clamp(lo, hi).mean()
     v = torch.where(known, speed, mean).clamp(lo, hi)
     dv = v - mean
     var = float((dv * dv).mean())
@@ -671,7 +683,7 @@ def _fit_speed_line(model: PostureModel, motion: Tensor, speed: Tensor) -> None:
     model.speed_mean.copy_(mean)
     model.speed_lo.copy_(lo)
     model.speed_hi.copy_(hi)
-    model.motion_std.copy_(resid.std().clamp_min(1e-6))
+    model.motion_std.copy_(resid.std(correction=2).clamp_min(1e-6))
 
 
 @torch.no_grad()

@@ -143,7 +143,8 @@ def default_checkpoint(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -
     0..6; training is deterministic on the CPU), and posture flows of seeds 0..3 (the default
     has 8, ``POSTURE_FLOWS``). Three members and four flows, not seven and eight, to keep CI
     near 45 minutes (about 4 minutes per member and 3 per flow of 20 epochs on 2 cores); the
-    full seed-0 default passes the same tests (docs/DECISIONS.md, sessions 5, 11 and 23).
+    full seed-0 default passes the same tests (docs/DECISIONS.md, sessions 5, 11 and 23; its
+    flows refitted since session 25: `posewatch posture --refit-stats`).
     ``POSEWATCH_DEFAULT_MODEL=path`` uses that checkpoint instead (a local run that has
     ``runs/anomaly_eval/seed0-m7.pt``).
     """

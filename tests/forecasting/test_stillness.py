@@ -106,29 +106,43 @@ def test_stillness_needs_evidence_and_old_posture_models_keep_their_score() -> N
 def test_the_motion_part_is_standardised_against_people_who_moved_alike() -> None:
     """Normal windows whose motion score rises with their observed log speed (0.5 per log
     unit, residual spread 0.1): the fit finds the line and the residual spread, the 1st and
-    99th percentiles of the speed bound it (a faster or slower window is measured at the
-    edge, not extrapolated), a window of unknown speed is measured at the mean speed, and
-    an old model (saved before the term) keeps its pooled mean and spread."""
+    99th percentiles of the speed bound it in the fit and in scoring alike (a faster or
+    slower window is measured at the edge, not extrapolated; three far faster windows
+    whose score stops rising do not bend the line), a window of unknown speed is measured
+    at the mean speed, a handful of windows keeps the pooled spread, and an old model
+    (saved before the term) keeps its pooled mean and spread."""
     rng = np.random.default_rng(0)
     n, n_obs = 400, 13
     step = np.exp(rng.uniform(np.log(0.001), np.log(0.02), n))  # per frame, along x
+    step[-3:] = 0.2  # three far faster than the rest (beyond the 99th percentile)
     t = np.arange(25, dtype=np.float32)[None, :, None]
     poses = np.zeros((n, 25, 17, 2), np.float32)
     poses[..., 0] = rng.normal(0, 0.2, (n, 1, 17)) + step[:, None, None] * t
     poses[..., 1] = rng.normal(0, 0.4, (n, 1, 17))
     seen = np.ones((n, 25, 17), bool)
+    seen[:8, :n_obs] = False  # 8 windows whose past was never seen: speed unknown
     v = past_log_speed(torch.as_tensor(poses), torch.as_tensor(seen), n_obs).numpy()
-    np.testing.assert_allclose(v, np.log(step + 1e-4), rtol=1e-4)
-    motion = (0.3 + 0.5 * v + rng.normal(0, 0.1, n)).astype(np.float32)
+    assert np.isnan(v[:8]).all()
+    np.testing.assert_allclose(v[8:], np.log(step[8:] + 1e-4), rtol=1e-4)
+    known = np.log(step + 1e-4)
+    known[:8] = known[8:-3].mean()  # the unknown ones move typically
+    known[-3:] = known[:-3].max()  # the motion score of the fast three: as at the edge
+    motion = (0.3 + 0.5 * known + rng.normal(0, 0.1, n)).astype(np.float32)
     model = PostureModel(PostureConfig(flows=1, steps=2))
     fit_normal_stats(model, poses, motion, seen, n_obs)
     assert float(model.motion_slope) == pytest.approx(0.5, abs=0.02)
     assert float(model.motion_std) == pytest.approx(0.1, abs=0.01)  # pooled: 0.43
-    lo, hi = np.quantile(v, [0.01, 0.99])
+    lo, hi = np.quantile(v[8:], [0.01, 0.99])
     assert (float(model.speed_lo), float(model.speed_hi)) == pytest.approx((lo, hi), abs=1e-3)
+    # Scored as fitted (unknown speed at the mean, the same clamp): the normal windows' own
+    # z has mean 0 and spread 1 to rounding.
     z = model.motion_z(torch.as_tensor(motion), torch.as_tensor(v)).numpy()
-    inside = (v > lo) & (v < hi)
-    assert abs(z[inside].mean()) < 0.05 and z[inside].std() == pytest.approx(1.0, abs=0.1)
+    assert abs(z.mean()) < 1e-4 and z.std() == pytest.approx(1.0, abs=0.01)
+    # A handful of windows: no line through them (its residuals would be ~0), pooled spread.
+    few = PostureModel(PostureConfig(flows=1, steps=2))
+    fit_normal_stats(few, poses[8:18], motion[8:18], seen[8:18], n_obs)
+    assert float(few.motion_slope) == 0.0
+    assert float(few.motion_std) == pytest.approx(float(np.std(motion[8:18], ddof=1)), rel=1e-4)
     # Faster than any normal window: measured at the edge (the line extrapolated 3 log
     # units on would expect 1.5 more, -15 sd).
     probe = torch.tensor([0.3 + 0.5 * hi, 0.3 + 0.5 * hi])
