@@ -129,26 +129,32 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def test_auc(ck: Any, clips: Sequence[Any], cfg: Any) -> dict[str, tuple[float, float]]:
-    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every rule on AIHub2
-    test, from one draw: the clip scorer's window scoring is wrapped to return the rules."""
+def rule_test_auc(ck: Any, clips: Sequence[Any], cfg: Any, scores: Callable[..., dict[str, np.ndarray]], names: Sequence[str]) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) on AIHub2 test of each of
+    ``names``, window scores ``scores(model, poses, mask, visible, cfg) -> {name: (N,)}``,
+    all from one draw: the clip scorer's window scoring is wrapped to return them."""
     original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
 
-    def rules_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
-        d = parts(model, poses, mask, visible, c)
+    def wrapped(model: Any, poses: Any, mask: Any, visible: Any, c: Any, asked: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
+        d = scores(model, poses, mask, visible, c)
         nan = np.full((len(poses), 17), np.nan, np.float32)
-        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
+        return {k: WindowScores(d[k].astype(np.float32), nan) for k in asked}
 
-    clip_scoring.score_windows_many = rules_of  # type: ignore[attr-defined,assignment]
+    clip_scoring.score_windows_many = wrapped  # type: ignore[attr-defined,assignment]
     try:
-        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(RULES), 1, False)
+        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(names), 1, False)
     finally:
         clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
     out = {}
-    for k in RULES:
+    for k in names:
         r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
         out[k] = (r.auc_offline, r.auc_causal)
     return out
+
+
+def test_auc(ck: Any, clips: Sequence[Any], cfg: Any) -> dict[str, tuple[float, float]]:
+    """:func:`rule_test_auc` of every rule."""
+    return rule_test_auc(ck, clips, cfg, parts, list(RULES))
 
 
 if __name__ == "__main__":

@@ -42,16 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipelines.clip_scoring as clip_scoring
+from bench.fusion_rules import rule_test_auc
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
 from forecasting.injection import KINDS, injected
 from forecasting.posture import PostureModel
-from forecasting.scoring import WindowScores, posture_of, score_windows_many
+from forecasting.scoring import posture_of, score_windows_many
 from forecasting.stillness import past_log_speed
 from forecasting.windows import fill_unseen
-from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.offline.evaluation import load_clips, normal_window_sets
 from pipelines.serving import scorer_config
 
 SCALES = ("std", "iqr", "log", "iqr2")
@@ -157,25 +157,9 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, sc: Any) -> dict[str, tuple[float, float]]:
-    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every scale on AIHub2
-    test, from one draw: the clip scorer's window scoring is wrapped to return the scales."""
-    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
-
-    def scales_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
-        d = fused(sc, raw_parts(model, poses, mask, visible, c))
-        nan = np.full((len(poses), 17), np.nan, np.float32)
-        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
-
-    clip_scoring.score_windows_many = scales_of  # type: ignore[attr-defined,assignment]
-    try:
-        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(SCALES), 1, False)
-    finally:
-        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
-    out = {}
-    for k in SCALES:
-        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
-        out[k] = (r.auc_offline, r.auc_causal)
-    return out
+    """Frame AUC of each scale on AIHub2 test from one draw
+    (:func:`bench.fusion_rules.rule_test_auc`)."""
+    return rule_test_auc(ck, clips, cfg, lambda *a: fused(sc, raw_parts(*a)), list(SCALES))
 
 
 def main() -> None:

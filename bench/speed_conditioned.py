@@ -53,18 +53,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pipelines.clip_scoring as clip_scoring
+from bench.fusion_rules import rule_test_auc
 from bench.motion_scale import raw_parts
 from forecasting.checkpoint import load_checkpoint
 from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
 from forecasting.detection_metrics import roc_auc
 from forecasting.injection import KINDS, injected, moving_mask
 from forecasting.posture import PostureModel
-from forecasting.scoring import WindowScores, posture_of
+from forecasting.scoring import posture_of
 from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame
 from forecasting.torch_model import to_tensor
 from forecasting.windows import fill_unseen
-from pipelines.offline.evaluation import load_clips, normal_window_sets, report
+from pipelines.offline.evaluation import load_clips, normal_window_sets
 from pipelines.serving import scorer_config
 
 RULES = ("fused", "cond", "cond+speed")
@@ -160,25 +160,9 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, rules: Fit) -> dict[str, tuple[float, float]]:  # fmt: skip
-    """Frame AUC (offline, causal; as ``bench/anomaly_eval.py``) of every rule on AIHub2
-    test, from one draw: the clip scorer's window scoring is wrapped to return the rules."""
-    original = clip_scoring.score_windows_many  # type: ignore[attr-defined]
-
-    def rules_of(model: Any, poses: Any, mask: Any, visible: Any, c: Any, names: Sequence[str]) -> dict[str, WindowScores]:  # fmt: skip
-        d = rules(parts(model, poses, mask, visible, c))
-        nan = np.full((len(poses), 17), np.nan, np.float32)
-        return {k: WindowScores(d[k].astype(np.float32), nan) for k in names}
-
-    clip_scoring.score_windows_many = rules_of  # type: ignore[attr-defined,assignment]
-    try:
-        many, secs, nw = clip_scoring.score_split_many(ck, clips, cfg, list(RULES), 1, False)
-    finally:
-        clip_scoring.score_windows_many = original  # type: ignore[attr-defined]
-    out = {}
-    for k in RULES:
-        r = report(k, cfg.sampler.name, many[k], 9.5, 6.0, 30.0, secs, nw)
-        out[k] = (r.auc_offline, r.auc_causal)
-    return out
+    """Frame AUC of each rule on AIHub2 test from one draw
+    (:func:`bench.fusion_rules.rule_test_auc`)."""
+    return rule_test_auc(ck, clips, cfg, lambda *a: rules(parts(*a)), list(RULES))
 
 
 def main() -> None:
