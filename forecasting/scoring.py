@@ -63,12 +63,12 @@ from forecasting.stillness import past_log_speed, stillness
 from forecasting.torch_model import GRUNF, Ensemble, Forecaster, to_tensor
 from forecasting.windows import fill_unseen
 
-#: Scorers that need K drawn futures.
 #: What ``fused`` takes from the posture model for a batch: the model, its scores ``(B,)``
 #: and per-joint contributions ``(B, 17)``, the windows' stillness and observed log speed
 #: ``(B,)`` (None where the model's fused score has no such term).
 Fusing = tuple[PostureModel, Tensor, Tensor, Tensor | None, Tensor | None]
 
+#: Scorers that need K drawn futures.
 SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
 #: Scorers whose score only falls as futures are added (best-of-K): early stopping is exact
 #: about which windows stay below a bound.
@@ -289,12 +289,13 @@ def _direct_scores(
         out["posture"] = sp, jp
     if seen is None:
         return out, (posture, sp, jp, None, None)
+    past = past_log_speed(p, seen[sl], n_obs)  # once: the stillness term's past part too
     return out, (
         posture,
         sp,
         jp,
-        stillness(p, seen[sl], n_obs) if posture.cfg.stillness else None,
-        past_log_speed(p, seen[sl], n_obs) if posture.cfg.speed_conditioned else None,
+        stillness(p, seen[sl], n_obs, past=past) if posture.cfg.stillness else None,
+        past if posture.cfg.speed_conditioned else None,
     )
 
 

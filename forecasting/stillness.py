@@ -51,10 +51,13 @@ def motion_per_frame(poses: Tensor, seen: Tensor, start: int, stop: int) -> Tens
     return torch.where(n > 0, (d * ok).sum((1, 2)) / n.clamp_min(1), torch.nan)
 
 
-def stillness(poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS) -> Tensor:
+def stillness(
+    poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS, past: Tensor | None = None
+) -> Tensor:
     """``(N,)`` log ratio of the observed past's motion to the future's (``n_obs`` observed
     frames; the future runs from the last observed frame to the window's end); 0 where either
-    part has no keypoint seen in two successive frames (no evidence).
+    part has no keypoint seen in two successive frames (no evidence). ``past``: the windows'
+    :func:`past_log_speed`, when the caller has it already.
 
     >>> still = torch.zeros(1, 24, 17, 2)
     >>> walk = torch.arange(24.0).reshape(1, 24, 1, 1).expand(1, 24, 17, 2) * 0.01
@@ -64,9 +67,10 @@ def stillness(poses: Tensor, seen: Tensor, n_obs: int, eps: float = EPS) -> Tens
     >>> [round(float(stillness(p, seen, 13)), 2) + 0.0 for p in (still, walk, stop)]
     [0.0, 0.0, 4.96]
     """
-    past = motion_per_frame(poses, seen, 0, n_obs)
+    if past is None:
+        past = past_log_speed(poses, seen, n_obs, eps)
     future = motion_per_frame(poses, seen, n_obs - 1, poses.shape[1])
-    s = torch.log(past + eps) - torch.log(future + eps)
+    s = past - torch.log(future + eps)
     return torch.nan_to_num(s, nan=0.0)
 
 
