@@ -13,8 +13,13 @@ Input: the first ``--frames`` frames of every AIHub2 test clip (0: all), one cam
   one by one through their own modules, as before :class:`forecasting.posture.StackedFlows`
   (``exact`` does so too);
 - ``fused-issue``: ``default`` with the fused score as issue 22 found it (no stillness term,
-  no upright turn of the posture flows' input, GRU-SNF at temperature 1): the reference of
-  that issue's speed bar (the new default no slower than the ``fused`` of then). The other
+  no upright turn of the posture flows' input, the motion part standardised by its pooled
+  normal statistics, GRU-SNF at temperature 1; its normal statistics refitted for that in
+  memory as ``posewatch posture`` fits them), at its own threshold (fitted on the validation
+  clips as ``posewatch calibrate`` fits the default's; ``--threshold`` sets the others') and
+  early stop margin (1.5 minhde units over its motion part's normal spread): the
+  reference of that issue's speed bar (the new default no slower than the ``fused`` of then,
+  each at the threshold its operator would run it at; early stop's savings depend on it). The other
   paths draw with the sampler a checkpoint trained now carries (``gru-snf-t0.8``) whatever
   the checkpoint was saved with;
 - ``stg-nf``: STG-NF's GraphGlow over its 24-frame windows (stride 1) of the same frames,
@@ -55,12 +60,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.stg_nf import SEG_LEN, load_segments, normalise, train_model
 from detector.datasets import load_split
 from detector.pose import PoseFrame, frames_from_tracks
+from forecasting.checkpoint import load_checkpoint
+from forecasting.defaults import DEFAULT_SAMPLES
 from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
 from forecasting.snf import CHECKPOINT_SAMPLER, SNF_DEFAULT
+from forecasting.train import fit_fused_stats
+from pipelines.clip_scoring import calibrate_on_clips
 from pipelines.config import PosewatchConfig
 from pipelines.model_provider import CheckpointProvider
+from pipelines.offline.evaluation import (
+    CalibrateRequest,
+    alert_frames,
+    normal_window_sets,
+    validation_clip_scores,
+)
 from pipelines.score_stage import ScoreStage
+from pipelines.serving import scorer_config
 
 ONE_BY_ONE = "posture_flows_one_by_one"  # not a config field: the flows' path before session 11
 AS_AT_ISSUE = "fused_as_at_issue_22"  # not a config field: no stillness, upright, speed
@@ -74,14 +90,38 @@ PATHS = {
 
 
 THRESHOLD: float | None = None  # --threshold (default: the checkpoint's calibration)
+#: fused-issue's posture flows, threshold and early stop margin (fused units)
+ISSUE: tuple[PostureModel, float, float] | None = None
 
 
-def config(model: Path, **forecaster: Any) -> PosewatchConfig:
+def as_at_issue(model: Path, data: Path, samples: int) -> tuple[PostureModel, float, float]:
+    """``model``'s posture flows with the fused score as issue 22 found it (no stillness term,
+    no upright turn, the motion part's pooled normal statistics: refitted here on the
+    validation clips' normal windows as ``posewatch posture --refit-stats`` fits them), the
+    threshold ``posewatch calibrate`` fits for that score (1 false alert per camera-hour),
+    and early stop's margin then (1.5 minhde units over the motion part's normal spread)."""
+    ck = load_checkpoint(model)
+    posture = posture_of(ck.model)
+    assert posture is not None, f"{model}: no posture flows, so no fused score"
+    posture.cfg = replace(posture.cfg, stillness=True, speed_conditioned=False, upright=0.0)
+    tcfg = ck.meta.get("train_config") or {}
+    val = ck.meta.get("validation_clips") or []
+    ref = normal_window_sets(data, val, ck.window_config, tcfg.get("stride", 1), test=False)
+    fit_fused_stats(ck.model, posture, ref["validation"], tcfg.get("seed", 0))
+    posture.cfg = replace(posture.cfg, stillness=False)
+    cal = CalibrateRequest(model, data)
+    scorer = scorer_config(ck, "fused", SNF_DEFAULT.name, samples)
+    cs = validation_clip_scores(ck, data, cal.split, scorer)
+    fit = calibrate_on_clips(cs, cal.causal_sigma, ck.fps, cal.target_rate, alert_frames(ck.fps))
+    return posture, fit.threshold, 1.5 / float(posture.motion_std)
+
+
+def config(model: Path, threshold: float | None = None, **forecaster: Any) -> PosewatchConfig:
     return PosewatchConfig.model_validate(
         {
             "cameras": {"none": {"source": "unused.mp4", "enabled": False}},
             "forecaster": {"checkpoint": str(model.resolve()), **forecaster},
-            "alerting": {"threshold": THRESHOLD},
+            "alerting": {"threshold": THRESHOLD if threshold is None else threshold},
             "metrics": {"enabled": False},
             "outputs": {"alerts_jsonl": None},
         }
@@ -102,12 +142,19 @@ def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any
             return run_path(model, frames, chunk, **forecaster)
     as_at_issue = forecaster.pop(AS_AT_ISSUE, False)
     forecaster.setdefault("sampler", CHECKPOINT_SAMPLER.name)  # what a model trained now draws
-    cfg = config(model, **forecaster)
+    own = None
+    if as_at_issue:
+        assert ISSUE is not None
+        own = ISSUE[1]
+        forecaster["early_stop_margin"] = ISSUE[2]
+    cfg = config(model, own, **forecaster)
     provider = CheckpointProvider(cfg, warmup=True)
     if as_at_issue:
+        assert ISSUE is not None
         posture = posture_of(provider.model.checkpoint.model)
-        assert posture is not None, f"{model}: no posture flows, so no fused score"
-        posture.cfg = replace(posture.cfg, stillness=False, speed_conditioned=False, upright=0.0)
+        assert posture is not None
+        posture.load_state_dict(ISSUE[0].state_dict())
+        posture.cfg = ISSUE[0].cfg
     stage = ScoreStage(provider, cfg.alerting, cfg.forecaster.seeding)
     windows, alerts, scores = 0, [], {}
     t0 = time.perf_counter()
@@ -150,12 +197,19 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=32, help="frames per score-stage call")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stg-epochs", type=int, default=1)
-    ap.add_argument("--threshold", type=float, help="default: the checkpoint's calibration")
+    ap.add_argument(
+        "--threshold", type=float, help="default: the checkpoint's calibration (not fused-issue's)"
+    )
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--out", type=Path, default=Path("bench/results/scoring_speed.json"))
     args = ap.parse_args()
-    global THRESHOLD
+    global THRESHOLD, ISSUE
     THRESHOLD = args.threshold
+    if "fused-issue" in args.paths:
+        ISSUE = as_at_issue(args.model, args.data, DEFAULT_SAMPLES)
+        print(
+            f"fused-issue: threshold {ISSUE[1]:.3f}, early stop margin {ISSUE[2]:.3f}", flush=True
+        )
     torch.set_num_threads(args.threads)
     limit = args.frames or 10**9
     clips = load_split(args.data, "test")

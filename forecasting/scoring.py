@@ -53,7 +53,12 @@ from torch import Tensor
 
 from forecasting.allocator import retain_freed_memory
 from forecasting.defaults import AUTO as AUTO  # re-exported: the default scorer's alias
-from forecasting.defaults import DEFAULT_SAMPLES, DEFAULT_SCORER, FALLBACK_SCORER
+from forecasting.defaults import (
+    DEFAULT_SAMPLES,
+    DEFAULT_SCORER,
+    EARLY_STOP_MARGINS,
+    FALLBACK_SCORER,
+)
 from forecasting.defaults import SCORERS as SCORERS  # re-exported: the scorer registry
 from forecasting.defaults import ScorerName as ScorerName
 from forecasting.posture import PostureModel
@@ -546,15 +551,25 @@ def resolve_scorer(name: str, model: Forecaster) -> ScorerName:
     raise ValueError(f"unknown scorer {name!r}; choose from {AUTO}, {', '.join(SCORERS)}")
 
 
-def early_stop_bound(model: Forecaster, scorer: str, threshold: float, margin: float) -> float:
-    """The ``stop_below`` of live scoring: ``threshold`` minus ``margin``, with ``margin`` in
-    units of ``minhde`` (log best-of-K error, what it was measured in: docs/DECISIONS.md,
-    issue 21); for ``fused``, whose motion part is ``minhde`` over its normal spread, the
-    margin is divided by that spread so it holds back the same motion evidence."""
-    posture = posture_of(model)
-    if scorer == "fused" and posture is not None:
-        return threshold - margin / float(posture.motion_std)
-    return threshold - margin
+def early_stop_bound(scorer: str, threshold: float, margin: float | str) -> float | None:
+    """The ``stop_below`` of live scoring: ``threshold`` minus ``margin``, in the units of
+    ``scorer``'s score; ``margin`` :data:`AUTO` takes the scorer's own
+    (:data:`~forecasting.defaults.EARLY_STOP_MARGINS`: 1.5 for the best-of-K errors, 3.0 for
+    ``fused``). None: a scorer that never stops early (``kde``, ``posture``).
+
+    >>> early_stop_bound("fused", 5.5, "auto"), early_stop_bound("minhde", 2.0, 0.5)
+    (2.5, 1.5)
+
+    Raises:
+        ValueError: a margin that is neither a number nor ``auto``.
+    """
+    if scorer not in EARLY_STOP_SCORERS:
+        return None
+    if isinstance(margin, str):
+        if margin != AUTO:
+            raise ValueError(f"early stop margin {margin!r}: give a number or {AUTO!r}")
+        margin = EARLY_STOP_MARGINS[scorer]
+    return threshold - float(margin)
 
 
 def available_scorers(model: Forecaster) -> tuple[ScorerName, ...]:

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -37,7 +37,6 @@ from forecasting.defaults import (
     ALERT_MIN_DURATION_S,
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLES,
-    EARLY_STOP_MARGIN,
     ScorerName,
 )
 
@@ -205,15 +204,15 @@ class ForecasterConfig(Base):
         6.0, ge=0, title="Smoothing", description="Causal Gaussian smoothing of scores, frames."
     )
     batch: int = Field(256, ge=1, title="Batch", description="Most person windows per model call.")
-    early_stop_margin: float | None = Field(
-        EARLY_STOP_MARGIN,
-        ge=0,
+    early_stop_margin: Annotated[float, Field(ge=0)] | Literal["auto"] | None = Field(
+        "auto",
         title="Early stop margin",
-        description="A person window whose score from the first ensemble member's futures is "
-        "already this far below the alert threshold (minhde units: log best-of-K error; for "
-        "fused, divided by its motion part's normal spread) is not drawn further: its score "
-        "is that upper bound of the full score (most windows are normal; only those near the "
-        "threshold need all K futures). null: draw all K for every window.",
+        description="A person window whose score from the first ensemble member's futures "
+        "(then three members') is already this far below the alert threshold, in the "
+        "scorer's units, is not drawn further: its score is that upper bound of the full "
+        "score (most windows are normal; only those near the threshold need all K futures). "
+        "auto: the scorer's own (minhde, minfde, minade: 1.5 log error; fused: 3.0). "
+        "null: draw all K for every window.",
     )
     exact: bool = Field(
         False,

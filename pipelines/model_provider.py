@@ -80,7 +80,7 @@ def served_model(
     )
     f = cfg.forecaster
     margin = None if f.exact else f.early_stop_margin
-    stop = None if margin is None else early_stop_bound(ckpt.model, sc.name, thr, margin)
+    stop = None if margin is None else early_stop_bound(sc.name, thr, margin)
     live = replace(sc, exact=f.exact, stop_below=stop)
     track_scorer = TrackScorer(ckpt, live, f.stride, f.smoothing_sigma)
     return ServedModel(ckpt, sc, spec, thr, info, track_scorer)

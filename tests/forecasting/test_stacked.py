@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from forecasting.metrics import apd
-from forecasting.posture import PostureConfig, PostureModel, fit_normal_stats, train_posture
+from forecasting.posture import PostureConfig, fit_normal_stats, train_posture
 from forecasting.scoring import ScorerConfig, early_stop_bound, score_windows
 from forecasting.snf import GRU_NF, SNF_DEFAULT, SamplerConfig
 from forecasting.stacked import StackedForecaster, stacked_of
@@ -191,13 +191,14 @@ def test_a_frame_is_never_split_across_two_model_batches() -> None:
         start += n
 
 
-def test_the_early_stop_margin_is_in_minhde_units_for_fused_too() -> None:
-    """fused = (minhde - mean) / spread + ...: the same motion evidence is margin / spread."""
-    ens = ensemble(2)
-    assert early_stop_bound(ens, "minhde", 2.0, 1.5) == pytest.approx(0.5)
-    assert early_stop_bound(ens, "fused", 2.0, 1.5) == pytest.approx(0.5)  # no flows
-    posture = PostureModel(PostureConfig(flows=1))
-    posture.motion_std.fill_(0.25)
-    ens.posture = posture
-    assert early_stop_bound(ens, "fused", 2.0, 1.5) == pytest.approx(2.0 - 6.0)
-    assert early_stop_bound(ens, "minhde", 2.0, 1.5) == pytest.approx(0.5)
+def test_the_early_stop_margin_is_in_the_scorers_units() -> None:
+    """auto is each scorer's own margin (log error for minhde, fused units for fused); a
+    number is taken in the served scorer's units; scorers that never stop get no bound."""
+    assert early_stop_bound("minhde", 2.0, "auto") == pytest.approx(0.5)
+    assert early_stop_bound("minfde", 2.0, "auto") == pytest.approx(0.5)
+    assert early_stop_bound("fused", 5.5, "auto") == pytest.approx(2.5)
+    assert early_stop_bound("fused", 5.5, 1.0) == pytest.approx(4.5)
+    assert early_stop_bound("kde", 2.0, "auto") is None
+    assert early_stop_bound("posture", 2.0, 1.0) is None
+    with pytest.raises(ValueError, match="early stop margin 'fast'"):
+        early_stop_bound("fused", 2.0, "fast")
