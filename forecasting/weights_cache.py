@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
@@ -46,7 +45,7 @@ class WeightsCache(Generic[T]):
 
     def get(self, module: nn.Module, build: Callable[[], T], extra: object = None) -> T:
         """The cached value, or ``build()`` when ``module``'s weights or ``extra`` changed."""
-        tensors = list(itertools.chain(module.parameters(), module.buffers()))
+        tensors = _weights(module)
         versions: list[tuple[object, ...]] = [
             (t._version, t.data_ptr(), t.device, t.dtype) for t in tensors
         ]
@@ -61,3 +60,21 @@ class WeightsCache(Generic[T]):
             self._tensors, self._versions = tensors, versions
             self._extra, self._built = extra, True
         return cast(T, self._value)
+
+
+def _weights(module: nn.Module) -> list[Tensor]:
+    """Every parameter and buffer of ``module`` and its submodules, in an order that depends
+    only on the module tree: what ``parameters()`` and ``buffers()`` give (a tensor shared
+    by two submodules comes twice), without their recursive generators, which cost more
+    than the check itself on a stacked ensemble (about a tenth of live scoring's time)."""
+    out: list[Tensor] = []
+    stack, seen = [module], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out += [t for t in m._parameters.values() if t is not None]
+        out += [t for t in m._buffers.values() if t is not None]
+        stack += [c for c in reversed(m._modules.values()) if c is not None]
+    return out
