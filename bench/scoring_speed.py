@@ -28,7 +28,7 @@ Input: the first ``--frames`` frames of every AIHub2 test clip (0: all), one cam
 
 The posewatch paths run the service's score stage (:class:`pipelines.score_stage.ScoreStage`:
 its stride, causal smoothing, frame seeding and alert lifecycles) with the checkpoint's
-calibrated threshold, frames fed ``--chunk`` at a time (one Kafka poll's worth). Person-frames
+calibrated threshold (``fused-issue``: its own), frames fed ``--chunk`` at a time (one Kafka poll's worth). Person-frames
 per second = persons in the frames fed / seconds. FLOPs per person-frame: the matmul FLOPs
 (``torch.utils.flop_counter``) of a counting pass over the first ``--flop-frames`` frames of
 each clip; GFLOP/s achieved = those FLOPs per person-frame x person-frames/s, against a
@@ -148,13 +148,14 @@ def run_path(model: Path, frames: list[PoseFrame], chunk: int, **forecaster: Any
         own = ISSUE[1]
         forecaster["early_stop_margin"] = ISSUE[2]
     cfg = config(model, own, **forecaster)
-    provider = CheckpointProvider(cfg, warmup=True)
+    provider = CheckpointProvider(cfg, warmup=not as_at_issue)
     if as_at_issue:
         assert ISSUE is not None
         posture = posture_of(provider.model.checkpoint.model)
         assert posture is not None
         posture.load_state_dict(ISSUE[0].state_dict())
         posture.cfg = ISSUE[0].cfg
+        provider.model.scorer.warmup()  # after the swap: no cache rebuilt in the timed loop
     stage = ScoreStage(provider, cfg.alerting, cfg.forecaster.seeding)
     windows, alerts, scores = 0, [], {}
     t0 = time.perf_counter()

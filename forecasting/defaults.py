@@ -91,7 +91,7 @@ POSTURE_YAW = 60.0
 #: docs/DECISIONS.md); until then 1.5 minhde units over the motion part's normal spread,
 #: which the speed-conditioned motion part's sharper spread made 7.0 fused units: the same
 #: motion evidence held back, but most windows then drew all K futures.
-EARLY_STOP_MARGINS: Final[dict[str, float]] = {
+EARLY_STOP_MARGINS: Final[dict[ScorerName, float]] = {
     "minhde": 1.5,
     "minfde": 1.5,
     "minade": 1.5,

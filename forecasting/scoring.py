@@ -77,7 +77,7 @@ Fusing = tuple[PostureModel, Tensor, Tensor, Tensor | None, Tensor | None]
 SAMPLE_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "kde", "fused")
 #: Scorers whose score only falls as futures are added (best-of-K): early stopping is exact
 #: about which windows stay below a bound.
-EARLY_STOP_SCORERS: tuple[ScorerName, ...] = ("minhde", "minfde", "minade", "fused")
+EARLY_STOP_SCORERS: tuple[ScorerName, ...] = tuple(EARLY_STOP_MARGINS)
 
 
 def early_stop_stages(members: int) -> list[list[int]]:

@@ -64,9 +64,10 @@ class WeightsCache(Generic[T]):
 
 def _weights(module: nn.Module) -> list[Tensor]:
     """Every parameter and buffer of ``module`` and its submodules, in an order that depends
-    only on the module tree: what ``parameters()`` and ``buffers()`` give (a tensor shared
-    by two submodules comes twice), without their recursive generators, which cost more
-    than the check itself on a stacked ensemble (about a tenth of live scoring's time)."""
+    only on the module tree: the tensors ``parameters()`` and ``buffers()`` give (unlike
+    them, a tensor tied between two submodules comes twice: harmless here), without their
+    recursive generators, which cost more than the check itself on a stacked ensemble
+    (about a tenth of live scoring's time)."""
     out: list[Tensor] = []
     stack, seen = [module], set()
     while stack:

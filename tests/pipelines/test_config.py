@@ -165,3 +165,24 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused(tmp_path: Path, valu
     with pytest.raises(ConfigError) as err:
         load_config(y)
     assert "alerting.threshold" in str(err.value)
+
+
+def test_the_early_stop_margin_is_auto_a_number_or_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """auto (the scorer's own margin) by default; a number in the scorer's units, from the
+    file or the environment; null draws all K; anything else is refused naming the field."""
+    base = {"cameras": {"c": {"source": "x.mp4"}}}
+    assert load_config(data=base).forecaster.early_stop_margin == "auto"
+    for given, want in (("auto", "auto"), (2.5, 2.5), (0, 0.0), (None, None)):
+        cfg = load_config(data={**base, "forecaster": {"early_stop_margin": given}})
+        assert cfg.forecaster.early_stop_margin == want
+    monkeypatch.setenv("POSEWATCH_FORECASTER__EARLY_STOP_MARGIN", "4.5")
+    assert load_config(data=base).forecaster.early_stop_margin == 4.5
+    monkeypatch.delenv("POSEWATCH_FORECASTER__EARLY_STOP_MARGIN")
+    for bad in ("-1", "fast", ".nan"):
+        y = tmp_path / "c.yaml"
+        y.write_text(f"cameras: {{c: {{source: x.mp4}}}}\nforecaster: {{early_stop_margin: {bad}}}\n")  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            load_config(y)
+        assert "forecaster.early_stop_margin" in str(err.value), bad
