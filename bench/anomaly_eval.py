@@ -10,7 +10,9 @@ with the default posture flows (flow seeds ``seed * F + f``), added when missing
 
 Prints a table of mean and sample std over seeds of frame AUC-ROC (offline and causal
 smoothing), AP, mean per-clip AUC and event recall at 1 and 5 false alerts per camera-hour,
-and writes ``bench/results/anomaly_aihub2.json``.
+and writes ``bench/results/anomaly_aihub2.json``. What early stop costs and saves is
+``bench/early_stop_margin.py``'s (its ``--early-stop-margin`` here, in ``minhde`` units
+only, went in session 27).
 
 Usage::
 
@@ -36,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forecasting.checkpoint import load_checkpoint
-from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLER, DEFAULT_SAMPLES, DEFAULT_SCORER
+from forecasting.defaults import DEFAULT_MEMBERS, DEFAULT_SAMPLES, DEFAULT_SCORER
 from forecasting.detection_metrics import alert_outcome
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
@@ -55,11 +57,9 @@ from pipelines.clip_scoring import (
     score_split_many,
 )
 from pipelines.offline.evaluation import (
-    CalibrateRequest,
     alert_frames,
     load_clips,
     report,
-    run_calibrate,
     scoring_passes,
     validation_clip_scores,
 )
@@ -71,7 +71,6 @@ from pipelines.offline.training import (
     run_posture,
     run_training,
 )
-from pipelines.serving import ServingSpec, scorer_config
 
 
 def _recipe(cfg: PostureConfig) -> tuple[float, int, float, int]:
@@ -168,65 +167,6 @@ def fresh(cache: Path, ck_path: Path, key: tuple[str, str]) -> bool:
     return "calibrated_recall_1h" in row and "scene_calibrated_recall_1h" in row
 
 
-def early_stop_row(
-    ck_path: Path, clips: list[Any], args: argparse.Namespace, seed: int, margin: float
-) -> dict[str, Any]:
-    """minhde with the checkpoint's own sampler, all K futures and with early stop at the
-    calibrated threshold minus ``margin``: the report of the early-stopped scores, their
-    seconds against the full draw's, and the alert episodes that differ."""
-    ck = load_checkpoint(ck_path)
-    full_cfg = scorer_config(ck, "minhde", DEFAULT_SAMPLER, args.samples)
-    spec = ServingSpec.from_calibration(ck.calibration)
-    if spec is None or spec.differences(ServingSpec.of(ck, full_cfg)):
-        run_calibrate(CalibrateRequest(ck_path, args.data, samples=args.samples))
-        ck = load_checkpoint(ck_path)
-    thr = float(ck.calibration["threshold"])
-    full_cfg = replace(full_cfg, seed=seed)
-    early_cfg = replace(full_cfg, stop_below=thr - margin)
-    full, full_s, nw = score_split_many(ck, clips, full_cfg, ("minhde",), 1, progress=False)
-    early, early_s, _ = score_split_many(ck, clips, early_cfg, ("minhde",), 1, progress=False)
-    r = report("minhde", f"{full_cfg.sampler.name}+stop{margin:g}", early["minhde"], args.sigma,
-               args.causal_sigma, 30.0, early_s, nw)  # fmt: skip
-    a = episodes(full["minhde"], thr, args.causal_sigma, 15)
-    b = episodes(early["minhde"], thr, args.causal_sigma, 15)
-    # The calibrated threshold may raise no episode on test; a lower one that does (the
-    # 99.5th percentile of the full-K window scores), with early stop relative to it.
-    thr_low = float(np.nanpercentile(np.concatenate([x for c in full["minhde"] for x in c.persons.values()]), 99.5))  # fmt: skip
-    low, _, _ = score_split_many(ck, clips, replace(full_cfg, stop_below=thr_low - margin), ("minhde",), 1, progress=False)  # fmt: skip
-    a_low = episodes(full["minhde"], thr_low, args.causal_sigma, 15)
-    b_low = episodes(low["minhde"], thr_low, args.causal_sigma, 15)
-    raw_full = np.concatenate([x for c in full["minhde"] for x in c.persons.values()])
-    raw_early = np.concatenate([x for c in early["minhde"] for x in c.persons.values()])
-    ok = np.isfinite(raw_full)
-    d = asdict(r)
-    d.update(
-        seed=seed,
-        margin=margin,
-        threshold=thr,
-        full_seconds=full_s,
-        speedup_vs_full=full_s / early_s,
-        windows_stopped=int(np.sum(raw_early[ok] > raw_full[ok] + 1e-6)),
-        windows=int(ok.sum()),
-        episodes_full=len(a),
-        episodes_early=len(b),
-        episodes_only_early=len(b - a),
-        episodes_only_full=len(a - b),
-        low_threshold=thr_low,
-        low_episodes_full=len(a_low),
-        low_episodes_only_early=len(b_low - a_low),
-        low_episodes_only_full=len(a_low - b_low),
-    )
-    print(
-        f"seed {seed} early stop margin {margin:g}: AUC off {100 * r.auc_offline:.2f} causal "
-        f"{100 * r.auc_causal:.2f}; {d['windows_stopped']}/{d['windows']} windows stopped; "
-        f"x{d['speedup_vs_full']:.2f} vs all K; episodes {len(a)} full, {len(b)} early, "
-        f"{len(b - a)} only early, {len(a - b)} only full; at threshold {thr_low:.3f}: "
-        f"{len(a_low)} full, {len(b_low - a_low)} only early, {len(a_low - b_low)} only full",
-        flush=True,
-    )
-    return d
-
-
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (scorer, sampler): mean and sample std over seeds (percent) of frame AUC
     (offline, causal), AP, mean clip AUC; mean event recall at 1 and 5 false alerts per
@@ -294,15 +234,6 @@ def main() -> None:
     )
     ap.add_argument(
         "--samples", type=int, default=DEFAULT_SAMPLES, help="K futures per window (all members)"
-    )
-    ap.add_argument(
-        "--early-stop-margin",
-        type=float,
-        nargs="*",
-        default=[],
-        help="also score minhde with the checkpoint's sampler and early stop at the "
-        "calibrated threshold minus each margin (calibrating first if needed), and count "
-        "the alert episodes that differ from the full-K scores",
     )
     ap.add_argument(
         "--threads", type=int, default=2, help="torch threads (1 leaves a core to another job)"
@@ -399,8 +330,6 @@ def main() -> None:
                     f"seed {seed} {scorer}/{d['sampler']}: AUC off {100 * r.auc_offline:.1f} causal {100 * r.auc_causal:.1f} ({secs:.0f} s)",
                     flush=True,
                 )
-        for margin in args.early_stop_margin:
-            rows.append(early_stop_row(ck_path, clips, args, seed, margin))
     summary = summarise(rows)
     head = f"{'scorer':<8}{'sampler':<10}{'AUC off':>14}{'AUC causal':>14}{'AP off':>14}{'clip AUC':>14}{'R@1/h':>8}{'R@5/h':>8}{'s/split':>9}"
     print(head)

@@ -19,6 +19,9 @@ part's normal spread) are among the rows.
 Usage::
 
     .venv/bin/python bench/early_stop_margin.py --model CKPT --margins 6.9 4 3 2
+
+``--scorer minhde`` measures the motion-only scorer (what ``bench/anomaly_eval.py
+--early-stop-margin`` measured until session 27).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
     ap.add_argument("--margins", type=float, nargs="+", default=[4.0, 3.0, 2.0])
     ap.add_argument("--threshold", type=float, help="default: calibrated on validation, 1/h")
+    ap.add_argument(
+        "--scorer", default="auto", help="one that stops early (auto: the service's default)"
+    )
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -65,8 +71,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ck = load_checkpoint(args.model)
-    cfg = replace(scorer_config(ck, "auto", DEFAULT_SAMPLER, args.samples), seed=args.seed)
+    cfg = replace(scorer_config(ck, args.scorer, DEFAULT_SAMPLER, args.samples), seed=args.seed)
     name = cfg.name
+    if name not in EARLY_STOP_MARGINS:
+        raise SystemExit(f"--scorer {name} never stops early; choose from {', '.join(EARLY_STOP_MARGINS)}")  # fmt: skip
     val_names = set(ck.meta.get("validation_clips") or [])
     sets = {
         "validation": [c for c in load_clips(args.data, "train") if c.name in val_names],
