@@ -66,17 +66,14 @@ from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
 from forecasting.snf import CHECKPOINT_SAMPLER, SNF_DEFAULT
 from forecasting.train import fit_fused_stats
-from pipelines.clip_scoring import calibrate_on_clips
 from pipelines.config import PosewatchConfig
 from pipelines.model_provider import CheckpointProvider
 from pipelines.offline.evaluation import (
     CalibrateRequest,
-    alert_frames,
+    fit_calibration,
     normal_window_sets,
-    validation_clip_scores,
 )
 from pipelines.score_stage import ScoreStage
-from pipelines.serving import scorer_config
 
 ONE_BY_ONE = "posture_flows_one_by_one"  # not a config field: the flows' path before session 11
 AS_AT_ISSUE = "fused_as_at_issue_22"  # not a config field: no stillness, upright, speed
@@ -109,10 +106,8 @@ def as_at_issue(model: Path, data: Path, samples: int) -> tuple[PostureModel, fl
     ref = normal_window_sets(data, val, ck.window_config, tcfg.get("stride", 1), test=False)
     fit_fused_stats(ck.model, posture, ref["validation"], tcfg.get("seed", 0))
     posture.cfg = replace(posture.cfg, stillness=False)
-    cal = CalibrateRequest(model, data)
-    scorer = scorer_config(ck, "fused", SNF_DEFAULT.name, samples)
-    cs = validation_clip_scores(ck, data, cal.split, scorer)
-    fit = calibrate_on_clips(cs, cal.causal_sigma, ck.fps, cal.target_rate, alert_frames(ck.fps))
+    req = CalibrateRequest(model, data, scorer="fused", sampler=SNF_DEFAULT.name, samples=samples, progress=False)  # fmt: skip
+    fit = fit_calibration(ck, req)[0]
     return posture, fit.threshold, 1.5 / float(posture.motion_std)
 
 

@@ -521,6 +521,31 @@ def validation_clip_scores(
     return score_split(ckpt, clips, cfg, stride, progress, fps)[0]
 
 
+def fit_calibration(ckpt: Checkpoint, req: CalibrateRequest) -> tuple[Calibration, ScorerConfig, int]:  # fmt: skip
+    """The threshold :func:`run_calibrate` fits for ``req`` (before feedback), with ``ckpt``
+    as given (``req.model`` is not read: a checkpoint changed in memory is fitted as it
+    is) and nothing written.
+
+    Returns:
+        ``(calibration, the scorer configuration it is for (as the service builds it), clips
+        fitted on)``.
+
+    Raises:
+        ValueError: as :func:`run_calibrate`.
+    """
+    cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
+    fps = _fps(req, ckpt)
+    cs = validation_clip_scores(
+        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips, fps
+    )
+    min_duration = alert_frames(fps) if req.min_duration is None else req.min_duration
+    return (
+        calibrate_on_clips(cs, req.causal_sigma, fps, req.target_rate, min_duration),
+        cfg,
+        len(cs),
+    )
+
+
 def run_calibrate(req: CalibrateRequest) -> Calibration:
     """Fit the alert threshold on the normal frames of the checkpoint's validation clips (or,
     with ``all_clips``, of every clip of the split: the camera's own footage) and store it in
@@ -543,13 +568,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     if req.feedback is not None and not Path(req.feedback).is_file():
         raise FileNotFoundError(f"--feedback: no alert store at {req.feedback}")
     ckpt = load_checkpoint(req.model)
-    cfg = scorer_config(ckpt, req.scorer, req.sampler, req.samples)  # as the service builds it
-    cs = validation_clip_scores(
-        ckpt, req.data, req.split, cfg, req.stride, req.progress, req.all_clips, _fps(req, ckpt)
-    )
-    fps = _fps(req, ckpt)
-    min_duration = alert_frames(fps) if req.min_duration is None else req.min_duration
-    cal = calibrate_on_clips(cs, req.causal_sigma, fps, req.target_rate, min_duration)
+    cal, cfg, n_clips = fit_calibration(ckpt, req)
     fb = apply_feedback(
         cal.threshold, ckpt, cfg, req.feedback, req.camera, req.causal_sigma, req.stride
     )
@@ -566,7 +585,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
     )
     log.info(
         f"threshold {cal.threshold:.4f} for {req.target_rate:g} false alerts per camera-hour "
-        f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {len(cs)} clips); "
+        f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {n_clips} clips); "
         f"stored in {req.model}"
     )
     if req.feedback is not None:
@@ -579,6 +598,7 @@ __all__ = [
     "EvaluateRequest",
     "ScorerReport",
     "alert_frames",
+    "fit_calibration",
     "format_reports",
     "load_clips",
     "normal_window_sets",
