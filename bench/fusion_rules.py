@@ -49,7 +49,7 @@ from forecasting.injection import KINDS, injected
 from forecasting.posture import PostureModel
 from forecasting.scoring import WindowScores, posture_of, score_windows_many
 from forecasting.stillness import past_log_speed
-from forecasting.windows import fill_unseen
+from forecasting.windows import Windows, fill_unseen
 from pipelines.offline.evaluation import load_clips, normal_window_sets, report
 from pipelines.serving import scorer_config
 
@@ -102,20 +102,16 @@ def main() -> None:
     )
     result: dict[str, Any] = {"model": str(args.model), "rules": list(RULES), "injected": {}}
     t0 = time.perf_counter()
-    for name in ("validation", "test"):
-        w0 = sets[name]
-        normal = parts(ck.model, w0.poses, w0.mask, w0.visible, cfg)
-        for kind in args.kinds:
-            keep, w, poses = injected(w0, kind, t_obs)
-            if keep.sum() < 10:
-                print(f"{name} {kind}: only {keep.sum()} windows move; skipped")
-                continue
-            bad = parts(ck.model, poses, w.mask, w.visible, cfg)
-            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
-            row = {k: roc_auc(y, np.r_[normal[k][keep], bad[k]]) for k in ("m", "p", *RULES)}
-            row["windows"] = len(w)
-            result["injected"][f"{name}.{kind}"] = row
-            print(f"{name:>10} {kind:<8}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    sets = {k: sets[k] for k in ("validation", "test")}
+    base = {n: parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
+    result["injected"] = injected_aucs(
+        args.model.name,
+        sets,
+        base,
+        args.kinds,
+        lambda w, kind: injected(w, kind, t_obs),
+        lambda poses, w: parts(ck.model, poses, w.mask, w.visible, cfg),
+    )
     result["seconds_injected"] = time.perf_counter() - t0
     if args.test_auc:
         result["test"] = test_auc(ck, load_clips(args.data, "test"), cfg)
@@ -126,6 +122,71 @@ def main() -> None:
         print(f"AIHub2 test {k:<10} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float))
+    print(f"wrote {args.out}")
+
+
+def rule_bench_args(description: str, out: str) -> argparse.Namespace:
+    """The rule benches' command line (``bench/haste.py``, ``motion_scale.py``,
+    ``speed_conditioned.py``): ``--model`` (repeatable), ``--data``, ``--kinds``,
+    ``--samples``, ``--stride``, ``--threads``, ``--test-auc``, ``--out`` (default ``out``);
+    sets torch's threads."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
+    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    ap.add_argument("--stride", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--test-auc", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(out))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def injected_aucs(
+    label: str,
+    sets: dict[str, Windows],
+    base: dict[str, dict[str, np.ndarray]],
+    kinds: Sequence[str],
+    pick: Callable[[Windows, str], tuple[np.ndarray, Windows, np.ndarray]],
+    scores: Callable[[np.ndarray, Windows], dict[str, np.ndarray]],
+) -> dict[str, dict[str, float]]:
+    """AUC-ROC of every score of ``base[set]`` (``{score name: (N,)}`` on the set's untouched
+    windows) against the same score of each kind's anomalous copies: ``pick(windows, kind)
+    -> (keep (N,) bool, kept windows, their anomalous poses)``, ``scores(poses, windows) ->
+    {score name: (n,)}``. Keys ``"{set}.{kind}"``, each row with ``windows``; a kind with
+    fewer than 10 windows to inject into is left out. Prints a line per row, led by
+    ``label``."""
+    out: dict[str, dict[str, float]] = {}
+    for name, w0 in sets.items():
+        for kind in kinds:
+            keep, w, poses = pick(w0, kind)
+            if keep.sum() < 10:
+                print(f"{label} {name} {kind}: only {keep.sum()} windows move; skipped")
+                continue
+            bad = scores(poses, w)
+            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
+            row = {k: roc_auc(y, np.r_[v[keep], bad[k]]) for k, v in base[name].items()}
+            row["windows"] = len(w)
+            out[f"{name}.{kind}"] = row
+            print(f"{label} {name:>10} {kind:<11}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    return out
+
+
+def write_rule_table(args: argparse.Namespace, rows: list[dict[str, Any]], cols: Sequence[str], width: int, note: Callable[[dict[str, Any]], str], seconds: float) -> None:  # fmt: skip
+    """Print the rule benches' table (per model: every injected set.kind by ``cols``, the
+    AIHub2 test AUCs, then ``note(row)``) and write ``{"rows", "seconds"}`` to ``args.out``."""
+    print(f"\n{'model':<14}{'set.kind':<24}" + "".join(f"{k:>{width}}" for k in cols))
+    for r in rows:
+        name = Path(r["model"]).stem
+        for key, row in r["injected"].items():
+            print(f"{name:<14}{key:<24}" + "".join(f"{row[k]:>{width}.3f}" for k in cols))
+        for k, (off, cau) in r.get("test", {}).items():
+            print(f"{name:<14}AIHub2 test {k:<12} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
+        print(f"{name:<14}{note(r)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "seconds": seconds}, indent=2, default=float))
     print(f"wrote {args.out}")
 
 

@@ -29,7 +29,6 @@ Prints a table, writes ``bench/results/haste.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -42,11 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import forecasting.scoring as scoring
-from bench.fusion_rules import rule_test_auc
+from bench.fusion_rules import injected_aucs, rule_bench_args, rule_test_auc, write_rule_table
 from forecasting.checkpoint import load_checkpoint
-from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
-from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, injected
+from forecasting.defaults import DEFAULT_SAMPLER
+from forecasting.injection import injected
 from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
 from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame, stillness
@@ -128,18 +126,14 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         },
         "injected": {},
     }
-    for name, w0 in sets.items():
-        base = rules(ex, normal[name])
-        for kind in args.kinds:
-            keep, w, poses = injected(w0, kind, t_obs)
-            if keep.sum() < 10:
-                continue
-            bad = rules(ex, raw_parts(ck.model, poses, w.mask, w.visible, cfg))
-            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
-            row = {k: roc_auc(y, np.r_[base[k][keep], bad[k]]) for k in base}
-            row["windows"] = len(w)
-            res["injected"][f"{name}.{kind}"] = row
-            print(f"{path.name} {name:>10} {kind:<8}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+    res["injected"] = injected_aucs(
+        path.name,
+        sets,
+        {n: rules(ex, normal[n]) for n in sets},
+        args.kinds,
+        lambda w, kind: injected(w, kind, t_obs),
+        lambda poses, w: rules(ex, raw_parts(ck.model, poses, w.mask, w.visible, cfg)),
+    )
     if args.test_auc:
         res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, ex)
     return res
@@ -152,33 +146,17 @@ def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, ex: dict[str, Any]) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, action="append", required=True)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    ap.add_argument("--stride", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--test-auc", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/haste.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = rule_bench_args(__doc__.splitlines()[0], "bench/results/haste.json")
     t0 = time.perf_counter()
     rows = [one_model(p, args) for p in args.model]
-    cols = (*TERMS, *RULES)
-    print(f"\n{'model':<14}{'set.kind':<22}" + "".join(f"{k:>13}" for k in cols))
-    for r in rows:
-        name = Path(r["model"]).stem
-        for key, row in r["injected"].items():
-            print(f"{name:<14}{key:<22}" + "".join(f"{row[k]:>13.3f}" for k in cols))
-        for k, (off, cau) in r.get("test", {}).items():
-            print(f"{name:<14}AIHub2 test {k:<12} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
-        print(f"{name:<14}normal windows above the hinge: {r['normal_above_hinge']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=2, default=float)
+    write_rule_table(
+        args,
+        rows,
+        (*TERMS, *RULES),
+        13,
+        lambda r: f"normal windows above the hinge: {r['normal_above_hinge']}",
+        time.perf_counter() - t0,
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

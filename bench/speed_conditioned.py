@@ -41,7 +41,6 @@ Prints a table, writes ``bench/results/speed_conditioned.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -49,21 +48,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fusion_rules import rule_test_auc
+from bench.fusion_rules import injected_aucs, rule_bench_args, rule_test_auc, write_rule_table
 from bench.motion_scale import raw_parts
 from forecasting.checkpoint import load_checkpoint
-from forecasting.defaults import DEFAULT_SAMPLER, DEFAULT_SAMPLES
-from forecasting.detection_metrics import roc_auc
-from forecasting.injection import KINDS, injected, moving_mask
+from forecasting.defaults import DEFAULT_SAMPLER
+from forecasting.injection import injected, moving_mask
 from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
 from forecasting.stillness import EPS, HINGE_QUANTILE, motion_per_frame
 from forecasting.torch_model import to_tensor
-from forecasting.windows import fill_unseen
+from forecasting.windows import Windows, fill_unseen
 from pipelines.offline.evaluation import load_clips, normal_window_sets
 from pipelines.serving import scorer_config
 
@@ -137,23 +134,21 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     normal = {n: parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
     rules = fit_rules(pm, normal["validation"])
     res: dict[str, Any] = {"model": str(path), "fitted": rules.fitted, "injected": {}}  # type: ignore[attr-defined]
-    for name, w0 in sets.items():
-        base = rules(normal[name])
-        for kind in [*args.kinds, "sustained3x"]:
-            if kind == "sustained3x":
-                keep = moving_mask(w0, t_obs)
-                w = w0.select(keep)
-                poses = sustained(w)
-            else:
-                keep, w, poses = injected(w0, kind, t_obs)
-            if keep.sum() < 10:
-                continue
-            bad = rules(parts(ck.model, poses, w.mask, w.visible, cfg))
-            y = np.r_[np.zeros(len(w)), np.ones(len(w))]
-            row = {k: roc_auc(y, np.r_[base[k][keep], bad[k]]) for k in base}
-            row["windows"] = len(w)
-            res["injected"][f"{name}.{kind}"] = row
-            print(f"{path.name} {name:>10} {kind:<11}" + "".join(f"{k}={v:.3f} " for k, v in row.items() if k != "windows"), flush=True)  # fmt: skip
+
+    def pick(w0: Windows, kind: str) -> tuple[np.ndarray, Windows, np.ndarray]:
+        if kind != "sustained3x":
+            return injected(w0, kind, t_obs)
+        keep = moving_mask(w0, t_obs)
+        return keep, w0.select(keep), sustained(w0.select(keep))
+
+    res["injected"] = injected_aucs(
+        path.name,
+        sets,
+        {n: rules(normal[n]) for n in sets},
+        [*args.kinds, "sustained3x"],
+        pick,
+        lambda poses, w: rules(parts(ck.model, poses, w.mask, w.visible, cfg)),
+    )
     if args.test_auc:
         res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, rules)
     return res
@@ -166,33 +161,17 @@ def test_auc(ck: Any, clips: Sequence[Any], cfg: Any, rules: Fit) -> dict[str, t
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, action="append", required=True)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    ap.add_argument("--stride", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--test-auc", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/speed_conditioned.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = rule_bench_args(__doc__.splitlines()[0], "bench/results/speed_conditioned.json")
     t0 = time.perf_counter()
     rows = [one_model(p, args) for p in args.model]
-    cols = ("m", "p", *RULES)
-    print(f"\n{'model':<14}{'set.kind':<24}" + "".join(f"{k:>11}" for k in cols))
-    for r in rows:
-        name = Path(r["model"]).stem
-        for key, row in r["injected"].items():
-            print(f"{name:<14}{key:<24}" + "".join(f"{row[k]:>11.3f}" for k in cols))
-        for k, (off, cau) in r.get("test", {}).items():
-            print(f"{name:<14}AIHub2 test {k:<11} AUC offline {100 * off:.2f} causal {100 * cau:.2f}")  # fmt: skip
-        print(f"{name:<14}fitted: {r['fitted']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"rows": rows, "seconds": time.perf_counter() - t0}, indent=2, default=float)
+    write_rule_table(
+        args,
+        rows,
+        ("m", "p", *RULES),
+        11,
+        lambda r: f"fitted: {r['fitted']}",
+        time.perf_counter() - t0,
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
