@@ -638,8 +638,8 @@ def run(
     frames = ", ".join(f"{c}: {n}" for c, n in s.frames.items()) or "none"
     alerts = ", ".join(f"{k} {v}" for k, v in sorted(s.alerts.items())) or "none"
     typer.echo(f"frames: {frames}; persons: {s.persons}; alerts: {alerts}; {s.seconds:.0f} s")
-    if s.not_detected():
-        typer.echo(s.not_detected())
+    if note := s.not_detected():
+        typer.echo(note)
     typer.echo(f"alerts file: {s.alerts_file}; topic {s.topic} on {s.bootstrap}")
     if s.phases:
         typer.echo("model phase: " + ", ".join(f"{c}: {p}" for c, p in s.phases.items()))
