@@ -4,7 +4,8 @@ For a checkpoint, every kind of :mod:`forecasting.injection` is injected into (a
 normal windows of the checkpoint's validation clips (AIHub2 train) and (b) the normal
 windows of the AIHub2 test split (injection needs no anomaly labels), stride 9; the
 motion kinds (``run3x``, ``freeze``, ``reverse``) only into windows whose person moves
-(above the median speed). AUC-ROC separates each anomalous copy from its untouched
+(faster than the set's median and than a slow walk,
+:data:`forecasting.injection.WALKING_SPEED`; the median alone until session 27). AUC-ROC separates each anomalous copy from its untouched
 window. Each scorer is run with the checkpoint's own sampler (what the service serves)
 and K = 42 (``gru-snf-t0.8`` for a checkpoint trained now), optionally at other sampler
 temperatures (``--temperature``: the scale of the flow's base noise, 1 = the model's own
@@ -75,7 +76,7 @@ def main() -> None:
         type=float,
         default=None,
         help="motion kinds: windows whose person moves faster than this (person sizes per "
-        "frame; e.g. 0.005, walking) instead of faster than the set's median",
+        "frame) instead of faster than the set's median and a slow walk (0.005)",
     )
     ap.add_argument("--test-auc", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("bench/results/injected_anomalies.json"))

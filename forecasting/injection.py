@@ -55,14 +55,22 @@ def window_speed(w: Windows, t_obs: int) -> np.ndarray:
     return np.nanmean(np.abs(np.diff(w.poses[:, f0 - 4 :], axis=1)), axis=(1, 2, 3))
 
 
+#: The slowest a person whose motion the motion kinds change may move (person sizes per
+#: frame, :func:`window_speed`): a slow walk (AIHub2's walkers: median 0.0083), five times a
+#: standing person's detector jitter (about 0.001).
+WALKING_SPEED: Final = 0.005
+
+
 def moving_mask(w: Windows, t_obs: int, min_speed: float | None = None) -> np.ndarray:
-    """``(N,)`` bool: the windows whose person moves (:func:`window_speed`) more than the
-    median window, or, with ``min_speed``, more than that absolute speed: stopping, speeding
-    up or turning back is only unusual for someone who moves. The median is relative to the
-    window set: on a set where most people stand (AIHub2 test: median 0.0013), the windows
-    above it are mostly standing people, and "freezing" them only removes detector jitter."""
+    """``(N,)`` bool: the windows whose person moves (:func:`window_speed`) faster than the
+    median window and than :data:`WALKING_SPEED`, or, with ``min_speed``, faster than that
+    absolute speed: stopping, speeding up or turning back is only unusual for someone who
+    moves. The median alone is relative to the window set: on a set where most people stand
+    (AIHub2 test: median 0.0013), the windows above it are mostly standing people, and
+    "freezing" or "reversing" them only changes detector jitter (until session 27)."""
     speed = window_speed(w, t_obs)
-    return speed > (np.median(speed) if min_speed is None else min_speed)
+    floor = max(float(np.median(speed)), WALKING_SPEED) if min_speed is None else min_speed
+    return speed > floor
 
 
 def moving(w: Windows, t_obs: int, min_speed: float | None = None) -> Windows:
@@ -136,6 +144,7 @@ def injected(
 __all__ = [
     "KINDS",
     "MOTION_KINDS",
+    "WALKING_SPEED",
     "inject",
     "injected",
     "moving",

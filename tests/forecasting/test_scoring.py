@@ -36,12 +36,15 @@ def test_kde_nll_is_lower_near_the_samples_and_masked() -> None:
 
 #: AUC-ROC bars of the default scorer per injected kind and window set. The issue's bar is
 #: 0.95 for every kind on both sets; where it is not met the bar is the measured figure less
-#: a margin, and the gap is in docs/DECISIONS.md (session 11): reverse on the test split
-#: (a standing person played backwards is unchanged; not asserted). run3x on the test split,
-#: whose "moving" windows are mostly people standing, was 0.907 on this model until the
-#: motion part was measured against people who moved alike (session 25: 0.953; the bar
-#: keeps a margin under the issue's 0.95 for a model retrained on another machine), and
-#: reverse on the validation clips 0.951 (now 0.985).
+#: a margin, and the gap is in docs/DECISIONS.md. Until session 27 the motion kinds went into
+#: the test split's windows above its median speed, mostly people standing: reverse there was
+#: about 0.5 on every model (a standing person played backwards is unchanged; not asserted)
+#: and run3x 0.907 until the motion part was measured against people who moved alike
+#: (session 25: 0.953; the bar keeps a margin under 0.95 for a model retrained on another
+#: machine). Now they go into people who at least walk slowly
+#: (:data:`forecasting.injection.WALKING_SPEED`), on both sets: run3x 0.983 and freeze
+#: 0.999 on the test split; reverse there 0.696 (walking backwards at the same pace fools
+#: the default on the test scene: the bar is the measured figure less a margin, a gap).
 INJECTED_BARS = {
     ("validation", "fall"): 0.95,
     ("validation", "jump"): 0.95,
@@ -51,9 +54,10 @@ INJECTED_BARS = {
     ("validation", "reverse"): 0.95,
     ("test", "fall"): 0.95,
     ("test", "jump"): 0.95,
-    ("test", "run3x"): 0.94,
+    ("test", "run3x"): 0.95,
     ("test", "freeze"): 0.95,
     ("test", "crouch"): 0.95,
+    ("test", "reverse"): 0.65,  # measured 0.696: a gap (session 27, docs/DECISIONS.md)
 }
 
 
