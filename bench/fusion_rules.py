@@ -83,27 +83,17 @@ def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS))
-    ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    ap.add_argument("--stride", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--test-auc", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/fusion_rules.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = rule_bench_args(__doc__.splitlines()[0], "bench/results/fusion_rules.json", many=False)
     ck = load_checkpoint(args.model)
     t_obs = ck.window_config.t_obs
     cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)
     sets = normal_window_sets(
         args.data, ck.meta.get("validation_clips", []), ck.window_config, args.stride
     )
-    result: dict[str, Any] = {"model": str(args.model), "rules": list(RULES), "injected": {}}
     t0 = time.perf_counter()
     sets = {k: sets[k] for k in ("validation", "test")}
     base = {n: parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
+    result: dict[str, Any] = {"model": str(args.model), "rules": list(RULES)}
     result["injected"] = injected_aucs(
         args.model.name,
         sets,
@@ -125,13 +115,13 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def rule_bench_args(description: str, out: str) -> argparse.Namespace:
-    """The rule benches' command line (``bench/haste.py``, ``motion_scale.py``,
-    ``speed_conditioned.py``): ``--model`` (repeatable), ``--data``, ``--kinds``,
-    ``--samples``, ``--stride``, ``--threads``, ``--test-auc``, ``--out`` (default ``out``);
-    sets torch's threads."""
+def rule_bench_args(description: str, out: str, many: bool = True) -> argparse.Namespace:
+    """The rule benches' command line (this one's, ``bench/haste.py``, ``motion_scale.py``,
+    ``speed_conditioned.py``): ``--model`` (repeatable when ``many``, else one path),
+    ``--data``, ``--kinds``, ``--samples``, ``--stride``, ``--threads``, ``--test-auc``,
+    ``--out`` (default ``out``); sets torch's threads."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--model", type=Path, action="append" if many else "store", required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/aihub2"))
     ap.add_argument("--kinds", nargs="+", default=list(KINDS))
     ap.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)

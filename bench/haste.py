@@ -124,16 +124,15 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "normal_above_hinge": {
             f"{n}.{t}": float((ex[t](normal[n][t]) > 0).mean()) for n in normal for t in TERMS
         },
-        "injected": {},
+        "injected": injected_aucs(
+            path.name,
+            sets,
+            {n: rules(ex, normal[n]) for n in sets},
+            args.kinds,
+            lambda w, kind: injected(w, kind, t_obs),
+            lambda poses, w: rules(ex, raw_parts(ck.model, poses, w.mask, w.visible, cfg)),
+        ),
     }
-    res["injected"] = injected_aucs(
-        path.name,
-        sets,
-        {n: rules(ex, normal[n]) for n in sets},
-        args.kinds,
-        lambda w, kind: injected(w, kind, t_obs),
-        lambda poses, w: rules(ex, raw_parts(ck.model, poses, w.mask, w.visible, cfg)),
-    )
     if args.test_auc:
         res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, ex)
     return res

@@ -135,16 +135,15 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             "log_std": float(np.log(np.maximum(r, 1e-6)).std()),
             "windows": len(r),
         },
-        "injected": {},
+        "injected": injected_aucs(
+            path.name,
+            sets,
+            {n: fused(sc, normal[n]) for n in sets},
+            args.kinds,
+            lambda w, kind: injected(w, kind, t_obs),
+            lambda poses, w: fused(sc, raw_parts(ck.model, poses, w.mask, w.visible, cfg)),
+        ),
     }
-    res["injected"] = injected_aucs(
-        path.name,
-        sets,
-        {n: fused(sc, normal[n]) for n in sets},
-        args.kinds,
-        lambda w, kind: injected(w, kind, t_obs),
-        lambda poses, w: fused(sc, raw_parts(ck.model, poses, w.mask, w.visible, cfg)),
-    )
     if args.test_auc:
         res["test"] = test_auc(ck, load_clips(args.data, "test"), cfg, sc)
     return res

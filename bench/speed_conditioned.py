@@ -133,13 +133,14 @@ def one_model(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     normal = {n: parts(ck.model, w.poses, w.mask, w.visible, cfg) for n, w in sets.items()}
     rules = fit_rules(pm, normal["validation"])
-    res: dict[str, Any] = {"model": str(path), "fitted": rules.fitted, "injected": {}}  # type: ignore[attr-defined]
+    res: dict[str, Any] = {"model": str(path), "fitted": rules.fitted}  # type: ignore[attr-defined]
 
     def pick(w0: Windows, kind: str) -> tuple[np.ndarray, Windows, np.ndarray]:
         if kind != "sustained3x":
             return injected(w0, kind, t_obs)
         keep = moving_mask(w0, t_obs)
-        return keep, w0.select(keep), sustained(w0.select(keep))
+        w = w0.select(keep)
+        return keep, w, sustained(w)
 
     res["injected"] = injected_aucs(
         path.name,
