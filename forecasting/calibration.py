@@ -98,6 +98,35 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def caveat(self) -> str | None:
+        """What an operator must know about this threshold, or None: a ``capped`` one was
+        not fitted (the normal footage's alert episodes did not thin out as the threshold
+        rose) and may miss real events.
+
+        Example:
+            >>> Calibration(5.0, 1.0, "empirical", 30.0, 15, 2.0).caveat() is None
+            True
+            >>> print(Calibration(18.6, 1.0, "capped", 30.0, 15, 0.04).caveat())
+            ... # doctest: +NORMALIZE_WHITESPACE
+            the threshold 18.600 is capped, not fitted: in the 2.4 normal minutes calibrated
+            on, the alert episodes do not thin out as the threshold rises, so no threshold for
+            1 false alerts per camera-hour can be read from them; it is set at the highest
+            normal score plus its spread and may miss real events. Calibrate on more normal
+            footage of the camera served (posewatch calibrate --all-clips on its own footage,
+            or a longer cold_start.learn_minutes)
+        """
+        if self.method != "capped":
+            return None
+        return (
+            f"the threshold {self.threshold:.3f} is capped, not fitted: in the "
+            f"{self.hours * 60:.1f} normal minutes calibrated on, the alert episodes do not "
+            "thin out as the threshold rises, so no threshold for "
+            f"{self.target_per_hour:g} false alerts per camera-hour can be read from them; it "
+            "is set at the highest normal score plus its spread and may miss real events. "
+            "Calibrate on more normal footage of the camera served (posewatch calibrate "
+            "--all-clips on its own footage, or a longer cold_start.learn_minutes)"
+        )
+
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> Calibration | None:
         """The calibration in a checkpoint's ``calibration`` record (which also holds the

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from detector.pose import PoseFrame
+from forecasting.calibration import Calibration
 from forecasting.checkpoint import Checkpoint, load_checkpoint
 from forecasting.scoring import ScorerConfig, early_stop_bound
 from pipelines.alerts import ModelInfo
@@ -71,8 +72,12 @@ def served_model(
         sc = configured_scorer(ckpt, cfg.forecaster)
     except ValueError as exc:
         raise RuntimeConfigError(str(exc)) from exc
-    thr = threshold_for(ckpt, sc, threshold if threshold is not None else cfg.alerting.threshold)
+    given = threshold if threshold is not None else cfg.alerting.threshold
+    thr = threshold_for(ckpt, sc, given)
     spec = ServingSpec.of(ckpt, sc)
+    cal = Calibration.from_record(ckpt.calibration) if given is None else None
+    if cal is not None and (note := cal.caveat()):
+        log.warning("serving model %s: %s", spec.model, note)
     info = ModelInfo(
         name=f"gru-nf/{spec.sampler}/{spec.scorer}",
         version=str(ckpt.meta.get("code_version")),

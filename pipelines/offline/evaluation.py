@@ -588,6 +588,8 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
         f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {n_clips} clips); "
         f"stored in {req.model}"
     )
+    if note := cal.caveat():
+        log.warning(note)
     if req.feedback is not None:
         log.info(fb.note())
     return cal

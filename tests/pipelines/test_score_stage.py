@@ -16,7 +16,7 @@ from forecasting.checkpoint import load_checkpoint, save_checkpoint, update_chec
 from forecasting.defaults import DEFAULT_SAMPLER
 from pipelines.config import CameraConfig, ForecasterConfig, PosewatchConfig
 from pipelines.learning import ColdStartProvider, LearnSettings
-from pipelines.model_provider import CheckpointProvider
+from pipelines.model_provider import CheckpointProvider, served_model
 from pipelines.run_service import Service
 from pipelines.score_service import ScoreService
 from pipelines.score_stage import ScoreStage, frame_seed
@@ -337,6 +337,37 @@ def test_cold_start_reuses_a_saved_scene_model_only_if_calibrated_for_what_is_se
     assert any(a.type == "new" for o in gate for a in o.alerts)
     assert all(o.scores == [] and o.threshold is None for o in lawn)
     assert provider.learners["lawn"].collected_seconds() == pytest.approx(3.9)
+
+
+def test_a_capped_calibration_is_served_with_a_warning_that_says_what_to_do(
+    tiny_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A threshold that calibration could only cap (too little normal footage) still
+    serves, but the operator is told it may miss events and how to fit a real one."""
+    import shutil
+
+    from forecasting.calibration import Calibration
+
+    ckpt = shutil.copy(tiny_ckpt, tmp_path / "m.pt")
+
+    def warnings(method: str, configured: float | None = None) -> list[str]:
+        calibrate(ckpt, 7.5)
+        cal = Calibration(7.5, 1.0, method, 30.0, 15, 0.04)
+        rec = load_checkpoint(ckpt).calibration
+        update_checkpoint(ckpt, calibration={**rec, **cal.to_dict()})
+        caplog.clear()
+        cfg = config(ckpt)
+        cfg.alerting.threshold = configured
+        model = served_model(load_checkpoint(ckpt), cfg)
+        assert model.threshold == (7.5 if configured is None else configured)
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    caplog.set_level(logging.INFO)
+    (capped,) = warnings("capped")
+    assert "7.500 is capped, not fitted" in capped and "2.4 normal minutes" in capped
+    assert "may miss real events" in capped and "posewatch calibrate --all-clips" in capped
+    assert warnings("empirical") == [] and warnings("extrapolated") == []
+    assert warnings("capped", configured=3.0) == []  # alerting.threshold is not the fit's
 
 
 def test_unknown_sampler_is_a_config_error_naming_the_choices(
