@@ -80,7 +80,8 @@ class Calibration:
         target_per_hour: the false-alert rate asked for.
         method: ``empirical``, ``extrapolated`` or ``capped`` (the extrapolated tail went
             beyond the highest normal score by more than the scores' spread: the threshold
-            is put there; too little normal footage to say more).
+            is put there; too little normal footage to say more); cold start's
+            ``holdout-max`` (too few episodes to fit: the highest held-out score).
         fps: frames per second of the calibration footage.
         min_duration: frames an episode must last.
         hours: normal footage used.
@@ -99,33 +100,9 @@ class Calibration:
         return asdict(self)
 
     def caveat(self) -> str | None:
-        """What an operator must know about this threshold, or None: a ``capped`` one was
-        not fitted (the normal footage's alert episodes did not thin out as the threshold
-        rose) and may miss real events.
-
-        Example:
-            >>> Calibration(5.0, 1.0, "empirical", 30.0, 15, 2.0).caveat() is None
-            True
-            >>> print(Calibration(18.6, 1.0, "capped", 30.0, 15, 0.04).caveat())
-            ... # doctest: +NORMALIZE_WHITESPACE
-            the threshold 18.600 is capped, not fitted: in the 2.4 normal minutes calibrated
-            on, the alert episodes do not thin out as the threshold rises, so no threshold for
-            1 false alerts per camera-hour can be read from them; it is set at the highest
-            normal score plus its spread and may miss real events. Calibrate on more normal
-            footage of the camera served (posewatch calibrate --all-clips on its own footage,
-            or a longer cold_start.learn_minutes)
-        """
-        if self.method != "capped":
-            return None
-        return (
-            f"the threshold {self.threshold:.3f} is capped, not fitted: in the "
-            f"{self.hours * 60:.1f} normal minutes calibrated on, the alert episodes do not "
-            "thin out as the threshold rises, so no threshold for "
-            f"{self.target_per_hour:g} false alerts per camera-hour can be read from them; it "
-            "is set at the highest normal score plus its spread and may miss real events. "
-            "Calibrate on more normal footage of the camera served (posewatch calibrate "
-            "--all-clips on its own footage, or a longer cold_start.learn_minutes)"
-        )
+        """What an operator must know about this threshold, or None: :func:`caveat` of
+        its record."""
+        return caveat(self.to_dict())
 
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> Calibration | None:
@@ -135,6 +112,54 @@ class Calibration:
             return None
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in record.items() if k in known})
+
+
+#: Calibration methods whose threshold was not fitted to the target rate: ``capped`` (the
+#: normal footage's alert episodes did not thin out as the threshold rose: the highest normal
+#: score plus its spread) and cold start's ``holdout-max`` (too few episodes to fit at all:
+#: the highest held-out score).
+UNFITTED = ("capped", "holdout-max")
+
+
+def caveat(record: dict[str, Any]) -> str | None:
+    """What an operator must know about a stored calibration ``record`` (a checkpoint's
+    ``calibration``, or :meth:`Calibration.to_dict`), or None: a threshold whose method is
+    one of :data:`UNFITTED` was not fitted to the target rate and may miss real events (or
+    alert more often than asked). A record without a method (a bare ``threshold``) has none.
+
+    Example:
+        >>> caveat({"threshold": 5.0, "method": "empirical"}) is None
+        True
+        >>> caveat({"threshold": 5.0}) is None
+        True
+        >>> print(caveat({"threshold": 18.6, "method": "capped", "hours": 0.04,
+        ...               "target_per_hour": 1.0}))  # doctest: +NORMALIZE_WHITESPACE
+        the alert threshold 18.600 was not fitted (method capped): the 2.4 normal minutes
+        calibrated on hold too few alert episodes that thin out as the threshold rises to
+        read a threshold for 1 false alert per camera-hour, so it was set at the highest
+        normal score plus its spread; it may miss real events. Calibrate on more normal
+        footage of the camera served (posewatch calibrate --all-clips on its own footage,
+        or a longer cold_start.learn_minutes)
+    """
+    method = record.get("method")
+    if method not in UNFITTED:
+        return None
+    how = (
+        "the highest normal score plus its spread"
+        if method == "capped"
+        else "the highest held-out score"
+    )
+    rate = record.get("target_per_hour", float("nan"))
+    minutes = 60 * float(record.get("hours", float("nan")))
+    return (
+        f"the alert threshold {float(record.get('threshold', float('nan'))):.3f} was not "
+        f"fitted (method {method}): the {minutes:.1f} normal minutes calibrated on hold too "
+        "few alert episodes that thin out as the threshold rises to read a threshold for "
+        f"{rate:g} false alert{'' if rate == 1 else 's'} per camera-hour, so it was set at "
+        f"{how}; it may miss real events. Calibrate on more normal footage of the camera "
+        "served (posewatch calibrate --all-clips on its own footage, or a longer "
+        "cold_start.learn_minutes)"
+    )
 
 
 def calibrate_threshold(

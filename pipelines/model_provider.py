@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from detector.pose import PoseFrame
-from forecasting.calibration import Calibration
+from forecasting.calibration import caveat
 from forecasting.checkpoint import Checkpoint, load_checkpoint
 from forecasting.scoring import ScorerConfig, early_stop_bound
 from pipelines.alerts import ModelInfo
@@ -59,10 +59,15 @@ class ServedModel:
 
 
 def served_model(
-    ckpt: Checkpoint, cfg: PosewatchConfig, threshold: float | None = None
+    ckpt: Checkpoint,
+    cfg: PosewatchConfig,
+    threshold: float | None = None,
+    camera: str | None = None,
 ) -> ServedModel:
     """Serve ``ckpt`` as ``cfg`` says (``forecaster`` section; ``alerting.threshold`` or the
-    checkpoint's calibration, or ``threshold`` when given).
+    checkpoint's calibration, or ``threshold`` when given). A calibrated threshold that was
+    not fitted (:func:`forecasting.calibration.caveat`) is logged as a warning, led by
+    ``camera`` (a scene model's camera) or the model's id.
 
     Raises:
         RuntimeConfigError: no threshold, a threshold calibrated for another configuration,
@@ -75,9 +80,8 @@ def served_model(
     given = threshold if threshold is not None else cfg.alerting.threshold
     thr = threshold_for(ckpt, sc, given)
     spec = ServingSpec.of(ckpt, sc)
-    cal = Calibration.from_record(ckpt.calibration) if given is None else None
-    if cal is not None and (note := cal.caveat()):
-        log.warning("serving model %s: %s", spec.model, note)
+    if given is None and (note := caveat(ckpt.calibration)):
+        log.warning("%s: %s", camera or f"model {spec.model}", note)
     info = ModelInfo(
         name=f"gru-nf/{spec.sampler}/{spec.scorer}",
         version=str(ckpt.meta.get("code_version")),

@@ -589,7 +589,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
         f"stored in {req.model}"
     )
     if note := cal.caveat():
-        log.warning(note)
+        log.warning("%s", note)
     if req.feedback is not None:
         log.info(fb.note())
     return cal

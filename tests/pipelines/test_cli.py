@@ -130,7 +130,7 @@ def test_calibrate_stores_what_the_threshold_is_valid_for(
     assert cal["scorer"]["sampler"] == ck.sampler.to_dict()  # default: the checkpoint's own
     assert cal["sigma_causal"] == 6.0 and math.isfinite(cal["threshold"])
     # a threshold that could only be capped is said loudly, with what to do
-    assert ("is capped, not fitted" in res.output) == (cal["method"] == "capped")
+    assert ("was not fitted (method capped)" in res.output) == (cal["method"] == "capped")
     # evaluate reports the stored threshold for exactly that configuration, not for gru-nf
     out = tmp_path / "eval"
     res = runner.invoke(

@@ -140,3 +140,34 @@ def test_reports_count_alerts_by_the_rule_the_service_alerts_and_calibrates_with
         assert rep.calibrated is not None
         assert rep.calibrated["test_false_alerts"] == false
         assert rep.calibrated["test_event_recall"] == 1.0
+
+
+def test_calibrate_warns_when_the_threshold_could_not_be_fitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`posewatch calibrate` stores a capped threshold (the service can run on it) and says
+    loudly that it was not fitted, and what to do; a fitted one is stored quietly."""
+    import logging
+
+    import pipelines.offline.evaluation as ev
+    from forecasting.checkpoint import load_checkpoint
+    from forecasting.defaults import DEFAULT_SAMPLER
+    from pipelines.serving import scorer_config
+    from tests.conftest import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "m.pt")
+    sc = scorer_config(load_checkpoint(path), "minhde", DEFAULT_SAMPLER, 2)
+    caplog.set_level(logging.INFO)
+    for method in ("capped", "extrapolated"):
+        cal = Calibration(18.6, 1.0, method, 30.0, 15, 0.04)
+        monkeypatch.setattr(ev, "fit_calibration", lambda ckpt, req, cal=cal: (cal, sc, 2))
+        caplog.clear()
+        assert ev.run_calibrate(ev.CalibrateRequest(path, tmp_path)).method == method
+        stored = load_checkpoint(path).calibration
+        assert stored["method"] == method and stored["threshold"] == 18.6
+        notes = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if method == "capped":
+            (note,) = notes
+            assert "18.600 was not fitted (method capped)" in note and "--all-clips" in note
+        else:
+            assert notes == []

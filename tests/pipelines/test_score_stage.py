@@ -339,34 +339,41 @@ def test_cold_start_reuses_a_saved_scene_model_only_if_calibrated_for_what_is_se
     assert provider.learners["lawn"].collected_seconds() == pytest.approx(3.9)
 
 
-def test_a_capped_calibration_is_served_with_a_warning_that_says_what_to_do(
+def test_an_unfitted_threshold_is_served_with_a_warning_that_says_what_to_do(
     tiny_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A threshold that calibration could only cap (too little normal footage) still
-    serves, but the operator is told it may miss events and how to fit a real one."""
+    """A threshold that calibration could not fit (too little normal footage: capped, or
+    cold start's highest held-out score) still serves, but the operator is told it may miss
+    events and how to fit a real one; a fitted one, a bare threshold and a configured one
+    are served quietly."""
     import shutil
 
     from forecasting.calibration import Calibration
 
     ckpt = shutil.copy(tiny_ckpt, tmp_path / "m.pt")
 
-    def warnings(method: str, configured: float | None = None) -> list[str]:
-        calibrate(ckpt, 7.5)
-        cal = Calibration(7.5, 1.0, method, 30.0, 15, 0.04)
-        rec = load_checkpoint(ckpt).calibration
-        update_checkpoint(ckpt, calibration={**rec, **cal.to_dict()})
+    def warnings(method: str | None, configured: float | None = None, **kw: Any) -> list[str]:
+        calibrate(ckpt, 7.5)  # a bare threshold (and what it was fitted for)
+        if method is not None:
+            cal = Calibration(7.5, 1.0, method, 30.0, 15, 0.04)
+            rec = load_checkpoint(ckpt).calibration
+            update_checkpoint(ckpt, calibration={**rec, **cal.to_dict()})
         caplog.clear()
         cfg = config(ckpt)
         cfg.alerting.threshold = configured
-        model = served_model(load_checkpoint(ckpt), cfg)
+        model = served_model(load_checkpoint(ckpt), cfg, **kw)
         assert model.threshold == (7.5 if configured is None else configured)
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
     caplog.set_level(logging.INFO)
     (capped,) = warnings("capped")
-    assert "7.500 is capped, not fitted" in capped and "2.4 normal minutes" in capped
+    assert capped.startswith("model ") and "threshold 7.500 was not fitted" in capped
+    assert "2.4 normal minutes" in capped and "1 false alert per camera-hour" in capped
     assert "may miss real events" in capped and "posewatch calibrate --all-clips" in capped
+    (held,) = warnings("holdout-max", camera="gate")
+    assert held.startswith("gate: ") and "the highest held-out score" in held
     assert warnings("empirical") == [] and warnings("extrapolated") == []
+    assert warnings(None) == []  # a bare threshold: nothing to say, and no crash
     assert warnings("capped", configured=3.0) == []  # alerting.threshold is not the fit's
 
 
