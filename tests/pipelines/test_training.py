@@ -46,14 +46,26 @@ def _one_epoch(data: Path, out: Path, seed: int, members: int = 1) -> TrainReque
     )
 
 
+@pytest.fixture(scope="module")
+def three_clips(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three AIHub2 train clips cut to 600 frames: 576 training windows (2 clips), 288
+    validation windows (1 clip)."""
+    clips = {}
+    for i in range(3):
+        name, tracks, labels = clip_piece(aihub2, "train", i, 0, 600)
+        clips[name] = (tracks, labels)
+    return write_dataset(tmp_path_factory.mktemp("three"), "train", clips)
+
+
 @pytest.mark.slow
 def test_ensemble_of_separate_trainings_equals_training_the_members_together(
-    aihub2: Path, tmp_path: Path
+    three_clips: Path, tmp_path: Path
 ) -> None:
     torch.set_num_threads(2)
-    one = [run_training(_one_epoch(aihub2, tmp_path / f"s{s}.pt", s)) for s in (2, 3)]
+    data = three_clips  # real poses, small: what is asserted holds for any data
+    one = [run_training(_one_epoch(data, tmp_path / f"s{s}.pt", s)) for s in (2, 3)]
     joined = load_checkpoint(run_ensemble(EnsembleRequest(tuple(one), tmp_path / "joined.pt")))
-    together = load_checkpoint(run_training(_one_epoch(aihub2, tmp_path / "m2.pt", 1, members=2)))
+    together = load_checkpoint(run_training(_one_epoch(data, tmp_path / "m2.pt", 1, members=2)))
     for ck in (joined, together):
         assert isinstance(ck.model, Ensemble) and len(ck.model.member_list()) == 2
         assert [m["seed"] for m in ck.meta["ensemble_members"]] == [2, 3]
@@ -78,10 +90,10 @@ def test_ensemble_of_separate_trainings_equals_training_the_members_together(
 
 @pytest.mark.slow
 def test_posture_flows_added_to_a_checkpoint_are_deterministic(
-    aihub2: Path, tmp_path: Path
+    three_clips: Path, tmp_path: Path
 ) -> None:
     torch.set_num_threads(2)
-    base = run_training(_one_epoch(aihub2, tmp_path / "m.pt", 0))
+    base = run_training(_one_epoch(three_clips, tmp_path / "m.pt", 0))
     copies = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for c in copies:
         shutil.copy(base, c)
@@ -117,17 +129,6 @@ def test_posture_flows_added_to_a_checkpoint_are_deterministic(
 
 
 # -- issue 19 items 2 and 7: few training steps; tracks too short for a window ------------------
-
-
-@pytest.fixture(scope="module")
-def three_clips(aihub2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three AIHub2 train clips cut to 600 frames: 576 training windows (2 clips), 288
-    validation windows (1 clip)."""
-    clips = {}
-    for i in range(3):
-        name, tracks, labels = clip_piece(aihub2, "train", i, 0, 600)
-        clips[name] = (tracks, labels)
-    return write_dataset(tmp_path_factory.mktemp("three"), "train", clips)
 
 
 def test_two_epochs_of_576_windows_train(three_clips: Path, tmp_path: Path) -> None:
