@@ -83,7 +83,11 @@ def parts(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, 
 
 
 def main() -> None:
-    args = rule_bench_args(__doc__.splitlines()[0], "bench/results/fusion_rules.json", many=False)
+    args = rule_bench_args(
+        "Fusion rules of the fused score on injected anomalies and AIHub2 test",
+        "bench/results/fusion_rules.json",
+        many=False,
+    )
     ck = load_checkpoint(args.model)
     t_obs = ck.window_config.t_obs
     cfg = scorer_config(ck, "fused", DEFAULT_SAMPLER, args.samples)

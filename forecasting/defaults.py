@@ -60,6 +60,14 @@ POSTURE_EPOCHS = 20
 #: Epochs per posture flow in cold start (``pipelines.learning.LearnSettings``): its flows
 #: share the camera's training time limit, so they keep the 10 its measurements were of.
 COLD_START_POSTURE_EPOCHS = 10
+#: Cold start's fused score measures the motion part against all of its held-out windows,
+#: not against people who moved alike (``PostureConfig.speed_conditioned`` off): a
+#: forecaster of a few minutes' footage is a weak motion detector (``minhde`` 48 AIHub2
+#: test AUC at 3 minutes, 82.7 at 10), and the speed-conditioned spread, 1.6-2.5x narrower,
+#: lets it outweigh the posture flows: at 3 / 10 minutes 44.6 / 90.0 conditioned against
+#: 71.0 / 93.7 pooled (3 seeds each, the same learned models; docs/DECISIONS.md,
+#: session 28).
+COLD_START_SPEED_CONDITIONED = False
 POSTURE_WEIGHT = 1.0
 #: Degrees by which the posture flows turn each window's body axis upright at most
 #: (``PostureConfig.upright``): a camera's roll or perspective lean undone, a body lying down

@@ -50,11 +50,12 @@ from forecasting.defaults import (
     ALERT_MIN_DURATION_S,
     AUTO,
     COLD_START_POSTURE_EPOCHS,
+    COLD_START_SPEED_CONDITIONED,
     DEFAULT_SAMPLER,
 )
 from forecasting.frame_scores import smooth
 from forecasting.posture import PostureConfig
-from forecasting.scoring import ScorerConfig
+from forecasting.scoring import ScorerConfig, posture_of
 from forecasting.torch_model import ModelConfig
 from forecasting.train import TrainConfig, build_windows
 from forecasting.windows import WindowConfig, Windows
@@ -175,6 +176,11 @@ class SceneLearner:
                 fitted = ServingSpec.from_calibration(ck.calibration)
                 serving = ServingSpec.of(ck, self._scorer_for(ck))
                 diff = fitted.differences(serving) if fitted is not None else ["unknown"]
+                posture = posture_of(ck.model)
+                if posture is not None and posture.cfg.speed_conditioned != COLD_START_SPEED_CONDITIONED:  # fmt: skip
+                    # saved before session 28: a motion part per speed (3.7 points of AUC
+                    # at 10 minutes of footage, docs/DECISIONS.md)
+                    diff = [*diff, "its fused score's motion statistics are fitted per speed"]
                 if diff:
                     log.warning(
                         "%s: %s was calibrated for another configuration (%s); learning again",
@@ -305,7 +311,11 @@ class SceneLearner:
                 model=ModelConfig(hidden=s.hidden, flow_layers=s.flow_layers),
                 train_cfg=tcfg,
                 windows=wcfg,
-                posture=PostureConfig(flows=s.posture_flows, epochs=s.posture_epochs)
+                posture=PostureConfig(
+                    flows=s.posture_flows,
+                    epochs=s.posture_epochs,
+                    speed_conditioned=COLD_START_SPEED_CONDITIONED,
+                )
                 if s.posture_flows > 0
                 else None,
                 deadline=time.monotonic() + s.max_train_minutes * 60 - (time.perf_counter() - t0),
@@ -480,7 +490,7 @@ class ColdStartProvider:
             if learned is None:
                 continue
             try:
-                ready[n] = self.models[n] = served_model(learned.checkpoint, self.cfg)
+                ready[n] = self.models[n] = served_model(learned.checkpoint, self.cfg, camera=n)
             except RuntimeConfigError as exc:
                 learner.fail(f"the learned model of camera {n!r} cannot be served: {exc}")
         return ready

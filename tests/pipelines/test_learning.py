@@ -9,7 +9,7 @@ import pytest
 
 from detector.datasets import load_split
 from detector.pose import frames_from_tracks
-from forecasting.scoring import resolve_scorer
+from forecasting.scoring import posture_of, resolve_scorer
 from forecasting.torch_model import Ensemble
 from pipelines.learning import LearnSettings, SceneLearner
 
@@ -58,6 +58,11 @@ def test_scene_learner_trains_calibrates_saves_and_reuses(aihub2: Path, tmp_path
     assert learned.info["posture_flows"] == 2
     assert resolve_scorer("auto", learned.checkpoint.model) == "fused"
     assert cal["scorer"]["name"] == "fused"
+    # its fused score measures motion against all held-out windows, not per speed (a
+    # forecaster of minutes of footage is a weak motion detector: docs/DECISIONS.md, s. 28)
+    posture = posture_of(learned.checkpoint.model)
+    assert posture is not None and not posture.cfg.speed_conditioned
+    assert not any("motion_slope" in k for k in learned.checkpoint.model.state_dict())
     assert (tmp_path / "hall.pt").exists()
     assert not list(tmp_path.glob(".learn-*"))  # the private training directory is gone
     # The next start reuses the saved model instead of learning again.
