@@ -280,3 +280,32 @@ def test_training_directories_left_by_a_killed_service_are_removed_when_stale(
     os.utime(old, (hour_ago, hour_ago))
     _remove_stale_work(tmp_path, age=1800)  # 30 minutes: the old one is past it
     assert not old.exists() and (fresh / "hall.pt").exists()  # a running training's is kept
+
+
+def test_a_saved_scene_model_with_per_speed_motion_statistics_is_learned_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scene models saved before cold start measured its motion part pooled (session 28)
+    are learned again, not reused; one saved as today's learner saves it is reused."""
+    from forecasting.checkpoint import attach_posture, load_checkpoint, update_checkpoint
+    from forecasting.posture import PostureConfig, PostureModel
+    from pipelines.serving import calibration_record, scorer_config
+    from tests.conftest import tiny_checkpoint
+
+    settings = LearnSettings(save_dir=tmp_path, **FAST)
+    caplog.set_level(logging.INFO)
+    for per_speed in (True, False):
+        path = tiny_checkpoint(tmp_path / "hall.pt")
+        cfg = PostureConfig(flows=1, steps=1, speed_conditioned=per_speed)
+        attach_posture(path, PostureModel(cfg).eval())
+        ck = load_checkpoint(path)
+        sc = scorer_config(ck, settings.scorer, settings.sampler, settings.samples, settings.batch)
+        assert sc.name == "fused"
+        update_checkpoint(path, calibration={"threshold": 1.0, **calibration_record(ck, sc)})
+        caplog.clear()
+        learner = SceneLearner("hall", settings)
+        relearned = any("motion statistics are fitted per speed" in r.getMessage()
+                        for r in caplog.records)  # fmt: skip
+        assert relearned == per_speed
+        assert learner.phase == ("learning" if per_speed else "training")
+        assert (learner.poll() is None) == per_speed
