@@ -48,14 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cold_start_eval import FPS, learn, normal_stream
 from bench.fusion_rules import rule_test_auc
-from bench.motion_scale import raw_parts
+from bench.motion_scale import pm_motion_z, raw_parts
 from forecasting.calibration import Calibration
 from forecasting.checkpoint import attach_posture, load_checkpoint
 from forecasting.posture import PostureModel
 from forecasting.scoring import posture_of
-from forecasting.stillness import past_log_speed
 from forecasting.train import ERROR_SCALE_WINDOWS, fit_fused_stats
-from forecasting.windows import WindowConfig, fill_unseen
+from forecasting.windows import WindowConfig
 from pipelines.clip_scoring import score_split_many
 from pipelines.config import PosewatchConfig
 from pipelines.learning import LearnSettings, SceneLearner
@@ -109,13 +108,8 @@ def one(frames: list[Any], base: LearnSettings, n: float, seed: int, args: argpa
 
     def scores(model: Any, poses: np.ndarray, mask: np.ndarray, visible: np.ndarray, c: Any) -> dict[str, np.ndarray]:  # fmt: skip
         d = raw_parts(model, poses, mask, visible, c)
-        filled = fill_unseen(poses, model.standardizer().pose_mean)  # as scoring fills them
-        speed = past_log_speed(
-            torch.as_tensor(filled), torch.as_tensor(visible & mask), 1 + model.cfg.t_obs
-        )
-        r = torch.as_tensor(d["r"], dtype=torch.float32)
-        zc = cond.motion_z(r, speed).double().numpy()
-        zp = pool.motion_z(r).double().numpy()
+        zc = pm_motion_z(cond, d["r"], poses, mask, visible, model)
+        zp = pm_motion_z(pool, d["r"], poses, mask, visible, model)
         rest = d["p"] + d["e"]
         scale = float(cond.motion_std) / float(pool.motion_std)
         return {

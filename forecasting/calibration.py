@@ -99,11 +99,6 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def caveat(self) -> str | None:
-        """What an operator must know about this threshold, or None: :func:`caveat` of
-        its record."""
-        return caveat(self.to_dict())
-
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> Calibration | None:
         """The calibration in a checkpoint's ``calibration`` record (which also holds the

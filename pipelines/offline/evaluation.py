@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from detector.datasets import Clip, load_split
-from forecasting.calibration import Calibration
+from forecasting.calibration import Calibration, caveat
 from forecasting.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from forecasting.defaults import ALERT_MIN_DURATION_S, AUTO, DEFAULT_SAMPLES
 from forecasting.detection_metrics import (
@@ -588,7 +588,7 @@ def run_calibrate(req: CalibrateRequest) -> Calibration:
         f"({cal.method}, {cal.hours * 60:.1f} normal minutes of {n_clips} clips); "
         f"stored in {req.model}"
     )
-    if note := cal.caveat():
+    if note := caveat(cal.to_dict()):
         log.warning("%s", note)
     if req.feedback is not None:
         log.info(fb.note())
